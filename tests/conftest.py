@@ -1,0 +1,47 @@
+"""Shared test setup.
+
+Tests marked ``isolated`` start Ray or a network server. They must run inside a loopback-only
+network namespace (``scripts/test`` creates one with ``unshare -n``), because Ray binds to the
+machine's primary address even when told 127.0.0.1. Outside such a namespace they are skipped,
+or fail when ``RAYPIPE_REQUIRE_ISOLATION=1`` (set by ``scripts/test`` so CI can never skip them).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+def network_is_loopback_only() -> bool:
+    interfaces = {p.name for p in Path("/sys/class/net").iterdir()} if Path("/sys/class/net").exists() else set()
+    return interfaces <= {"lo"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    isolated_ok = network_is_loopback_only()
+    require = os.environ.get("RAYPIPE_REQUIRE_ISOLATION") == "1"
+    for item in items:
+        if "isolated" in item.keywords and not isolated_ok:
+            if require:
+                pytest.exit("RAYPIPE_REQUIRE_ISOLATION=1 but this network has interfaces besides lo", returncode=3)
+            item.add_marker(pytest.mark.skip(reason="needs a loopback-only network namespace: run scripts/test"))
+        if "gpu" in item.keywords:
+            try:
+                import torch
+
+                has_gpu = torch.cuda.is_available()
+            except ImportError:
+                has_gpu = False
+            if not has_gpu:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+
+
+@pytest.fixture(autouse=True)
+def _quiet_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests are offline: make any accidental hub download fail fast instead of hanging."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
