@@ -1,0 +1,158 @@
+"""Conditioning and guidance (METHOD.md section 3).
+
+A UNet call always evaluates both branches, unconditional first, as one batch of 2B for B faces:
+
+| phase                 | unconditional ``eps_u``        | conditional ``eps_c``        |
+|-----------------------|--------------------------------|------------------------------|
+| inversion             | zero text, null id             | E(""), P(""), null id        |
+| sampling              | zero text, null id             | E(""), P(""), identity e     |
+| sampling, attribute A | E(A), P(A), null id            | E(""), P(""), identity e     |
+
+and combines them as ``eps = eps_u + w (eps_c - eps_u)``; with the default w = -10 that is
+``11 eps_u - 10 eps_c``: the sample is pushed away from the identity (and towards A).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+    from raypipe.anonymize.models import Models
+
+Denoiser = Callable[["torch.Tensor", int], "torch.Tensor"]
+
+
+def combine_guidance(eps_u: torch.Tensor, eps_c: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """``eps_u + w (eps_c - eps_u)``; for every w, including w <= 1 (no branch is ever skipped)."""
+    return eps_u + guidance_scale * (eps_c - eps_u)
+
+
+@dataclass(frozen=True)
+class TextEmbedding:
+    tokens: torch.Tensor  # (1, L, D): both encoders' penultimate hidden states, concatenated
+    pooled: torch.Tensor  # (1, P): the second encoder's projected pooled output
+
+
+class TextEncoder:
+    """Encodes prompts the SDXL way and caches them: "" and the attribute prompt are computed once."""
+
+    def __init__(self, models: Models) -> None:
+        self._models = models
+        self._cache: dict[str, TextEmbedding] = {}
+
+    def __call__(self, prompt: str) -> TextEmbedding:
+        if prompt not in self._cache:
+            self._cache[prompt] = self._encode(prompt)
+        return self._cache[prompt]
+
+    def zeros(self) -> TextEmbedding:
+        """The all-zero text condition ``0_txt`` (SDXL's ``force_zeros_for_empty_prompt``)."""
+        empty = self("")
+        return TextEmbedding(empty.tokens.new_zeros(empty.tokens.shape), empty.pooled.new_zeros(empty.pooled.shape))
+
+    def _encode(self, prompt: str) -> TextEmbedding:
+        import torch
+
+        pipe, device = self._models.pipe, self._models.device
+        hidden, pooled = [], None
+        with torch.inference_mode():
+            for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
+                ids = tokenizer(
+                    prompt,
+                    padding="max_length",
+                    max_length=tokenizer.model_max_length,
+                    truncation=True,
+                    return_tensors="pt",
+                ).input_ids.to(device)
+                out = encoder(ids, output_hidden_states=True)
+                hidden.append(out.hidden_states[-2])
+                pooled = out[0]  # CLIPTextModelWithProjection: text_embeds (the last encoder wins)
+        assert pooled is not None
+        dtype = self._models.dtype
+        return TextEmbedding(torch.cat(hidden, dim=-1).to(dtype), pooled.to(dtype))
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One guidance branch for a batch of B faces."""
+
+    text: TextEmbedding
+    identity: torch.Tensor  # (B, E): identity embeddings; zeros are the null identity
+
+
+class GuidedUNet:
+    """``denoise(x, t)`` for a batch of faces: both branches in one UNet call, then guidance."""
+
+    def __init__(
+        self,
+        models: Models,
+        unconditional: Branch,
+        conditional: Branch,
+        guidance_scale: float,
+        time_ids: tuple[int, ...],
+    ) -> None:
+        import torch
+
+        self._unet = models.unet
+        self._dtype = models.dtype
+        self._w = guidance_scale
+        batch = unconditional.identity.shape[0]
+        device = models.device
+
+        def expand(t: torch.Tensor) -> torch.Tensor:
+            return t.expand(batch, *t.shape[1:])
+
+        self._tokens = torch.cat([expand(unconditional.text.tokens), expand(conditional.text.tokens)]).to(device)
+        self._pooled = torch.cat([expand(unconditional.text.pooled), expand(conditional.text.pooled)]).to(device)
+        identity = torch.cat([unconditional.identity, conditional.identity]).to(device=device, dtype=self._dtype)
+        self._identity = identity[:, None, :]  # (2B, 1, E): one identity image per sample
+        self._time_ids = torch.tensor([time_ids], dtype=self._dtype, device=device).expand(2 * batch, -1)
+
+    def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        import torch
+
+        latents = torch.cat([x, x]).to(self._dtype)
+        with torch.inference_mode():
+            eps = self._unet(
+                latents,
+                t,
+                encoder_hidden_states=self._tokens,
+                added_cond_kwargs={
+                    "text_embeds": self._pooled,
+                    "time_ids": self._time_ids,
+                    "image_embeds": [self._identity],
+                },
+                return_dict=False,
+            )[0].float()
+        eps_u, eps_c = eps.chunk(2)
+        return combine_guidance(eps_u, eps_c, self._w)
+
+
+def inversion_branches(text: TextEncoder, batch: int, id_dim: int) -> tuple[Branch, Branch]:
+    null = _null_identity(batch, id_dim)
+    return Branch(text.zeros(), null), Branch(text(""), null)
+
+
+def sampling_branches(
+    text: TextEncoder, identity: torch.Tensor, id_scale: float, attribute_prompt: str | None
+) -> tuple[Branch, Branch]:
+    """The attribute prompt sits in the *unconditional* branch on purpose: with w < 0 the sample is
+    pulled towards it while being pushed away from the identity."""
+    batch, id_dim = identity.shape
+    unconditional_text = text(attribute_prompt) if attribute_prompt else text.zeros()
+    return (
+        Branch(unconditional_text, _null_identity(batch, id_dim)),
+        Branch(text(""), identity * id_scale),
+    )
+
+
+def _null_identity(batch: int, id_dim: int) -> torch.Tensor:
+    # The zero vector goes through the FaceID projection like any identity: that is IP-Adapter-FaceID's
+    # own unconditional input (its projection turns it into 4 non-zero tokens).
+    import torch
+
+    return torch.zeros(batch, id_dim)

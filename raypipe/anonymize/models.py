@@ -1,0 +1,359 @@
+"""The models behind Reverse Personalization, loaded once and shared by every face.
+
+Two ways to get them:
+
+- :func:`load_models` (production): SDXL base, IP-Adapter-FaceID SDXL through diffusers'
+  ``load_ip_adapter`` (its embedded LoRA loaded through ``peft``), each from a hub id, a local
+  folder or an object-store URI (fetched once into a local cache).
+- :func:`build_tiny_models` (tests, laptops without weights): the very same classes, random
+  initialised from small configs, offline, in well under a second. :func:`save_tiny_models` writes
+  them in the production layout so the production loading path can be exercised on them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from raypipe.config import ModelsConfig
+from raypipe.logs import get_logger
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+log = get_logger(__name__)
+
+FACEID_ADAPTER = "faceid_0"  # the adapter name diffusers gives the first IP-Adapter's embedded LoRA
+TINY_WEIGHT_NAME = "ip-adapter-faceid_sdxl.bin"
+
+
+class ModelLoadError(RuntimeError):
+    """Weights could not be loaded, or loaded incompletely (e.g. the FaceID LoRA was skipped)."""
+
+
+@dataclass
+class Models:
+    """Loaded components. ``pipe`` is only a container for diffusers' loaders: its ``__call__`` is
+    never used (stock SDXL pipelines drop the guidance branches for w <= 1, see METHOD.md)."""
+
+    pipe: StableDiffusionXLPipeline
+    device: torch.device
+    dtype: torch.dtype  # UNet and text encoders; the VAE always runs in float32
+    id_embed_dim: int
+    sources: dict[str, str] = field(default_factory=dict)  # component -> hub id / folder / URI
+    weight_hashes: dict[str, str] = field(default_factory=dict)  # component -> sha256 of its weight files
+
+    @property
+    def unet(self) -> Any:
+        return self.pipe.unet
+
+    @property
+    def vae(self) -> Any:
+        return self.pipe.vae
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
+
+
+# --------------------------------------------------------------------------- device and dtype
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    import torch
+
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """Half precision only where it is fast and supported: on CPU everything runs in float32."""
+    import torch
+
+    if device.type == "cpu":
+        return torch.float32
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+# --------------------------------------------------------------------------- production loading
+
+
+def _is_remote(spec: str) -> bool:
+    return "://" in spec and not spec.startswith("file://")
+
+
+def _local_or_hub(spec: str, cache_dir: str | None) -> str:
+    """An object-store URI is fetched into the local cache once; hub ids and folders pass through."""
+    if spec.startswith("file://"):
+        return spec[len("file://") :]
+    if _is_remote(spec):
+        from raypipe.io.cache import materialize
+
+        return materialize(spec, cache_dir=cache_dir)
+    return spec
+
+
+def require_peft() -> None:
+    """IP-Adapter-FaceID carries a LoRA that diffusers silently skips without peft: refuse instead."""
+    if importlib.util.find_spec("peft") is None:
+        raise ModelLoadError(
+            "the IP-Adapter-FaceID LoRA needs the 'peft' package, which is not installed; "
+            "without it the identity conditioning would be silently incomplete (pip install peft)"
+        )
+
+
+def attach_faceid_adapter(
+    pipe: StableDiffusionXLPipeline,
+    source: str | dict[str, Any],
+    weight_name: str,
+    ip_adapter_scale: float = 1.0,
+) -> None:
+    """Load IP-Adapter-FaceID (projection, IP attention, embedded LoRA) and prove the LoRA is active."""
+    require_peft()
+    pipe.load_ip_adapter(source, subfolder="", weight_name=weight_name, image_encoder_folder=None)
+    peft_config = getattr(pipe.unet, "peft_config", None) or {}
+    if FACEID_ADAPTER not in peft_config:
+        raise ModelLoadError(
+            f"IP-Adapter-FaceID from {source if isinstance(source, str) else '<state dict>'} loaded without "
+            f"its LoRA (no '{FACEID_ADAPTER}' adapter on the UNet); diffusers skips it when its PEFT "
+            "backend is unavailable. Install a peft version that diffusers accepts."
+        )
+    pipe.set_ip_adapter_scale(ip_adapter_scale)
+
+
+def load_models(config: ModelsConfig, ip_adapter_scale: float = 1.0) -> Models:
+    """Load the production models named by ``config`` (hub ids, local folders or object-store URIs)."""
+    import torch
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline
+
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    sdxl_path = _local_or_hub(config.sdxl, config.cache_dir)
+    log.info("loading SDXL from %s (%s on %s)", config.sdxl, dtype, device)
+    try:
+        pipe = StableDiffusionXLPipeline.from_pretrained(sdxl_path, torch_dtype=dtype)
+        if config.vae:
+            pipe.vae = AutoencoderKL.from_pretrained(_local_or_hub(config.vae, config.cache_dir))
+        ip_path = _local_or_hub(config.ip_adapter, config.cache_dir)
+        log.info("loading IP-Adapter-FaceID from %s/%s", config.ip_adapter, config.ip_adapter_weight_name)
+        attach_faceid_adapter(pipe, ip_path, config.ip_adapter_weight_name, ip_adapter_scale)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not load models ({config.sdxl}, {config.ip_adapter}): {exc}") from exc
+    pipe.vae.to(dtype=torch.float32)
+    pipe.to(device)
+    _freeze(pipe)
+    return Models(
+        pipe=pipe,
+        device=device,
+        dtype=dtype,
+        id_embed_dim=_id_embed_dim(pipe),
+        sources={"sdxl": config.sdxl, "ip_adapter": f"{config.ip_adapter}/{config.ip_adapter_weight_name}"}
+        | ({"vae": config.vae} if config.vae else {}),
+        weight_hashes=_weight_hashes(
+            {"sdxl": sdxl_path, "ip_adapter": os.path.join(ip_path, config.ip_adapter_weight_name)}
+        ),
+    )
+
+
+def _freeze(pipe: StableDiffusionXLPipeline) -> None:
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+        module.requires_grad_(False)
+        module.eval()
+
+
+def _id_embed_dim(pipe: StableDiffusionXLPipeline) -> int:
+    projection = pipe.unet.encoder_hid_proj.image_projection_layers[0]
+    return int(projection.ff.net[0].proj.in_features)
+
+
+def _weight_hashes(paths: dict[str, str]) -> dict[str, str]:
+    """sha256 over each component's weight files, so a run records exactly which weights it used.
+
+    Hub ids that are not local folders are resolved by diffusers into its cache; those are recorded
+    as ``unresolved`` rather than guessed.
+    """
+    hashes: dict[str, str] = {}
+    for name, path in paths.items():
+        p = Path(path)
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p] if p.is_file() else []
+        weight_files = [f for f in files if f.suffix in {".safetensors", ".bin", ".pt", ".pth", ".onnx", ".dat"}]
+        if not weight_files:
+            hashes[name] = "unresolved"
+            continue
+        digest = hashlib.sha256()
+        for f in weight_files:
+            digest.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+        hashes[name] = digest.hexdigest()
+    return hashes
+
+
+# --------------------------------------------------------------------------- tiny random models
+
+
+def _tiny_tokenizer(max_length: int = 77) -> Any:
+    """A character-level CLIP tokenizer built in code: no download, same class as production."""
+    from transformers import CLIPTokenizer
+
+    vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in string.ascii_lowercase + string.digits + ".,!?'-":
+        vocab.setdefault(ch, len(vocab))
+        vocab.setdefault(ch + "</w>", len(vocab))
+    return CLIPTokenizer(
+        vocab=vocab,
+        merges=[],
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        model_max_length=max_length,
+    )
+
+
+def tiny_faceid_state_dict(pipe: StableDiffusionXLPipeline, id_embed_dim: int, rank: int = 4) -> dict:
+    """Random IP-Adapter-FaceID weights in the layout of ``ip-adapter-faceid_sdxl.bin``.
+
+    ``image_proj``: the FaceID MLP (id_embed_dim -> 2*id_embed_dim -> 4 tokens x cross_dim) and its
+    LayerNorm. ``ip_adapter``: per attention processor (enumerated in the UNet's order), a LoRA on
+    q/k/v/out; cross-attention processors (odd ids) also get the IP key/value projections.
+    """
+    import torch
+
+    unet = pipe.unet
+    cross_dim = unet.config.cross_attention_dim
+    num_tokens = 4
+    g = torch.Generator().manual_seed(1234)
+
+    def rand(*shape: int, scale: float = 0.1) -> torch.Tensor:
+        return torch.randn(*shape, generator=g) * scale
+
+    image_proj = {
+        "proj.0.weight": rand(2 * id_embed_dim, id_embed_dim),
+        "proj.0.bias": rand(2 * id_embed_dim),
+        "proj.2.weight": rand(num_tokens * cross_dim, 2 * id_embed_dim),
+        "proj.2.bias": rand(num_tokens * cross_dim),
+        "norm.weight": torch.ones(cross_dim),
+        "norm.bias": torch.zeros(cross_dim),
+    }
+    ip_adapter: dict[str, torch.Tensor] = {}
+    modules = dict(unet.named_modules())
+    for key_id, name in enumerate(unet.attn_processors.keys()):
+        attn = modules[name[: -len(".processor")]]
+        linears = {"to_q": attn.to_q, "to_k": attn.to_k, "to_v": attn.to_v, "to_out": attn.to_out[0]}
+        for proj, linear in linears.items():
+            # LoRA up weights are non-zero on purpose: a zero "up" would make the LoRA a no-op.
+            ip_adapter[f"{key_id}.{proj}_lora.down.weight"] = rand(rank, linear.in_features)
+            ip_adapter[f"{key_id}.{proj}_lora.up.weight"] = rand(linear.out_features, rank)
+        if name.endswith("attn2.processor"):
+            ip_adapter[f"{key_id}.to_k_ip.weight"] = rand(attn.to_k.out_features, cross_dim)
+            ip_adapter[f"{key_id}.to_v_ip.weight"] = rand(attn.to_v.out_features, cross_dim)
+    return {"image_proj": image_proj, "ip_adapter": ip_adapter}
+
+
+def build_tiny_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
+    """SDXL's classes at toy size: UNet with ``text_time`` addition embeddings, an 8x VAE, both CLIP
+    text encoders (the second with projection), tokenizers built in code."""
+    import torch
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    text_config = CLIPTextConfig(
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=3,
+        vocab_size=128,
+        projection_dim=32,
+        max_position_embeddings=77,
+        hidden_act="gelu",
+    )
+    text_encoder = CLIPTextModel(text_config)
+    text_encoder_2 = CLIPTextModelWithProjection(text_config)
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        transformer_layers_per_block=(1, 1),
+        use_linear_projection=True,
+        cross_attention_dim=64,  # 32 + 32: the two text encoders' hidden states, concatenated
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32,  # six time ids + pooled text embedding
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16, 16, 16),  # four levels: the same 8x downsampling as SDXL's VAE
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=128,
+    )
+    scheduler = DPMSolverMultistepScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
+    )
+    tokenizer = _tiny_tokenizer()
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=_tiny_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+    )
+
+
+def build_tiny_models(
+    id_embed_dim: int = 512, seed: int = 0, ip_adapter_scale: float = 1.0, device: str = "cpu"
+) -> Models:
+    """Tiny random models through the same loaders as production (IP-Adapter + LoRA via peft)."""
+    import torch
+
+    pipe = build_tiny_pipeline(seed)
+    attach_faceid_adapter(pipe, tiny_faceid_state_dict(pipe, id_embed_dim), TINY_WEIGHT_NAME, ip_adapter_scale)
+    dev = resolve_device(device)
+    pipe.to(dev)
+    _freeze(pipe)
+    return Models(
+        pipe=pipe,
+        device=dev,
+        dtype=torch.float32,
+        id_embed_dim=id_embed_dim,
+        sources={"sdxl": f"tiny(seed={seed})", "ip_adapter": f"tiny(seed={seed}, id_dim={id_embed_dim})"},
+        weight_hashes={"sdxl": "random", "ip_adapter": "random"},
+    )
+
+
+def save_tiny_models(folder: str | os.PathLike[str], id_embed_dim: int = 512, seed: int = 0) -> dict[str, str]:
+    """Write tiny random models in the production layout: ``sdxl/`` (a diffusers pipeline folder) and
+    ``ip-adapter/ip-adapter-faceid_sdxl.bin``. Returns the two paths, ready for :class:`ModelsConfig`."""
+    import torch
+
+    root = Path(folder)
+    pipe = build_tiny_pipeline(seed)
+    pipe.save_pretrained(root / "sdxl")
+    ip_dir = root / "ip-adapter"
+    ip_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(tiny_faceid_state_dict(pipe, id_embed_dim), ip_dir / TINY_WEIGHT_NAME)
+    return {"sdxl": str(root / "sdxl"), "ip_adapter": str(ip_dir)}
