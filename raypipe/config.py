@@ -45,7 +45,9 @@ class MethodConfig:
 
     def __post_init__(self) -> None:
         p = "method."
-        _check(_is_number(self.guidance_scale), p + "guidance_scale", "a number (e.g. -10)", self.guidance_scale)
+        _check(
+            _is_number(self.guidance_scale), p + "guidance_scale", "a number (e.g. -10)", self.guidance_scale
+        )
         _check(_is_number(self.skip) and 0.0 <= self.skip < 1.0, p + "skip", "a number in [0, 1)", self.skip)
         _check(
             isinstance(self.num_steps, int) and not isinstance(self.num_steps, bool) and self.num_steps >= 1,
@@ -53,7 +55,9 @@ class MethodConfig:
             "an integer >= 1",
             self.num_steps,
         )
-        _check(_is_number(self.id_scale) and self.id_scale >= 0, p + "id_scale", "a number >= 0", self.id_scale)
+        _check(
+            _is_number(self.id_scale) and self.id_scale >= 0, p + "id_scale", "a number >= 0", self.id_scale
+        )
         _check(
             _is_number(self.ip_adapter_scale) and self.ip_adapter_scale >= 0,
             p + "ip_adapter_scale",
@@ -125,6 +129,174 @@ class ModelsConfig:
             _check(isinstance(value, str) and bool(value), p + name, "a non-empty string", value)
 
 
+DETECT_PLACEMENTS = ("cpu", "gpu_actor")
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Object-store options; credentials always come from the environment or profile, never from here."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    anonymous: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("endpoint_url", "region", "profile"):
+            value = getattr(self, name)
+            _check(value is None or isinstance(value, str), "storage." + name, "a string or null", value)
+        _check(isinstance(self.anonymous, bool), "storage.anonymous", "true or false", self.anonymous)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """How the Ray job is laid out (all Ray specifics stay in ``raypipe.pipeline``)."""
+
+    address: str | None = None  # None: connect to a running cluster if there is one, else start a local one
+    anonymize_actors_min: int = 1
+    anonymize_actors_max: int = 1
+    num_gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0 (CPU run)
+    num_cpus_per_actor: float = 0.5
+    batch_size: int = 8  # samples per batch handed to an actor
+    detect: str = "cpu"  # "cpu": a CPU stage before the GPU pool; "gpu_actor": inside the GPU actors
+    detect_actors: int = 1
+    samples_per_fragment: int = 64  # commit granularity inside a shard
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        p = "pipeline."
+        _check(
+            self.address is None or isinstance(self.address, str),
+            p + "address",
+            "a string or null",
+            self.address,
+        )
+        for name in (
+            "anonymize_actors_min",
+            "anonymize_actors_max",
+            "batch_size",
+            "detect_actors",
+            "samples_per_fragment",
+        ):
+            value = getattr(self, name)
+            _check(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                p + name,
+                "an integer >= 1",
+                value,
+            )
+        _check(
+            self.anonymize_actors_max >= self.anonymize_actors_min,
+            p + "anonymize_actors_max",
+            f"at least anonymize_actors_min ({self.anonymize_actors_min})",
+            self.anonymize_actors_max,
+        )
+        for name in ("num_gpus_per_actor", "num_cpus_per_actor"):
+            value = getattr(self, name)
+            if value is not None or name == "num_cpus_per_actor":
+                _check(_is_number(value) and value >= 0, p + name, "a number >= 0", value)
+        _check(
+            self.detect in DETECT_PLACEMENTS, p + "detect", f"one of {list(DETECT_PLACEMENTS)}", self.detect
+        )
+        _check(isinstance(self.progress, bool), p + "progress", "true or false", self.progress)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Safety limits for untrusted shards; anything beyond them is recorded as ``failed`` with the reason."""
+
+    max_member_bytes: int = 64 * 1024 * 1024
+    max_image_pixels: int = 50_000_000
+    max_faces_per_image: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("max_member_bytes", "max_image_pixels", "max_faces_per_image"):
+            value = getattr(self, name)
+            _check(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                "limits." + name,
+                "an integer >= 1",
+                value,
+            )
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """A whole job: what to read, where to write, which models, which method settings, how to run."""
+
+    input: tuple[str, ...] = ()
+    output: str = ""
+    storage: StorageConfig = StorageConfig()
+    models: ModelsConfig = ModelsConfig()
+    method: MethodConfig = MethodConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    limits: LimitsConfig = LimitsConfig()
+
+
+SECTIONS: dict[str, type] = {
+    "storage": StorageConfig,
+    "models": ModelsConfig,
+    "method": MethodConfig,
+    "pipeline": PipelineConfig,
+    "limits": LimitsConfig,
+}
+TINY_FACE_SIZE = 128  # the tiny preset's default crop side
+
+
+def load_config(
+    path: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    require_io: bool = True,
+) -> JobConfig:
+    """Read a YAML job file (optional), apply command-line overrides, validate everything.
+
+    ``overrides`` maps section names to {key: value}, plus ``input``/``output`` at the top level.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        import yaml
+
+        try:
+            with open(path, encoding="utf-8") as fh:
+                loaded = yaml.safe_load(fh)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        data = dict(loaded or {})
+    return build_config(data, overrides or {}, require_io=require_io)
+
+
+def build_config(data: dict[str, Any], overrides: dict[str, Any], require_io: bool = True) -> JobConfig:
+    allowed = {"input", "output", *SECTIONS}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown section(s) {unknown}; allowed are {sorted(allowed)}")
+    merged: dict[str, Any] = {}
+    for name in SECTIONS:
+        section = data.get(name) or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{name}: must be a mapping, got {type(section).__name__}")
+        merged[name] = {**section, **(overrides.get(name) or {})}
+    preset = merged["models"].get("preset", ModelsConfig.preset)
+    if preset == "tiny":
+        merged["method"].setdefault("face_size", TINY_FACE_SIZE)
+    sections = {name: from_mapping(cls, merged[name], name) for name, cls in SECTIONS.items()}
+    inputs = overrides.get("input") or data.get("input") or ()
+    if isinstance(inputs, str):
+        inputs = (inputs,)
+    if not isinstance(inputs, (list, tuple)) or not all(isinstance(i, str) and i for i in inputs):
+        raise ConfigError(f"input: must be a path/URI or a list of them, got {inputs!r}")
+    output = overrides.get("output") or data.get("output") or ""
+    if not isinstance(output, str):
+        raise ConfigError(f"output: must be a path or URI, got {output!r}")
+    if require_io and not inputs:
+        raise ConfigError("input: no input shards given (INPUT argument or 'input:' in the config)")
+    if require_io and not output:
+        raise ConfigError("output: no output location given (OUTPUT argument or 'output:' in the config)")
+    return JobConfig(input=tuple(inputs), output=output, **sections)
+
+
 def from_mapping(cls: type, data: Any, section: str) -> Any:
     """Build the dataclass ``cls`` from a mapping, rejecting unknown keys by name."""
     if data is None:
@@ -148,8 +320,14 @@ __all__ = [
     "DTYPES",
     "PRESETS",
     "ConfigError",
+    "JobConfig",
+    "LimitsConfig",
     "MethodConfig",
     "ModelsConfig",
+    "PipelineConfig",
+    "StorageConfig",
+    "build_config",
     "from_mapping",
+    "load_config",
     "to_dict",
 ]

@@ -9,14 +9,15 @@ or fail when ``RAYPIPE_REQUIRE_ISOLATION=1`` (set by ``scripts/test`` so CI can 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import socket
 
 import pytest
 
 
 def network_is_loopback_only() -> bool:
-    interfaces = {p.name for p in Path("/sys/class/net").iterdir()} if Path("/sys/class/net").exists() else set()
-    return interfaces <= {"lo"}
+    """True inside a namespace whose only interface is loopback (``if_nameindex`` asks the kernel
+    about this process's own namespace; ``/sys/class/net`` may still show the host's)."""
+    return {name for _, name in socket.if_nameindex()} <= {"lo"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -25,8 +26,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "isolated" in item.keywords and not isolated_ok:
             if require:
-                pytest.exit("RAYPIPE_REQUIRE_ISOLATION=1 but this network has interfaces besides lo", returncode=3)
-            item.add_marker(pytest.mark.skip(reason="needs a loopback-only network namespace: run scripts/test"))
+                pytest.exit(
+                    "RAYPIPE_REQUIRE_ISOLATION=1 but this network has interfaces besides lo", returncode=3
+                )
+            item.add_marker(
+                pytest.mark.skip(reason="needs a loopback-only network namespace: run scripts/test")
+            )
         if "gpu" in item.keywords:
             try:
                 import torch

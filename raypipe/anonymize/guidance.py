@@ -52,7 +52,9 @@ class TextEncoder:
     def zeros(self) -> TextEmbedding:
         """The all-zero text condition ``0_txt`` (SDXL's ``force_zeros_for_empty_prompt``)."""
         empty = self("")
-        return TextEmbedding(empty.tokens.new_zeros(empty.tokens.shape), empty.pooled.new_zeros(empty.pooled.shape))
+        return TextEmbedding(
+            empty.tokens.new_zeros(empty.tokens.shape), empty.pooled.new_zeros(empty.pooled.shape)
+        )
 
     def _encode(self, prompt: str) -> TextEmbedding:
         import torch
@@ -60,7 +62,10 @@ class TextEncoder:
         pipe, device = self._models.pipe, self._models.device
         hidden, pooled = [], None
         with torch.inference_mode():
-            for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
+            for tokenizer, encoder in (
+                (pipe.tokenizer, pipe.text_encoder),
+                (pipe.tokenizer_2, pipe.text_encoder_2),
+            ):
                 ids = tokenizer(
                     prompt,
                     padding="max_length",
@@ -106,9 +111,15 @@ class GuidedUNet:
         def expand(t: torch.Tensor) -> torch.Tensor:
             return t.expand(batch, *t.shape[1:])
 
-        self._tokens = torch.cat([expand(unconditional.text.tokens), expand(conditional.text.tokens)]).to(device)
-        self._pooled = torch.cat([expand(unconditional.text.pooled), expand(conditional.text.pooled)]).to(device)
-        identity = torch.cat([unconditional.identity, conditional.identity]).to(device=device, dtype=self._dtype)
+        self._tokens = torch.cat([expand(unconditional.text.tokens), expand(conditional.text.tokens)]).to(
+            device
+        )
+        self._pooled = torch.cat([expand(unconditional.text.pooled), expand(conditional.text.pooled)]).to(
+            device
+        )
+        identity = torch.cat([unconditional.identity, conditional.identity]).to(
+            device=device, dtype=self._dtype
+        )
         self._identity = identity[:, None, :]  # (2B, 1, E): one identity image per sample
         self._time_ids = torch.tensor([time_ids], dtype=self._dtype, device=device).expand(2 * batch, -1)
 

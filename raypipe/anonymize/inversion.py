@@ -45,7 +45,9 @@ def noised_latents(
     n = len(timesteps)
     noise = torch.stack(
         [
-            torch.randn((n, *x0.shape[1:]), generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+            torch.randn(
+                (n, *x0.shape[1:]), generator=torch.Generator().manual_seed(seed), dtype=torch.float32
+            )
             for seed in seeds
         ],
         dim=1,

@@ -89,7 +89,7 @@ def _is_remote(spec: str) -> bool:
     return "://" in spec and not spec.startswith("file://")
 
 
-def _local_or_hub(spec: str, cache_dir: str | None) -> str:
+def resolve_source(spec: str, cache_dir: str | None) -> str:
     """An object-store URI is fetched into the local cache once; hub ids and folders pass through."""
     if spec.startswith("file://"):
         return spec[len("file://") :]
@@ -135,13 +135,13 @@ def load_models(config: ModelsConfig, ip_adapter_scale: float = 1.0) -> Models:
 
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-    sdxl_path = _local_or_hub(config.sdxl, config.cache_dir)
+    sdxl_path = resolve_source(config.sdxl, config.cache_dir)
     log.info("loading SDXL from %s (%s on %s)", config.sdxl, dtype, device)
     try:
         pipe = StableDiffusionXLPipeline.from_pretrained(sdxl_path, torch_dtype=dtype)
         if config.vae:
-            pipe.vae = AutoencoderKL.from_pretrained(_local_or_hub(config.vae, config.cache_dir))
-        ip_path = _local_or_hub(config.ip_adapter, config.cache_dir)
+            pipe.vae = AutoencoderKL.from_pretrained(resolve_source(config.vae, config.cache_dir))
+        ip_path = resolve_source(config.ip_adapter, config.cache_dir)
         log.info("loading IP-Adapter-FaceID from %s/%s", config.ip_adapter, config.ip_adapter_weight_name)
         attach_faceid_adapter(pipe, ip_path, config.ip_adapter_weight_name, ip_adapter_scale)
     except (OSError, ValueError) as exc:
@@ -183,7 +183,9 @@ def _weight_hashes(paths: dict[str, str]) -> dict[str, str]:
     for name, path in paths.items():
         p = Path(path)
         files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p] if p.is_file() else []
-        weight_files = [f for f in files if f.suffix in {".safetensors", ".bin", ".pt", ".pth", ".onnx", ".dat"}]
+        weight_files = [
+            f for f in files if f.suffix in {".safetensors", ".bin", ".pt", ".pth", ".onnx", ".dat"}
+        ]
         if not weight_files:
             hashes[name] = "unresolved"
             continue
@@ -263,7 +265,12 @@ def build_tiny_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     """SDXL's classes at toy size: UNet with ``text_time`` addition embeddings, an 8x VAE, both CLIP
     text encoders (the second with projection), tokenizers built in code."""
     import torch
-    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DPMSolverMultistepScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
@@ -331,7 +338,9 @@ def build_tiny_models(
     import torch
 
     pipe = build_tiny_pipeline(seed)
-    attach_faceid_adapter(pipe, tiny_faceid_state_dict(pipe, id_embed_dim), TINY_WEIGHT_NAME, ip_adapter_scale)
+    attach_faceid_adapter(
+        pipe, tiny_faceid_state_dict(pipe, id_embed_dim), TINY_WEIGHT_NAME, ip_adapter_scale
+    )
     dev = resolve_device(device)
     pipe.to(dev)
     _freeze(pipe)
@@ -345,7 +354,9 @@ def build_tiny_models(
     )
 
 
-def save_tiny_models(folder: str | os.PathLike[str], id_embed_dim: int = 512, seed: int = 0) -> dict[str, str]:
+def save_tiny_models(
+    folder: str | os.PathLike[str], id_embed_dim: int = 512, seed: int = 0
+) -> dict[str, str]:
     """Write tiny random models in the production layout: ``sdxl/`` (a diffusers pipeline folder) and
     ``ip-adapter/ip-adapter-faceid_sdxl.bin``. Returns the two paths, ready for :class:`ModelsConfig`."""
     import torch

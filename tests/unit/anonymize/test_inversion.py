@@ -153,6 +153,8 @@ def test_missing_peft_package_fails_before_loading(monkeypatch) -> None:
     from raypipe.anonymize import models as models_module
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real_find_spec(name, *a)
+    )
     with pytest.raises(models_module.ModelLoadError, match="needs the 'peft' package"):
         models_module.require_peft()

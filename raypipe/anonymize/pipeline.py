@@ -1,0 +1,344 @@
+"""Reverse Personalization on whole images: detect every face, anonymize it, paste it back.
+
+The work is split in three steps that the Ray job runs as separate stages and that
+:meth:`ReversePersonalization.anonymize_batch` runs in one process:
+
+1. :func:`prepare_faces` (CPU): detections -> aligned crops, identity embeddings, per-face seeds.
+2. :meth:`ReversePersonalization.anonymize_crops` (GPU): invert and sample, many faces per UNet batch.
+3. :func:`compose` (CPU): paste the anonymized crops back, decide the sample's status.
+
+Fail closed: a face that could not be embedded or anonymized makes the whole image ``quarantined``
+and the result carries no image, so it can never be released by mistake.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from raypipe.anonymize.faces import DetectedFace, Paste, align_face, face_seed, paste_faces
+from raypipe.config import MethodConfig, ModelsConfig
+from raypipe.logs import get_logger
+from raypipe.records import FaceRecord, FaceStatus, Status
+
+if TYPE_CHECKING:
+    from raypipe.anonymize.analyzers import FaceAnalyzer
+    from raypipe.anonymize.models import Models
+
+log = get_logger(__name__)
+
+TINY_FACE_SIZE = 128  # the tiny preset's default crop: big enough for the 8x VAE and two UNet levels
+
+
+@dataclass
+class PreparedFace:
+    """One face on its way to the GPU. Crop and embedding live in memory only, never in outputs."""
+
+    index: int
+    box: tuple[float, float, float, float]
+    score: float
+    seed: int
+    matrix: np.ndarray  # 2x3 image -> crop
+    crop: np.ndarray | None  # face_size x face_size x 3 uint8; None when the face is not anonymizable
+    embedding: np.ndarray | None
+    error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.crop is not None and self.embedding is not None
+
+
+@dataclass
+class AnonymizationResult:
+    """The outcome for one image. ``image`` is None unless the status is releasable."""
+
+    status: Status
+    image: np.ndarray | None
+    faces: list[FaceRecord] = field(default_factory=list)
+    error: str | None = None
+
+
+def prepare_faces(
+    image: np.ndarray,
+    detections: Sequence[DetectedFace],
+    face_size: int,
+    seed: int,
+    key: str,
+    first_index: int = 0,
+) -> list[PreparedFace]:
+    """Align every detected face to a ``face_size`` crop and attach its embedding and seed.
+
+    Faces are numbered from ``first_index`` (a sample with several images numbers its faces across
+    them), and each is seeded from (run seed, sample key, face index).
+    """
+    faces = []
+    for index, det in enumerate(detections, start=first_index):
+        seed_i = face_seed(seed, key, index)
+        crop, matrix = align_face(image, det.landmarks, face_size)
+        error = None
+        if det.embedding is None:
+            error = det.embedding_error or "no identity embedding could be computed for this face"
+        elif not np.all(np.isfinite(det.embedding)):
+            error = "identity embedding is not finite"
+        faces.append(
+            PreparedFace(
+                index=index,
+                box=tuple(float(v) for v in det.box),  # type: ignore[arg-type]
+                score=float(det.score),
+                seed=seed_i,
+                matrix=matrix,
+                crop=crop if error is None else None,
+                embedding=det.embedding if error is None else None,
+                error=error,
+            )
+        )
+    return faces
+
+
+def compose(
+    image: np.ndarray, faces: Sequence[PreparedFace], outputs: Sequence[np.ndarray | None]
+) -> AnonymizationResult:
+    """Paste anonymized crops back and decide the status; any face left undone quarantines the image."""
+    if len(faces) != len(outputs):
+        raise ValueError(f"{len(faces)} faces but {len(outputs)} anonymized crops")
+    if not faces:
+        return AnonymizationResult(status=Status.NO_FACE, image=image)
+    records = []
+    for face, out in zip(faces, outputs):
+        if not face.ready:
+            status, error = FaceStatus.NOT_EMBEDDABLE, face.error
+        elif out is None:
+            status, error = FaceStatus.ANONYMIZE_ERROR, "the anonymized face was not finite"
+        else:
+            status, error = FaceStatus.ANONYMIZED, None
+        records.append(
+            FaceRecord(
+                index=face.index, box=face.box, score=face.score, status=status, seed=face.seed, error=error
+            )
+        )
+    undone = [r for r in records if r.status is not FaceStatus.ANONYMIZED]
+    if undone:
+        reasons = "; ".join(f"face {r.index}: {r.status.value} ({r.error})" for r in undone)
+        return AnonymizationResult(status=Status.QUARANTINED, image=None, faces=records, error=reasons)
+    pastes = [Paste(crop=out, matrix=face.matrix, box=face.box) for face, out in zip(faces, outputs)]
+    return AnonymizationResult(status=Status.ANONYMIZED, image=paste_faces(image, pastes), faces=records)
+
+
+def load_analyzer_from_config(models: ModelsConfig) -> FaceAnalyzer:
+    """The face analyzer named by the config (insightface weights may come from an object store)."""
+    from raypipe.anonymize.analyzers import build_analyzer
+    from raypipe.anonymize.models import resolve_source
+
+    if models.analyzer == "insightface":
+        return build_analyzer(
+            "insightface",
+            model=resolve_source(models.insightface, models.cache_dir),
+            det_thresh=models.det_thresh,
+            det_size=models.det_size,
+        )
+    return build_analyzer(models.analyzer)
+
+
+class ReversePersonalization:
+    """The anonymizer: models loaded once, any number of images or face batches.
+
+    >>> rp = ReversePersonalization.tiny()            # random weights, CPU, seconds
+    >>> result = rp.anonymize(image, key="000123")    # image: HxWx3 uint8 RGB
+    >>> result.status, result.image, result.faces
+    """
+
+    def __init__(
+        self, models: Models, analyzer: FaceAnalyzer | None, method: MethodConfig | None = None
+    ) -> None:
+        from raypipe.anonymize.guidance import TextEncoder
+        from raypipe.anonymize.schedule import NoiseSchedule, make_timesteps
+
+        self.models = models
+        self.analyzer = analyzer
+        self.method = method or MethodConfig()
+        if analyzer is not None and analyzer.embedding_dim != models.id_embed_dim:
+            raise ValueError(
+                f"the {analyzer.name} analyzer gives {analyzer.embedding_dim}-d identity embeddings but the "
+                f"IP-Adapter-FaceID projection expects {models.id_embed_dim}-d (ArcFace); use the "
+                "'insightface' analyzer with the 'sdxl' preset"
+            )
+        self.timesteps = make_timesteps(self.method.skip, self.method.num_steps)
+        self.schedule = NoiseSchedule.sdxl()
+        self.text = TextEncoder(models)
+
+    # ------------------------------------------------------------------ constructors
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        models: ModelsConfig | None = None,
+        method: MethodConfig | None = None,
+        analyzer: FaceAnalyzer | None = None,
+        load_analyzer: bool = True,
+    ) -> ReversePersonalization:
+        """Models named by :class:`ModelsConfig`: production weights from hub ids, local folders or
+        object-store URIs (``preset: sdxl``), or tiny random ones (``preset: tiny``).
+
+        ``load_analyzer=False`` skips the face analyzer (when detection runs in another process).
+        """
+        from raypipe.anonymize.analyzers import EMBEDDING_DIMS
+        from raypipe.anonymize.models import build_tiny_models, load_models
+
+        models = models or ModelsConfig()
+        method = method or MethodConfig()
+        if analyzer is None and load_analyzer:
+            analyzer = load_analyzer_from_config(models)
+        if models.preset == "tiny":
+            id_dim = analyzer.embedding_dim if analyzer is not None else EMBEDDING_DIMS[models.analyzer]
+            loaded = build_tiny_models(
+                id_embed_dim=id_dim, ip_adapter_scale=method.ip_adapter_scale, device=models.device
+            )
+        else:
+            loaded = load_models(models, ip_adapter_scale=method.ip_adapter_scale)
+        return cls(loaded, analyzer, method)
+
+    @classmethod
+    def tiny(
+        cls, method: MethodConfig | None = None, analyzer: FaceAnalyzer | str | None = "dlib", seed: int = 0
+    ) -> ReversePersonalization:
+        """Tiny random models (offline, CPU, seconds): every code path of production, no real weights.
+
+        With the dlib analyzer the FaceID projection takes dlib's 128-d embeddings.
+        """
+        from raypipe.anonymize.analyzers import build_analyzer
+        from raypipe.anonymize.models import build_tiny_models
+
+        if isinstance(analyzer, str):
+            analyzer = build_analyzer(analyzer)
+        method = method or MethodConfig(face_size=TINY_FACE_SIZE)
+        id_dim = analyzer.embedding_dim if analyzer is not None else 512
+        models = build_tiny_models(id_embed_dim=id_dim, seed=seed, ip_adapter_scale=method.ip_adapter_scale)
+        return cls(models, analyzer, method)
+
+    # ------------------------------------------------------------------ the method on crops
+
+    def anonymize_crops(
+        self, crops: Sequence[np.ndarray], embeddings: Sequence[np.ndarray], seeds: Sequence[int]
+    ) -> list[np.ndarray | None]:
+        """Anonymize aligned face crops, ``method.face_batch_size`` faces per UNet batch.
+
+        Returns one uint8 crop per face, or None where the result was not finite (fail closed).
+        """
+        if not (len(crops) == len(embeddings) == len(seeds)):
+            raise ValueError(f"{len(crops)} crops, {len(embeddings)} embeddings, {len(seeds)} seeds")
+        out: list[np.ndarray | None] = []
+        size = self.method.face_batch_size
+        for start in range(0, len(crops), size):
+            stop = start + size
+            out.extend(self._anonymize_batch(crops[start:stop], embeddings[start:stop], seeds[start:stop]))
+        return out
+
+    def _anonymize_batch(
+        self, crops: Sequence[np.ndarray], embeddings: Sequence[np.ndarray], seeds: Sequence[int]
+    ) -> list[np.ndarray | None]:
+        import torch
+
+        from raypipe.anonymize.guidance import GuidedUNet, inversion_branches, sampling_branches
+        from raypipe.anonymize.inversion import decode_latents, encode_crops, invert, replay
+        from raypipe.anonymize.schedule import SDEDPMSolver2M
+
+        started = time.perf_counter()
+        self._check_crops(crops)
+        method, models = self.method, self.models
+        size = crops[0].shape[0]
+        time_ids = (size, size, 0, 0, size, size)
+        solver = SDEDPMSolver2M(self.schedule)
+
+        # 1. Encode the crops (fp32 VAE, distribution mode).
+        x0 = encode_crops(models.vae, torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2))
+        # 2. Invert with the null identity in both branches.
+        unconditional, conditional = inversion_branches(self.text, len(crops), models.id_embed_dim)
+        denoise = GuidedUNet(models, unconditional, conditional, method.guidance_scale, time_ids)
+        inversion = invert(x0, self.timesteps, denoise, solver, seeds)
+        # 3. Replay the noise maps, pushed away from each face's identity.
+        identity = torch.from_numpy(np.stack(embeddings).astype(np.float32))
+        unconditional, conditional = sampling_branches(
+            self.text, identity, method.id_scale, method.attribute_prompt
+        )
+        denoise = GuidedUNet(models, unconditional, conditional, method.guidance_scale, time_ids)
+        latents = replay(inversion, self.timesteps, denoise, solver)
+        # 4. Decode; a non-finite face is reported as None, never clamped into a plausible image.
+        pixels = decode_latents(models.vae, latents).permute(0, 2, 3, 1).cpu().numpy()
+        log.debug("anonymized %d faces in %.2fs", len(crops), time.perf_counter() - started)
+        return [
+            np.clip(np.rint(p), 0, 255).astype(np.uint8) if np.all(np.isfinite(p)) else None for p in pixels
+        ]
+
+    def _check_crops(self, crops: Sequence[np.ndarray]) -> None:
+        if not crops:
+            raise ValueError("no crops to anonymize")
+        shape = crops[0].shape
+        factor = self.models.vae_scale_factor * 2
+        if len(shape) != 3 or shape[2] != 3 or shape[0] != shape[1] or shape[0] % factor:
+            raise ValueError(f"crops must be square RGB with a side divisible by {factor}, got {shape}")
+        if any(c.shape != shape or c.dtype != np.uint8 for c in crops):
+            raise ValueError("all crops in a batch must be uint8 and of the same shape")
+
+    # ------------------------------------------------------------------ whole images
+
+    def detect(self, image: np.ndarray) -> list[DetectedFace]:
+        if self.analyzer is None:
+            raise ValueError("this ReversePersonalization has no face analyzer; pass one to detect faces")
+        return self.analyzer.analyze(image)
+
+    def anonymize(self, image: np.ndarray, key: str = "") -> AnonymizationResult:
+        """Anonymize every face of one RGB uint8 image (HxWx3). ``key`` seeds the faces' noise."""
+        return self.anonymize_batch([image], [key])[0]
+
+    def anonymize_batch(self, images: Sequence[np.ndarray], keys: Sequence[str]) -> list[AnonymizationResult]:
+        """Anonymize many images, with faces from all of them sharing UNet batches."""
+        # 1. Check inputs.
+        if len(images) != len(keys):
+            raise ValueError(f"{len(images)} images but {len(keys)} keys")
+        for key, image in zip(keys, images):
+            if not (
+                isinstance(image, np.ndarray)
+                and image.dtype == np.uint8
+                and image.ndim == 3
+                and image.shape[2] == 3
+            ):
+                got = getattr(image, "shape", type(image).__name__), getattr(image, "dtype", None)
+                raise ValueError(f"image {key!r}: expected an HxWx3 uint8 RGB array, got {got}")
+        # 2. Detect and align every face.
+        prepared = [
+            prepare_faces(image, self.detect(image), self.method.face_size, self.method.seed, key)
+            for image, key in zip(images, keys)
+        ]
+        # 3. Anonymize all ready faces together, in UNet batches.
+        ready = [face for faces in prepared for face in faces if face.ready]
+        crops = (
+            self.anonymize_crops(
+                [f.crop for f in ready],
+                [f.embedding for f in ready],
+                [f.seed for f in ready],  # type: ignore[misc]
+            )
+            if ready
+            else []
+        )
+        by_face: dict[int, np.ndarray | None] = {id(f): c for f, c in zip(ready, crops)}
+        # 4. Paste back, one status per image.
+        return [
+            compose(image, faces, [by_face.get(id(f)) for f in faces])
+            for image, faces in zip(images, prepared)
+        ]
+
+    def describe(self) -> dict[str, Any]:
+        """Method parameters and model provenance, for records and audit (no secrets, no biometrics)."""
+        from raypipe.config import to_dict
+
+        return {
+            "method": to_dict(self.method),
+            "timesteps": [self.timesteps[0], self.timesteps[-1], len(self.timesteps)],
+            "models": dict(self.models.sources),
+            "weight_hashes": dict(self.models.weight_hashes),
+            "analyzer": self.analyzer.name if self.analyzer is not None else None,
+        }

@@ -1,0 +1,117 @@
+"""Atomic publishing of complete objects, and the small read helpers that go with it.
+
+A reader must never see a partial object under its final name: locally we write a temporary file in
+the same folder and rename it; on object stores we send the complete object in one PUT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import tempfile
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from raypipe.io.retry import retry
+from raypipe.logs import get_logger
+
+logger = get_logger(__name__)
+
+# s3fs switches to a multipart upload above 2 x chunksize; S3 accepts single PUTs up to 5 GiB.
+_S3_SINGLE_PUT_CHUNK = 5 * 2**30
+TEMP_SUFFIX = ".tmp"
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+def _is_s3(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return "s3" in protocols
+
+
+def publish_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Make ``data`` appear at ``path`` all at once (never partially), replacing any previous object.
+
+    Local: temporary file in the same folder, flush + fsync, ``os.replace``, folders created as needed.
+    Object stores: exactly one ``pipe_file`` of the complete object (a single PUT on S3 up to 5 GiB),
+    retried on transient errors (a PUT of the same bytes is idempotent).
+    """
+    if _is_local(fs):
+        _publish_local(fs._strip_protocol(path), data)
+        return
+    kwargs = {"chunksize": _S3_SINGLE_PUT_CHUNK} if _is_s3(fs) else {}
+    retry(lambda: fs.pipe_file(path, data, **kwargs), description=f"publish {path}")
+    logger.debug("published %d bytes to %s", len(data), path)
+
+
+def _publish_local(path: str, data: bytes) -> None:
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, temp_path = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=TEMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())  # mkstemp creates 0600
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_path)
+        raise
+    _fsync_folder(folder)
+    logger.debug("published %d bytes to %s", len(data), path)
+
+
+def _fsync_folder(folder: str) -> None:
+    # Makes the rename itself durable; some filesystems refuse to open folders, which is fine.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@functools.cache
+def _umask() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    current = os.umask(0o022)  # no race-free way to read it elsewhere; read once and restore
+    os.umask(current)
+    return current
+
+
+def read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
+    """The complete content of ``path`` (retried on transient errors)."""
+    return retry(lambda: fs.cat_file(path), description=f"read {path}")
+
+
+def exists(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+    """True when ``path`` exists now (any cached listing is ignored)."""
+    fs.invalidate_cache(path)
+    return retry(lambda: fs.exists(path), description=f"check {path}")
+
+
+def delete(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """Remove the object at ``path``; a missing object is fine."""
+
+    def _remove() -> None:
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm_file(path)
+
+    retry(_remove, description=f"delete {path}")
+    fs.invalidate_cache(path)

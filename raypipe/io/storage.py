@@ -1,0 +1,214 @@
+"""Storage URIs and fsspec filesystems: the one place that turns a path or URI into a filesystem.
+
+Credentials are never passed through here: s3fs/gcsfs find them through the standard provider
+chains (environment, profile files, instance metadata, workload identity).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import fsspec
+from fsspec.core import split_protocol
+from fsspec.implementations.local import LocalFileSystem
+
+from raypipe.logs import get_logger
+
+logger = get_logger(__name__)
+
+LOCAL_PROTOCOLS = frozenset({"file", "local"})
+S3_PROTOCOLS = frozenset({"s3", "s3a"})
+GCS_PROTOCOLS = frozenset({"gs", "gcs"})
+AZURE_PROTOCOLS = frozenset({"az", "abfs", "abfss", "adl"})
+
+# Optional packages that provide fsspec protocols, named in the error a user sees.
+_PROTOCOL_PACKAGES = {
+    "s3": "s3fs",
+    "s3a": "s3fs",
+    "gs": "gcsfs (pip install 'raypipe[gcs]')",
+    "gcs": "gcsfs (pip install 'raypipe[gcs]')",
+    "az": "adlfs",
+    "abfs": "adlfs",
+    "abfss": "adlfs",
+}
+
+
+class StorageError(RuntimeError):
+    """A URI cannot be served by any available filesystem."""
+
+
+class UnsupportedURIError(StorageError, ValueError):
+    """The URI names a protocol that fsspec does not know."""
+
+
+class MissingDependencyError(StorageError, ImportError):
+    """The URI's protocol needs an optional package that is not installed."""
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    """How to reach object storage. Holds no secrets.
+
+    Unset fields fall back to the standard AWS environment variables when the options are turned into
+    filesystem arguments (see :meth:`resolve`), so a job configured only through the environment works.
+    """
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    anonymous: bool = False
+
+    def __post_init__(self) -> None:
+        if self.endpoint_url is not None:
+            _check_endpoint(self.endpoint_url, "endpoint_url")
+
+    def resolve(self, environ: Mapping[str, str] | None = None) -> StorageOptions:
+        """Return a copy with unset fields filled from ``environ`` (default: ``os.environ``).
+
+        ``AWS_ENDPOINT_URL_S3`` wins over ``AWS_ENDPOINT_URL`` (the botocore order);
+        ``AWS_REGION`` wins over ``AWS_DEFAULT_REGION``; the profile comes from ``AWS_PROFILE``.
+        """
+        env = os.environ if environ is None else environ
+        endpoint = self.endpoint_url or _first(env, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+        if endpoint is not None and self.endpoint_url is None:
+            _check_endpoint(endpoint, "AWS_ENDPOINT_URL(_S3)")
+        return replace(
+            self,
+            endpoint_url=endpoint,
+            region=self.region or _first(env, "AWS_REGION", "AWS_DEFAULT_REGION"),
+            profile=self.profile or _first(env, "AWS_PROFILE"),
+        )
+
+    def to_fsspec(self, protocol: str | None, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """Keyword arguments for the fsspec filesystem class of ``protocol``.
+
+        The endpoint is passed explicitly even when it comes from the environment, so it works whatever
+        botocore version is installed (older ones ignore ``AWS_ENDPOINT_URL``).
+        """
+        proto = (protocol or "file").lower()
+        if proto in LOCAL_PROTOCOLS or proto == "memory":
+            return {}
+        resolved = self.resolve(environ)
+        if proto in S3_PROTOCOLS:
+            return _s3_kwargs(resolved)
+        if proto in GCS_PROTOCOLS:
+            return _gcs_kwargs(resolved)
+        if proto in AZURE_PROTOCOLS:
+            return {"anon": True} if resolved.anonymous else {}
+        return {}
+
+
+def _check_endpoint(url: str, source: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{source} must be an http:// or https:// URL, got {redact(url)!r}")
+    if "@" in parts.netloc:
+        raise ValueError(f"{source} must not contain credentials; use the AWS credential chain instead")
+
+
+def _first(env: Mapping[str, str], *names: str) -> str | None:
+    for name in names:
+        value = env.get(name)
+        if value:
+            return value
+    return None
+
+
+def _s3_kwargs(options: StorageOptions) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"anon": options.anonymous}
+    if options.endpoint_url:
+        kwargs["endpoint_url"] = options.endpoint_url
+    if options.region:
+        kwargs["client_kwargs"] = {"region_name": options.region}
+    if options.profile and not options.anonymous:
+        kwargs["profile"] = options.profile
+    return kwargs
+
+
+def _gcs_kwargs(options: StorageOptions) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    if options.anonymous:
+        kwargs["token"] = "anon"
+    if options.endpoint_url:
+        kwargs["endpoint_url"] = options.endpoint_url
+    return kwargs
+
+
+def protocol_of(uri_or_path: str) -> str | None:
+    """The URI's protocol (``"s3"``, ``"gs"``, ...), or ``None`` for a plain local path."""
+    protocol, _ = split_protocol(uri_or_path)
+    return protocol.lower() if protocol else None
+
+
+def is_local(uri_or_path: str) -> bool:
+    """True for plain paths and ``file://`` URIs."""
+    protocol = protocol_of(uri_or_path)
+    return protocol is None or protocol in LOCAL_PROTOCOLS
+
+
+def filesystem(
+    uri_or_path: str, options: StorageOptions | None = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Return the filesystem serving ``uri_or_path`` and the path inside it.
+
+    Local paths come back absolute; object-store paths come back without their scheme
+    (``s3://bucket/key`` -> ``bucket/key``), as fsspec methods expect them.
+    """
+    protocol = protocol_of(uri_or_path)
+    options = options or StorageOptions()
+    if protocol is None or protocol in LOCAL_PROTOCOLS:
+        fs = LocalFileSystem()
+        return fs, fs._strip_protocol(uri_or_path)
+    try:
+        cls = fsspec.get_filesystem_class(protocol)
+    except ImportError as exc:
+        package = _PROTOCOL_PACKAGES.get(protocol, "the package that provides it")
+        raise MissingDependencyError(
+            f"{redact(uri_or_path)}: protocol {protocol!r} needs {package}, which is not installed ({exc})"
+        ) from exc
+    except ValueError as exc:
+        raise UnsupportedURIError(f"{redact(uri_or_path)}: unknown storage protocol {protocol!r}") from exc
+    fs = cls(**options.to_fsspec(protocol))
+    return fs, cls._strip_protocol(uri_or_path)
+
+
+def to_uri(scheme: str | None, fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """Inverse of :func:`filesystem`: a full URI for ``path`` on ``fs`` keeping the user's ``scheme``.
+
+    Local paths are returned as plain absolute paths.
+    """
+    if scheme is None or scheme in LOCAL_PROTOCOLS or isinstance(fs, LocalFileSystem):
+        return path
+    return f"{scheme}://{path.lstrip('/')}"
+
+
+def join(base_uri: str, *parts: str) -> str:
+    """Join path parts onto a path or URI with ``/`` (``join("s3://b/out/", "x.tar")`` -> ``s3://b/out/x.tar``)."""
+    pieces = [p.strip("/") for p in parts if p and p.strip("/")]
+    if not pieces:
+        return base_uri
+    if not base_uri:
+        return "/".join(pieces)
+    base = base_uri if base_uri.endswith("/") else base_uri + "/"
+    return base + "/".join(pieces)
+
+
+def basename(uri: str) -> str:
+    """The last path component of a path or URI, ignoring a trailing slash."""
+    _, path = split_protocol(uri)
+    return posixpath.basename(path.rstrip("/"))
+
+
+def redact(uri: str) -> str:
+    """A URI safe to log: drops ``user:password@`` and replaces any query (signatures, tokens)."""
+    if "://" not in uri:
+        return uri
+    parts = urlsplit(uri)
+    netloc = parts.netloc.rpartition("@")[2]
+    query = "<redacted>" if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
