@@ -23,9 +23,7 @@ def add_method_flags(parser: argparse.ArgumentParser) -> None:
     """The method flags shared by ``anonymize-image`` and ``anonymize``; they override the config file."""
     g = parser.add_argument_group("method (override the config file)")
     g.add_argument("--config", help="job YAML file (sections: models, method, ...)")
-    g.add_argument(
-        "--preset", choices=PRESETS, help="sdxl: real weights; tiny: random test models (default sdxl)"
-    )
+    g.add_argument("--preset", choices=PRESETS, help="sdxl: real weights; tiny: random test models (default sdxl)")
     g.add_argument("--analyzer", choices=ANALYZERS, help="face detector/recognizer (default insightface)")
     g.add_argument("--guidance-scale", type=float, help="w; negative repels the identity (default -10)")
     g.add_argument("--attribute", help='attribute prompt steering age/sex/race, e.g. "an elderly man"')
@@ -75,6 +73,62 @@ def cmd_anonymize_image(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_anonymize(args: argparse.Namespace) -> int:
+    from raypipe.config import load_config
+    from raypipe.pipeline.run import run
+
+    overrides: dict[str, object] = dict(method_overrides(args))
+    overrides["input"] = args.input
+    overrides["output"] = args.output
+    if args.ray_address:
+        overrides["pipeline"] = {"address": args.ray_address}
+    if args.no_progress:
+        overrides["pipeline"] = {**overrides.get("pipeline", {}), "progress": False}  # type: ignore[dict-item]
+    config = load_config(args.config, overrides=overrides)
+    summary = run(config, overwrite=args.overwrite)
+    print_summary(summary)
+    return EXIT_OK if summary.ok else EXIT_SAMPLES
+
+
+def print_summary(summary: object) -> None:
+    from raypipe.pipeline.run import RunSummary
+
+    assert isinstance(summary, RunSummary)
+    lines = [
+        f"raypipe run {summary.run_id} -> {summary.output}",
+        f"  shards:  {summary.shards_done}/{summary.shards_total} complete"
+        f" ({summary.shards_skipped} were already done)",
+        f"  samples: {summary.samples_total} accounted for, {summary.samples_processed} processed now",
+    ]
+    for status, count in summary.counts.items():
+        lines.append(f"    {status:<12} {count}")
+    if summary.incomplete_shards:
+        lines.append(
+            f"  incomplete shards: {', '.join(summary.incomplete_shards[:10])}"
+            + (" ..." if len(summary.incomplete_shards) > 10 else "")
+        )
+        lines.append("  rerun the same command to finish them")
+    lines.append(f"  time:    {summary.elapsed_s:.1f}s")
+    print("\n".join(lines))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from raypipe.status import output_status
+
+    report = output_status(args.output)
+    print(report.render())
+    return EXIT_OK
+
+
+def cmd_make_samples(args: argparse.Namespace) -> int:
+    from raypipe.samples import make_sample_shards
+
+    paths = make_sample_shards(args.folder, shards=args.shards, samples_per_shard=args.per_shard)
+    for path in paths:
+        print(path)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raypipe", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -85,6 +139,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", metavar="OUT", help="output image file (format from its extension)")
     add_method_flags(p)
     p.set_defaults(func=cmd_anonymize_image)
+
+    p = sub.add_parser("anonymize", help="anonymize WebDataset shards with Ray: INPUT shards -> OUTPUT folder/bucket")
+    p.add_argument(
+        "input",
+        metavar="INPUT",
+        nargs="?",
+        help="shards: path, s3://, gs://, glob or data-{00000..00099}.tar",
+    )
+    p.add_argument("output", metavar="OUTPUT", nargs="?", help="output folder or bucket prefix")
+    add_method_flags(p)
+    p.add_argument("--overwrite", action="store_true", help="delete results of a different configuration in OUTPUT")
+    p.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_anonymize)
+
+    p = sub.add_parser("status", help="shards done/pending and samples per status of a run's OUTPUT")
+    p.add_argument("output", metavar="OUTPUT")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("make-samples", help="write small WebDataset shards built from public-domain photos")
+    p.add_argument("folder", metavar="FOLDER")
+    p.add_argument("--shards", type=int, default=3)
+    p.add_argument("--per-shard", type=int, default=5)
+    p.set_defaults(func=cmd_make_samples)
     return parser
 
 

@@ -7,8 +7,10 @@ is rejected before any model loads or Ray starts.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from raypipe.io.storage import StorageOptions
 
 
 class ConfigError(ValueError):
@@ -45,9 +47,7 @@ class MethodConfig:
 
     def __post_init__(self) -> None:
         p = "method."
-        _check(
-            _is_number(self.guidance_scale), p + "guidance_scale", "a number (e.g. -10)", self.guidance_scale
-        )
+        _check(_is_number(self.guidance_scale), p + "guidance_scale", "a number (e.g. -10)", self.guidance_scale)
         _check(_is_number(self.skip) and 0.0 <= self.skip < 1.0, p + "skip", "a number in [0, 1)", self.skip)
         _check(
             isinstance(self.num_steps, int) and not isinstance(self.num_steps, bool) and self.num_steps >= 1,
@@ -55,9 +55,7 @@ class MethodConfig:
             "an integer >= 1",
             self.num_steps,
         )
-        _check(
-            _is_number(self.id_scale) and self.id_scale >= 0, p + "id_scale", "a number >= 0", self.id_scale
-        )
+        _check(_is_number(self.id_scale) and self.id_scale >= 0, p + "id_scale", "a number >= 0", self.id_scale)
         _check(
             _is_number(self.ip_adapter_scale) and self.ip_adapter_scale >= 0,
             p + "ip_adapter_scale",
@@ -133,22 +131,6 @@ DETECT_PLACEMENTS = ("cpu", "gpu_actor")
 
 
 @dataclass(frozen=True)
-class StorageConfig:
-    """Object-store options; credentials always come from the environment or profile, never from here."""
-
-    endpoint_url: str | None = None
-    region: str | None = None
-    profile: str | None = None
-    anonymous: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("endpoint_url", "region", "profile"):
-            value = getattr(self, name)
-            _check(value is None or isinstance(value, str), "storage." + name, "a string or null", value)
-        _check(isinstance(self.anonymous, bool), "storage.anonymous", "true or false", self.anonymous)
-
-
-@dataclass(frozen=True)
 class PipelineConfig:
     """How the Ray job is laid out (all Ray specifics stay in ``raypipe.pipeline``)."""
 
@@ -157,6 +139,7 @@ class PipelineConfig:
     anonymize_actors_max: int = 1
     num_gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0 (CPU run)
     num_cpus_per_actor: float = 0.5
+    anonymize_actor_resources: dict[str, float] | None = None  # custom Ray resources, e.g. {"a100": 1}
     batch_size: int = 8  # samples per batch handed to an actor
     detect: str = "cpu"  # "cpu": a CPU stage before the GPU pool; "gpu_actor": inside the GPU actors
     detect_actors: int = 1
@@ -195,10 +178,19 @@ class PipelineConfig:
             value = getattr(self, name)
             if value is not None or name == "num_cpus_per_actor":
                 _check(_is_number(value) and value >= 0, p + name, "a number >= 0", value)
-        _check(
-            self.detect in DETECT_PLACEMENTS, p + "detect", f"one of {list(DETECT_PLACEMENTS)}", self.detect
-        )
+        _check(self.detect in DETECT_PLACEMENTS, p + "detect", f"one of {list(DETECT_PLACEMENTS)}", self.detect)
         _check(isinstance(self.progress, bool), p + "progress", "true or false", self.progress)
+        resources = self.anonymize_actor_resources
+        _check(
+            resources is None
+            or (
+                isinstance(resources, dict)
+                and all(isinstance(k, str) and _is_number(v) and v >= 0 for k, v in resources.items())
+            ),
+            p + "anonymize_actor_resources",
+            "a mapping of resource name to amount, or null",
+            resources,
+        )
 
 
 @dataclass(frozen=True)
@@ -226,7 +218,7 @@ class JobConfig:
 
     input: tuple[str, ...] = ()
     output: str = ""
-    storage: StorageConfig = StorageConfig()
+    storage: StorageOptions = field(default_factory=StorageOptions)
     models: ModelsConfig = ModelsConfig()
     method: MethodConfig = MethodConfig()
     pipeline: PipelineConfig = PipelineConfig()
@@ -234,7 +226,7 @@ class JobConfig:
 
 
 SECTIONS: dict[str, type] = {
-    "storage": StorageConfig,
+    "storage": StorageOptions,
     "models": ModelsConfig,
     "method": MethodConfig,
     "pipeline": PipelineConfig,
@@ -281,6 +273,7 @@ def build_config(data: dict[str, Any], overrides: dict[str, Any], require_io: bo
     preset = merged["models"].get("preset", ModelsConfig.preset)
     if preset == "tiny":
         merged["method"].setdefault("face_size", TINY_FACE_SIZE)
+    _check_storage(merged["storage"])
     sections = {name: from_mapping(cls, merged[name], name) for name, cls in SECTIONS.items()}
     inputs = overrides.get("input") or data.get("input") or ()
     if isinstance(inputs, str):
@@ -297,6 +290,14 @@ def build_config(data: dict[str, Any], overrides: dict[str, Any], require_io: bo
     return JobConfig(input=tuple(inputs), output=output, **sections)
 
 
+def _check_storage(section: dict[str, Any]) -> None:
+    for name in ("endpoint_url", "region", "profile"):
+        value = section.get(name)
+        _check(value is None or isinstance(value, str), "storage." + name, "a string or null", value)
+    value = section.get("anonymous", False)
+    _check(isinstance(value, bool), "storage.anonymous", "true or false", value)
+
+
 def from_mapping(cls: type, data: Any, section: str) -> Any:
     """Build the dataclass ``cls`` from a mapping, rejecting unknown keys by name."""
     if data is None:
@@ -307,7 +308,12 @@ def from_mapping(cls: type, data: Any, section: str) -> Any:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{section}: unknown key(s) {unknown}; allowed keys are {sorted(known)}")
-    return cls(**data)
+    try:
+        return cls(**data)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{section}: {exc}") from exc
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
@@ -325,7 +331,6 @@ __all__ = [
     "MethodConfig",
     "ModelsConfig",
     "PipelineConfig",
-    "StorageConfig",
     "build_config",
     "from_mapping",
     "load_config",

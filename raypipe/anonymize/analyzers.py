@@ -312,9 +312,7 @@ class InsightFaceAnalyzer:
         return found["detection"], found["recognition"]
 
     @classmethod
-    def from_name_or_path(
-        cls, spec: str | Path, cache_root: str | Path, **options: Any
-    ) -> InsightFaceAnalyzer:
+    def from_name_or_path(cls, spec: str | Path, cache_root: str | Path, **options: Any) -> InsightFaceAnalyzer:
         """Analyzer from a local folder, or from a model-pack name such as ``"buffalo_l"``.
 
         A name resolves to ``<cache_root>/models/<name>``; when that folder is missing, insightface's

@@ -16,6 +16,8 @@ import hashlib
 import importlib.util
 import os
 import string
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,6 +65,23 @@ class Models:
 
 
 # --------------------------------------------------------------------------- device and dtype
+
+
+@contextmanager
+def quiet_loaders() -> Iterator[None]:
+    """diffusers/transformers warn about things that are expected here (no image encoder, no text
+    encoder LoRA); keep their loggers at error level while raypipe loads."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    before = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(before[0])
+        transformers_logging.set_verbosity(before[1])
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -117,7 +136,8 @@ def attach_faceid_adapter(
 ) -> None:
     """Load IP-Adapter-FaceID (projection, IP attention, embedded LoRA) and prove the LoRA is active."""
     require_peft()
-    pipe.load_ip_adapter(source, subfolder="", weight_name=weight_name, image_encoder_folder=None)
+    with quiet_loaders():
+        pipe.load_ip_adapter(source, subfolder="", weight_name=weight_name, image_encoder_folder=None)
     peft_config = getattr(pipe.unet, "peft_config", None) or {}
     if FACEID_ADAPTER not in peft_config:
         raise ModelLoadError(
@@ -138,7 +158,8 @@ def load_models(config: ModelsConfig, ip_adapter_scale: float = 1.0) -> Models:
     sdxl_path = resolve_source(config.sdxl, config.cache_dir)
     log.info("loading SDXL from %s (%s on %s)", config.sdxl, dtype, device)
     try:
-        pipe = StableDiffusionXLPipeline.from_pretrained(sdxl_path, torch_dtype=dtype)
+        with quiet_loaders():
+            pipe = StableDiffusionXLPipeline.from_pretrained(sdxl_path, torch_dtype=dtype)
         if config.vae:
             pipe.vae = AutoencoderKL.from_pretrained(resolve_source(config.vae, config.cache_dir))
         ip_path = resolve_source(config.ip_adapter, config.cache_dir)
@@ -183,9 +204,7 @@ def _weight_hashes(paths: dict[str, str]) -> dict[str, str]:
     for name, path in paths.items():
         p = Path(path)
         files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p] if p.is_file() else []
-        weight_files = [
-            f for f in files if f.suffix in {".safetensors", ".bin", ".pt", ".pth", ".onnx", ".dat"}
-        ]
+        weight_files = [f for f in files if f.suffix in {".safetensors", ".bin", ".pt", ".pth", ".onnx", ".dat"}]
         if not weight_files:
             hashes[name] = "unresolved"
             continue
@@ -338,9 +357,7 @@ def build_tiny_models(
     import torch
 
     pipe = build_tiny_pipeline(seed)
-    attach_faceid_adapter(
-        pipe, tiny_faceid_state_dict(pipe, id_embed_dim), TINY_WEIGHT_NAME, ip_adapter_scale
-    )
+    attach_faceid_adapter(pipe, tiny_faceid_state_dict(pipe, id_embed_dim), TINY_WEIGHT_NAME, ip_adapter_scale)
     dev = resolve_device(device)
     pipe.to(dev)
     _freeze(pipe)
@@ -354,9 +371,7 @@ def build_tiny_models(
     )
 
 
-def save_tiny_models(
-    folder: str | os.PathLike[str], id_embed_dim: int = 512, seed: int = 0
-) -> dict[str, str]:
+def save_tiny_models(folder: str | os.PathLike[str], id_embed_dim: int = 512, seed: int = 0) -> dict[str, str]:
     """Write tiny random models in the production layout: ``sdxl/`` (a diffusers pipeline folder) and
     ``ip-adapter/ip-adapter-faceid_sdxl.bin``. Returns the two paths, ready for :class:`ModelsConfig`."""
     import torch

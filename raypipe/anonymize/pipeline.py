@@ -116,9 +116,7 @@ def compose(
         else:
             status, error = FaceStatus.ANONYMIZED, None
         records.append(
-            FaceRecord(
-                index=face.index, box=face.box, score=face.score, status=status, seed=face.seed, error=error
-            )
+            FaceRecord(index=face.index, box=face.box, score=face.score, status=status, seed=face.seed, error=error)
         )
     undone = [r for r in records if r.status is not FaceStatus.ANONYMIZED]
     if undone:
@@ -151,9 +149,7 @@ class ReversePersonalization:
     >>> result.status, result.image, result.faces
     """
 
-    def __init__(
-        self, models: Models, analyzer: FaceAnalyzer | None, method: MethodConfig | None = None
-    ) -> None:
+    def __init__(self, models: Models, analyzer: FaceAnalyzer | None, method: MethodConfig | None = None) -> None:
         from raypipe.anonymize.guidance import TextEncoder
         from raypipe.anonymize.schedule import NoiseSchedule, make_timesteps
 
@@ -261,17 +257,13 @@ class ReversePersonalization:
         inversion = invert(x0, self.timesteps, denoise, solver, seeds)
         # 3. Replay the noise maps, pushed away from each face's identity.
         identity = torch.from_numpy(np.stack(embeddings).astype(np.float32))
-        unconditional, conditional = sampling_branches(
-            self.text, identity, method.id_scale, method.attribute_prompt
-        )
+        unconditional, conditional = sampling_branches(self.text, identity, method.id_scale, method.attribute_prompt)
         denoise = GuidedUNet(models, unconditional, conditional, method.guidance_scale, time_ids)
         latents = replay(inversion, self.timesteps, denoise, solver)
         # 4. Decode; a non-finite face is reported as None, never clamped into a plausible image.
         pixels = decode_latents(models.vae, latents).permute(0, 2, 3, 1).cpu().numpy()
         log.debug("anonymized %d faces in %.2fs", len(crops), time.perf_counter() - started)
-        return [
-            np.clip(np.rint(p), 0, 255).astype(np.uint8) if np.all(np.isfinite(p)) else None for p in pixels
-        ]
+        return [np.clip(np.rint(p), 0, 255).astype(np.uint8) if np.all(np.isfinite(p)) else None for p in pixels]
 
     def _check_crops(self, crops: Sequence[np.ndarray]) -> None:
         if not crops:
@@ -301,10 +293,7 @@ class ReversePersonalization:
             raise ValueError(f"{len(images)} images but {len(keys)} keys")
         for key, image in zip(keys, images):
             if not (
-                isinstance(image, np.ndarray)
-                and image.dtype == np.uint8
-                and image.ndim == 3
-                and image.shape[2] == 3
+                isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
             ):
                 got = getattr(image, "shape", type(image).__name__), getattr(image, "dtype", None)
                 raise ValueError(f"image {key!r}: expected an HxWx3 uint8 RGB array, got {got}")
@@ -326,10 +315,7 @@ class ReversePersonalization:
         )
         by_face: dict[int, np.ndarray | None] = {id(f): c for f, c in zip(ready, crops)}
         # 4. Paste back, one status per image.
-        return [
-            compose(image, faces, [by_face.get(id(f)) for f in faces])
-            for image, faces in zip(images, prepared)
-        ]
+        return [compose(image, faces, [by_face.get(id(f)) for f in faces]) for image, faces in zip(images, prepared)]
 
     def describe(self) -> dict[str, Any]:
         """Method parameters and model provenance, for records and audit (no secrets, no biometrics)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 import pytest
 
@@ -12,6 +11,7 @@ from raypipe.anonymize.faces import DetectedFace
 from raypipe.anonymize.pipeline import ReversePersonalization
 from raypipe.config import MethodConfig
 from raypipe.records import FaceStatus, Status
+from tests.helpers import face_regions
 
 METHOD = MethodConfig(num_steps=8, face_size=128, face_batch_size=4)
 
@@ -28,16 +28,6 @@ def rp() -> ReversePersonalization:
     return ReversePersonalization.tiny(method=METHOD, analyzer="dlib")
 
 
-def _pasted_region(image_shape: tuple[int, ...], matrix: np.ndarray, face_size: int) -> np.ndarray:
-    """Pixels the crop square can touch after the inverse warp (plus 2 px for interpolation)."""
-    inverse = cv2.invertAffineTransform(matrix)
-    corners = np.array([[0, 0], [face_size, 0], [face_size, face_size], [0, face_size]], dtype=np.float64)
-    quad = corners @ inverse[:, :2].T + inverse[:, 2]
-    mask = np.zeros(image_shape[:2], dtype=np.uint8)
-    cv2.fillPoly(mask, [np.round(quad).astype(np.int32)], 1)
-    return cv2.dilate(mask, np.ones((5, 5), np.uint8)).astype(bool)
-
-
 def test_astronaut_face_is_anonymized_and_nothing_else_changes(rp, astronaut) -> None:
     original = astronaut.copy()
     result = rp.anonymize(astronaut, key="astronaut")
@@ -50,9 +40,7 @@ def test_astronaut_face_is_anonymized_and_nothing_else_changes(rp, astronaut) ->
     faces = rp.detect(astronaut)
     from raypipe.anonymize.faces import alignment_matrix
 
-    region = _pasted_region(
-        astronaut.shape, alignment_matrix(faces[0].landmarks, METHOD.face_size), METHOD.face_size
-    )
+    region = _pasted_region(astronaut.shape, alignment_matrix(faces[0].landmarks, METHOD.face_size), METHOD.face_size)
     assert np.array_equal(out[~region], astronaut[~region])  # byte-identical outside the pasted region
     x1, y1, x2, y2 = (int(round(v)) for v in result.faces[0].box)
     inside = np.abs(out[y1:y2, x1:x2].astype(int) - astronaut[y1:y2, x1:x2].astype(int))
@@ -74,15 +62,10 @@ def test_a_batch_of_faces_equals_the_faces_one_by_one(astronaut) -> None:
     batched = ReversePersonalization.tiny(
         method=MethodConfig(num_steps=8, face_size=128, face_batch_size=3), analyzer=None
     )
-    single = ReversePersonalization(
-        batched.models, None, MethodConfig(num_steps=8, face_size=128, face_batch_size=1)
-    )
+    single = ReversePersonalization(batched.models, None, MethodConfig(num_steps=8, face_size=128, face_batch_size=1))
     rng = np.random.default_rng(0)
     landmarks = np.array([[200, 180], [260, 180], [230, 215], [205, 250], [255, 250]], dtype=np.float32)
-    crops = [
-        align_face(astronaut, landmarks + rng.normal(0, 5, (5, 2)).astype(np.float32), 128)[0]
-        for _ in range(3)
-    ]
+    crops = [align_face(astronaut, landmarks + rng.normal(0, 5, (5, 2)).astype(np.float32), 128)[0] for _ in range(3)]
     embeddings = [v / np.linalg.norm(v) for v in rng.normal(size=(3, 512)).astype(np.float32)]
     seeds = [1, 2, 3]
     together = batched.anonymize_crops(crops, embeddings, seeds)

@@ -1,0 +1,58 @@
+"""Where everything of a run lives under OUTPUT (used by the job, ``status`` and ``audit verify``).
+
+```
+OUTPUT/<shard>.tar                  anonymized shard, same name as the input shard
+OUTPUT/<shard>.audit.parquet        one audit record per input sample
+OUTPUT/<shard>.done.json            completion marker, written last: hashes and counts
+OUTPUT/_raypipe/config.yaml         the resolved job configuration
+OUTPUT/_raypipe/run.json            run manifest (plan, counts, timings)
+OUTPUT/_raypipe/fragments/<shard>/  committed work of shards not yet finalized
+```
+Readers trust only completion markers and the manifest, never a listing of whatever exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from raypipe.io.storage import StorageOptions, filesystem, join
+
+STATE_DIR = "_raypipe"
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    root: str  # OUTPUT as the user gave it (path or URI)
+    options: StorageOptions = field(default_factory=StorageOptions)
+
+    @property
+    def fs(self) -> Any:
+        return filesystem(self.root, self.options)[0]
+
+    def path(self, *parts: str) -> str:
+        """A path inside OUTPUT, in the form the filesystem expects (no scheme for fsspec calls)."""
+        return filesystem(join(self.root, *parts), self.options)[1]
+
+    def tar(self, shard: str) -> str:
+        return self.path(shard)
+
+    def audit(self, shard: str) -> str:
+        return self.path(shard_stem(shard) + ".audit.parquet")
+
+    def done(self, shard: str) -> str:
+        return self.path(shard_stem(shard) + ".done.json")
+
+    def quarantine(self, shard: str) -> str:
+        return self.path(STATE_DIR, "quarantine", shard)
+
+    def fragments(self, shard: str) -> str:
+        return self.path(STATE_DIR, "fragments", shard_stem(shard))
+
+    def state(self, name: str) -> str:
+        return self.path(STATE_DIR, name)
+
+
+def shard_stem(shard: str) -> str:
+    """``data-00001.tar`` -> ``data-00001``."""
+    return shard[: -len(".tar")] if shard.endswith(".tar") else shard

@@ -1,0 +1,192 @@
+"""Commit and finalize: fragments of processed samples -> one output shard, its audit, its marker.
+
+A *fragment* holds the processed samples of one shard from one write task: their audit records and,
+for released samples, their output members. Fragments are published atomically, so any fragment
+that exists is complete. A shard is *finalized* once fragments cover every one of its samples:
+the output tar (released samples, input order), the audit parquet (every sample), then the
+completion marker, written last. Only the marker makes a shard count as done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import posixpath
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raypipe.audit.schema import records_table, sample_digest
+from raypipe.io.publish import delete, exists, publish_bytes, read_bytes
+from raypipe.io.tars import Sample, tar_bytes
+from raypipe.layout import OutputLayout
+from raypipe.logs import get_logger
+from raypipe.pipeline.task import SampleTask
+from raypipe.records import Status
+
+log = get_logger(__name__)
+
+FRAGMENT_SCHEMA = pa.schema(
+    [
+        ("seq", pa.int64()),
+        ("end", pa.bool_()),  # end-of-shard marker: seq is the shard's sample count
+        ("released", pa.bool_()),
+        ("audit", pa.string()),  # the sample's audit record as JSON
+        ("out_names", pa.list_(pa.string())),
+        ("out_data", pa.list_(pa.large_binary())),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Per-run values stamped on every audit record."""
+
+    config_hash: str
+    code_version: str
+    method: dict[str, Any]
+
+
+def audit_record(task: SampleTask, run: RunInfo) -> dict[str, Any]:
+    """The audit record of one sample. Holds hashes, boxes and scores: nothing biometric or secret."""
+    status = task.status or Status.FAILED
+    released = status.releasable and task.out_members is not None
+    prov = task.provenance
+    return {
+        "key": task.key,
+        "seq": task.seq,
+        "source_shard": task.shard,
+        "output_shard": task.shard_name if released else None,
+        "members": [name for name, _ in task.members],
+        "input_sha256": task.input_sha256 or None,
+        "output_sha256": sample_digest(task.out_members) if released and task.out_members is not None else None,
+        "status": status.value,
+        "faces_count": len(task.faces),
+        "faces": [face.to_dict() for face in task.faces],
+        "missed_faces": task.missed_faces,
+        "error": task.error,
+        "error_step": task.error_step,
+        "guidance_scale": run.method.get("guidance_scale"),
+        "skip": run.method.get("skip"),
+        "num_steps": run.method.get("num_steps"),
+        "seed": run.method.get("seed"),
+        "attribute_prompt": run.method.get("attribute_prompt"),
+        "models": json.dumps(prov.get("models", {}), sort_keys=True),
+        "weight_hashes": json.dumps(prov.get("weight_hashes", {}), sort_keys=True),
+        "config_hash": run.config_hash,
+        "code_version": run.code_version,
+        "node": prov.get("node"),
+        "device": prov.get("device"),
+        "timings": json.dumps(task.timings, sort_keys=True),
+    }
+
+
+def fragment_bytes(tasks: Iterable[SampleTask], run: RunInfo) -> bytes:
+    rows: dict[str, list[Any]] = {name: [] for name in FRAGMENT_SCHEMA.names}
+    for task in sorted(tasks, key=lambda t: (t.seq, t.end_of_shard)):
+        released = bool(task.status and task.status.releasable and task.out_members is not None)
+        rows["seq"].append(task.seq)
+        rows["end"].append(task.end_of_shard)
+        rows["released"].append(released)
+        rows["audit"].append(None if task.end_of_shard else json.dumps(audit_record(task, run), sort_keys=True))
+        rows["out_names"].append([n for n, _ in task.out_members] if released and task.out_members else [])
+        rows["out_data"].append([d for _, d in task.out_members] if released and task.out_members else [])
+    buffer = io.BytesIO()
+    pq.write_table(pa.table(rows, schema=FRAGMENT_SCHEMA), buffer)
+    return buffer.getvalue()
+
+
+def commit_fragment(
+    layout: OutputLayout, shard: str, tasks: list[SampleTask], run: RunInfo
+) -> tuple[list[int], int | None]:
+    """Publish one fragment; returns the sample positions it covers and the shard size if it saw the end."""
+    samples = sorted(t.seq for t in tasks if not t.end_of_shard)
+    ends = [t.seq for t in tasks if t.end_of_shard]
+    name_digest = hashlib.sha256(json.dumps([samples, ends]).encode()).hexdigest()[:16]
+    first = samples[0] if samples else ends[0]
+    path = posixpath.join(layout.fragments(shard), f"{first:09d}-{name_digest}.parquet")
+    publish_bytes(layout.fs, path, fragment_bytes(tasks, run))
+    return samples, (ends[0] if ends else None)
+
+
+def list_fragments(layout: OutputLayout, shard: str) -> list[str]:
+    fs, folder = layout.fs, layout.fragments(shard)
+    if not fs.exists(folder):
+        return []
+    return sorted(p for p in fs.ls(folder, detail=False) if p.endswith(".parquet"))
+
+
+def committed_positions(layout: OutputLayout, shard: str) -> tuple[set[int], int | None]:
+    """Sample positions committed in fragments of ``shard``, and its size if known."""
+    seqs: set[int] = set()
+    total: int | None = None
+    for path in list_fragments(layout, shard):
+        table = pq.read_table(io.BytesIO(read_bytes(layout.fs, path)), columns=["seq", "end"])
+        for seq, end in zip(table.column("seq").to_pylist(), table.column("end").to_pylist()):
+            if end:
+                total = seq
+            else:
+                seqs.add(seq)
+    return seqs, total
+
+
+def is_complete(seqs: set[int], total: int | None) -> bool:
+    return total is not None and len(seqs) >= total and all(i in seqs for i in range(total))
+
+
+def finalize_shard(layout: OutputLayout, shard: str) -> dict[str, Any]:
+    """Build the shard's tar and audit from its fragments, publish them, then the marker; drop fragments."""
+    rows: dict[int, dict[str, Any]] = {}
+    total: int | None = None
+    paths = list_fragments(layout, shard)
+    for path in paths:
+        for row in pq.read_table(io.BytesIO(read_bytes(layout.fs, path))).to_pylist():
+            if row["end"]:
+                total = row["seq"]
+            else:
+                rows.setdefault(row["seq"], row)  # a retried write may commit a sample twice: same bytes
+    if not is_complete(set(rows), total):
+        raise RuntimeError(f"{shard}: fragments do not cover every sample yet ({len(rows)} of {total})")
+    assert total is not None
+    ordered = [rows[i] for i in range(total)]
+    samples = [
+        Sample(key=json.loads(r["audit"])["key"], members=list(zip(r["out_names"], r["out_data"])))
+        for r in ordered
+        if r["released"]
+    ]
+    records = [json.loads(r["audit"]) for r in ordered]
+    tar = tar_bytes(samples)
+    audit_buffer = io.BytesIO()
+    pq.write_table(records_table(records), audit_buffer)
+    audit = audit_buffer.getvalue()
+    fs = layout.fs
+    publish_bytes(fs, layout.tar(shard), tar)
+    publish_bytes(fs, layout.audit(shard), audit)
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record["status"]] = counts.get(record["status"], 0) + 1
+    marker = {
+        "shard": shard,
+        "samples": total,
+        "released": len(samples),
+        "counts": dict(sorted(counts.items())),
+        "tar_sha256": hashlib.sha256(tar).hexdigest(),
+        "audit_sha256": hashlib.sha256(audit).hexdigest(),
+        "config_hash": records[0]["config_hash"] if records else None,
+    }
+    publish_bytes(fs, layout.done(shard), json.dumps(marker, indent=2, sort_keys=True).encode())
+    for path in paths:
+        delete(fs, path)
+    log.info("%s finalized: %d samples, %d released", shard, total, len(samples))
+    return marker
+
+
+def read_marker(layout: OutputLayout, shard: str) -> dict[str, Any] | None:
+    path = layout.done(shard)
+    if not exists(layout.fs, path):
+        return None
+    return json.loads(read_bytes(layout.fs, path))

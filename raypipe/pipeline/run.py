@@ -1,0 +1,214 @@
+"""``run(config) -> RunSummary``: the Ray Data plan of the job (DESIGN.md, "Data flow").
+
+```
+read (one task per shard) -> decode (CPU tasks) -> detect (CPU actors; or inside the GPU actors)
+  -> anonymize (GPU actor pool, models loaded once per actor) -> compose (CPU tasks)
+  -> write (fragments; shards finalized as they complete)
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import resource
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+import raypipe
+from raypipe.config import JobConfig, LimitsConfig, MethodConfig, ModelsConfig
+from raypipe.io.publish import publish_bytes
+from raypipe.io.storage import redact
+from raypipe.layout import OutputLayout
+from raypipe.logs import get_logger
+from raypipe.pipeline.commit import RunInfo, read_marker
+from raypipe.pipeline.plan import CONFIG_FILE, make_plan
+from raypipe.pipeline.task import over_tasks, pack_batch, unpack_batch
+
+log = get_logger(__name__)
+
+
+@dataclass
+class RunSummary:
+    output: str
+    run_id: str
+    shards_total: int
+    shards_done: int
+    shards_skipped: int  # already complete before this run
+    samples_processed: int  # samples that went through the stages in this run
+    counts: dict[str, int] = field(default_factory=dict)  # per status, over every completed shard
+    incomplete_shards: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    @property
+    def samples_total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def ok(self) -> bool:
+        """Every shard finished and no sample failed (quarantined samples are a policy outcome)."""
+        return not self.incomplete_shards and self.counts.get("failed", 0) == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class DetectActor:
+    """Ray Data actor wrapping :class:`raypipe.pipeline.stages.Detect`."""
+
+    def __init__(self, models: ModelsConfig, method: MethodConfig, limits: LimitsConfig) -> None:
+        from raypipe.pipeline.stages import Detect
+
+        self.stage = Detect(models, method, limits)
+
+    def __call__(self, batch: Any) -> dict[str, list[Any]]:
+        return pack_batch(self.stage(unpack_batch(batch)))
+
+
+class AnonymizeActor:
+    """Ray Data actor wrapping :class:`raypipe.pipeline.stages.Anonymize` (loads the models once)."""
+
+    def __init__(self, models: ModelsConfig, method: MethodConfig, limits: LimitsConfig, detect: bool) -> None:
+        import ray
+
+        from raypipe.pipeline.stages import Anonymize
+
+        node = ray.get_runtime_context().get_node_id()
+        self.stage = Anonymize(models, method, limits, detect=detect, node=node)
+
+    def __call__(self, batch: Any) -> dict[str, list[Any]]:
+        return pack_batch(self.stage(unpack_batch(batch)))
+
+
+def connect(config: JobConfig) -> None:
+    """Join the cluster named by ``pipeline.address`` or ``RAY_ADDRESS``, or start a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(address=config.pipeline.address, log_to_driver=True, configure_logging=False)
+    log.info("Ray cluster resources: %s", ray.cluster_resources())
+
+
+def gpus_per_actor(config: JobConfig) -> float:
+    import ray
+
+    if config.pipeline.num_gpus_per_actor is not None:
+        return config.pipeline.num_gpus_per_actor
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def build_dataset(config: JobConfig, plan_pending: list[Any], layout: OutputLayout, run: RunInfo, tracker: Any) -> Any:
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from raypipe.pipeline.read import make_datasource
+    from raypipe.pipeline.sink import make_datasink
+    from raypipe.pipeline.stages import Compose, Decode
+
+    p = config.pipeline
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = p.progress
+    common = {"batch_format": "pyarrow", "batch_size": p.batch_size}
+    ds = ray.data.read_datasource(make_datasource(plan_pending, config.storage, config.limits))
+    ds = ds.map_batches(over_tasks(Decode(config.limits)), num_cpus=0.5, **common)
+    detect_in_actor = p.detect == "gpu_actor"
+    if not detect_in_actor:
+        ds = ds.map_batches(
+            DetectActor,
+            fn_constructor_args=(config.models, config.method, config.limits),
+            compute=ActorPoolStrategy(size=p.detect_actors),
+            num_cpus=0.5,
+            **common,
+        )
+    ds = ds.map_batches(
+        AnonymizeActor,
+        fn_constructor_args=(config.models, config.method, config.limits, detect_in_actor),
+        compute=ActorPoolStrategy(min_size=p.anonymize_actors_min, max_size=p.anonymize_actors_max),
+        num_gpus=gpus_per_actor(config),
+        num_cpus=p.num_cpus_per_actor,
+        resources=p.anonymize_actor_resources,
+        **common,
+    )
+    ds = ds.map_batches(over_tasks(Compose()), num_cpus=0.5, **common)
+    return ds, make_datasink(layout, run, tracker)
+
+
+def run(config: JobConfig, overwrite: bool = False) -> RunSummary:
+    """Anonymize every input shard into OUTPUT; resumable: rerun the same command after a crash."""
+    import ray
+
+    from raypipe.pipeline.sink import complete_unfinalized, make_tracker
+
+    started = time.time()
+    layout = OutputLayout(config.output, config.storage)
+    plan = make_plan(config, layout, overwrite=overwrite)
+    publish_bytes(layout.fs, layout.state(CONFIG_FILE), yaml.safe_dump(_resolved(config), sort_keys=False).encode())
+    run_info = RunInfo(
+        config_hash=plan.config_hash,
+        code_version=raypipe.__version__,
+        method=dataclasses.asdict(config.method),
+    )
+    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + "-" + uuid.uuid4().hex[:8]
+    processed = 0
+    if plan.pending:
+        connect(config)
+        committed = {w.name: (set(w.committed), None) for w in plan.pending}
+        tracker = make_tracker(committed)
+        ds, sink = build_dataset(config, plan.pending, layout, run_info, tracker)
+        ds.write_datasink(sink)
+        processed = ray.get(tracker.progress.remote())["samples"]
+        # A shard whose last fragment was committed but not finalized (a write task died in between).
+        leftovers = [w.name for w in plan.pending if read_marker(layout, w.name) is None]
+        if leftovers:
+            ray.get(ray.remote(num_cpus=0.5)(complete_unfinalized).remote(layout, leftovers))
+    summary = summarize(layout, plan.names, len(plan.done), processed, run_id, time.time() - started)
+    record = {
+        "run_id": run_id,
+        "started": started,
+        "finished": time.time(),
+        "config_hash": plan.config_hash,
+        "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    publish_bytes(
+        layout.fs,
+        layout.state(f"runs/{run_id}.json"),
+        json.dumps(record | summary.to_dict(), indent=2).encode(),
+    )
+    return summary
+
+
+def summarize(
+    layout: OutputLayout, names: list[str], skipped: int, processed: int, run_id: str, elapsed: float
+) -> RunSummary:
+    counts: dict[str, int] = {}
+    incomplete = []
+    for name in names:
+        marker = read_marker(layout, name)
+        if marker is None:
+            incomplete.append(name)
+            continue
+        for status, n in marker["counts"].items():
+            counts[status] = counts.get(status, 0) + n
+    return RunSummary(
+        output=redact(layout.root),
+        run_id=run_id,
+        shards_total=len(names),
+        shards_done=len(names) - len(incomplete),
+        shards_skipped=skipped,
+        samples_processed=processed,
+        counts=dict(sorted(counts.items())),
+        incomplete_shards=incomplete,
+        elapsed_s=round(elapsed, 3),
+    )
+
+
+def _resolved(config: JobConfig) -> dict[str, Any]:
+    data = dataclasses.asdict(config)
+    data["input"] = [redact(i) for i in config.input]
+    data["output"] = redact(config.output)
+    return data

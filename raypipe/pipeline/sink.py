@@ -1,0 +1,118 @@
+"""Write stage: a Ray Data datasink that commits fragments and finalizes shards as they complete.
+
+Each write task groups its rows by shard and publishes one fragment per shard. A small actor, the
+:class:`ShardTracker`, learns which samples every fragment covers; the write task whose fragment
+completes a shard is told so (exactly once) and finalizes it on the spot, so output shards appear
+while the job runs instead of at its end. Anything a crash leaves unfinalized is finalized by the
+driver's final sweep or by the rerun.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import defaultdict
+from typing import Any
+
+from raypipe.layout import OutputLayout
+from raypipe.logs import get_logger
+from raypipe.pipeline.commit import RunInfo, commit_fragment, finalize_shard, is_complete
+from raypipe.pipeline.task import SampleTask, unpack_batch
+
+log = get_logger(__name__)
+
+# Test hook for crash/resume tests: SIGKILL the driver once this many fragments are committed.
+KILL_AFTER_FRAGMENTS_ENV = "RAYPIPE_FAULT_KILL_DRIVER_AFTER_FRAGMENTS"
+
+
+class ShardTracker:
+    """Ray actor (created by :func:`make_tracker`): committed sample positions per shard."""
+
+    def __init__(
+        self,
+        committed: dict[str, tuple[set[int], int | None]],
+        driver_pid: int,
+        kill_after_fragments: int | None,
+    ) -> None:
+        self._seqs: dict[str, set[int]] = {s: set(seqs) for s, (seqs, _) in committed.items()}
+        self._totals: dict[str, int | None] = {s: total for s, (_, total) in committed.items()}
+        self._claimed: set[str] = set()
+        self._fragments = 0
+        self._samples = 0
+        self._driver_pid = driver_pid
+        self._kill_after = kill_after_fragments
+
+    def commit(self, shard: str, seqs: list[int], total: int | None) -> bool:
+        """Record a committed fragment; True exactly once per shard: when it first becomes complete."""
+        known = self._seqs.setdefault(shard, set())
+        self._samples += len(set(seqs) - known)
+        known.update(seqs)
+        if total is not None:
+            self._totals[shard] = total
+        self._fragments += 1
+        if self._kill_after is not None and self._fragments >= self._kill_after:
+            log.warning(
+                "fault injection: killing the driver (pid %d) after %d fragments",
+                self._driver_pid,
+                self._fragments,
+            )
+            os.kill(self._driver_pid, signal.SIGKILL)
+        if shard not in self._claimed and is_complete(known, self._totals.get(shard)):
+            self._claimed.add(shard)
+            return True
+        return False
+
+    def progress(self) -> dict[str, int]:
+        return {
+            "fragments": self._fragments,
+            "samples": self._samples,
+            "shards_finalized": len(self._claimed),
+        }
+
+
+def make_tracker(committed: dict[str, tuple[set[int], int | None]]) -> Any:
+    import ray
+
+    kill_after = os.environ.get(KILL_AFTER_FRAGMENTS_ENV)
+    actor = ray.remote(num_cpus=0)(ShardTracker)
+    return actor.remote(committed, os.getpid(), int(kill_after) if kill_after else None)
+
+
+def make_datasink(layout: OutputLayout, run: RunInfo, tracker: Any) -> Any:
+    import ray
+    from ray.data.datasource import Datasink
+
+    class FragmentSink(Datasink):
+        def write(self, blocks: Any, ctx: Any) -> dict[str, Any]:
+            by_shard: dict[str, list[SampleTask]] = defaultdict(list)
+            for block in blocks:
+                for task in unpack_batch(block):
+                    by_shard[task.shard_name].append(task)
+            finalized = []
+            for shard, tasks in sorted(by_shard.items()):
+                seqs, total = commit_fragment(layout, shard, tasks, run)
+                if ray.get(tracker.commit.remote(shard, seqs, total)):
+                    finalize_shard(layout, shard)
+                    finalized.append(shard)
+            return {
+                "samples": sum(1 for ts in by_shard.values() for t in ts if not t.end_of_shard),
+                "finalized": finalized,
+            }
+
+        def get_name(self) -> str:
+            return "WriteFragments"
+
+    return FragmentSink()
+
+
+def complete_unfinalized(layout: OutputLayout, shards: list[str]) -> list[str]:
+    """Finalize every listed shard whose fragments already cover all samples (after a crash)."""
+    from raypipe.pipeline.commit import committed_positions
+
+    done = []
+    for shard in shards:
+        seqs, total = committed_positions(layout, shard)
+        if is_complete(seqs, total):
+            finalize_shard(layout, shard)
+            done.append(shard)
+    return done

@@ -1,0 +1,178 @@
+"""The job's stages as plain callables over lists of :class:`SampleTask` (Ray-free logic).
+
+decode (CPU) -> detect (CPU actor, or inside the GPU actor) -> anonymize (GPU actor) -> compose (CPU).
+Per-sample problems become the sample's status and error; infrastructure errors (a model that does
+not load, a GPU that runs out of memory) raise, so Ray can retry the task.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from raypipe.config import LimitsConfig, MethodConfig, ModelsConfig
+from raypipe.images import ImageDecodeError, decode_image, encode_image, image_format_for
+from raypipe.logs import get_logger
+from raypipe.pipeline.task import ImageWork, SampleTask
+from raypipe.records import Status
+
+if TYPE_CHECKING:
+    from raypipe.anonymize.analyzers import FaceAnalyzer
+
+log = get_logger(__name__)
+
+
+@contextmanager
+def timed(tasks: list[SampleTask], step: str) -> Iterator[None]:
+    """Charge a step's wall time to each task in equal parts (batched work has no per-sample time)."""
+    started = time.perf_counter()
+    yield
+    share = (time.perf_counter() - started) / max(len(tasks), 1)
+    for task in tasks:
+        task.timings[step] = round(task.timings.get(step, 0.0) + share, 6)
+
+
+class Decode:
+    """Image members -> upright RGB arrays. A member that cannot be decoded fails its sample."""
+
+    def __init__(self, limits: LimitsConfig) -> None:
+        self.limits = limits
+
+    def __call__(self, tasks: list[SampleTask]) -> list[SampleTask]:
+        with timed(tasks, "decode"):
+            for task in tasks:
+                if task.pending:
+                    self._decode(task)
+        return tasks
+
+    def _decode(self, task: SampleTask) -> None:
+        for index, (name, data) in enumerate(task.members):
+            image_format = image_format_for(name)
+            if image_format is None:
+                continue
+            try:
+                decoded = decode_image(data, max_pixels=self.limits.max_image_pixels)
+            except ImageDecodeError as exc:
+                task.fail("decode", f"{name}: {exc}")
+                return
+            task.images.append(ImageWork(member=index, format=image_format, rgb=decoded.rgb))
+
+
+def detect_faces(tasks: list[SampleTask], analyzer: FaceAnalyzer, method: MethodConfig, limits: LimitsConfig) -> None:
+    """Find, align and embed every face; faces are numbered across a sample's images."""
+    from raypipe.anonymize.pipeline import prepare_faces
+
+    with timed(tasks, "detect"):
+        for task in tasks:
+            if not task.pending:
+                continue
+            next_index = 0
+            for work in task.images:
+                assert work.rgb is not None
+                detections = analyzer.analyze(work.rgb)
+                if len(detections) > limits.max_faces_per_image:
+                    name = task.members[work.member][0]
+                    task.fail(
+                        "detect",
+                        f"{name}: {len(detections)} faces, over limits.max_faces_per_image={limits.max_faces_per_image}",
+                        Status.QUARANTINED,
+                    )
+                    break
+                work.faces = prepare_faces(
+                    work.rgb, detections, method.face_size, method.seed, task.key, first_index=next_index
+                )
+                next_index += len(work.faces)
+
+
+class Detect:
+    """CPU actor: loads the face analyzer once, then detects faces batch after batch."""
+
+    def __init__(self, models: ModelsConfig, method: MethodConfig, limits: LimitsConfig) -> None:
+        from raypipe.anonymize.pipeline import load_analyzer_from_config
+
+        self.analyzer = load_analyzer_from_config(models)
+        self.method, self.limits = method, limits
+
+    def __call__(self, tasks: list[SampleTask]) -> list[SampleTask]:
+        detect_faces(tasks, self.analyzer, self.method, self.limits)
+        return tasks
+
+
+class Anonymize:
+    """GPU actor: loads the models once; anonymizes the faces of many samples in shared UNet batches."""
+
+    def __init__(
+        self, models: ModelsConfig, method: MethodConfig, limits: LimitsConfig, detect: bool, node: str = ""
+    ) -> None:
+        from raypipe.anonymize.pipeline import ReversePersonalization
+
+        self.rp = ReversePersonalization.from_pretrained(models, method, load_analyzer=detect)
+        self.detect, self.method, self.limits = detect, method, limits
+        self.provenance = {
+            "node": node,
+            "device": _device_name(self.rp.models.device),
+            "models": dict(self.rp.models.sources),
+            "weight_hashes": dict(self.rp.models.weight_hashes),
+        }
+
+    def __call__(self, tasks: list[SampleTask]) -> list[SampleTask]:
+        if self.detect:
+            assert self.rp.analyzer is not None
+            detect_faces(tasks, self.rp.analyzer, self.method, self.limits)
+        with timed(tasks, "anonymize"):
+            work = [(w, f) for t in tasks if t.pending for w in t.images for f in w.faces if f.ready]
+            crops = (
+                self.rp.anonymize_crops(
+                    [f.crop for _, f in work],  # type: ignore[misc]
+                    [f.embedding for _, f in work],  # type: ignore[misc]
+                    [f.seed for _, f in work],
+                )
+                if work
+                else []
+            )
+            results = {id(face): crop for (_, face), crop in zip(work, crops)}
+            for task in tasks:
+                for image in task.images:
+                    image.outputs = [results.get(id(face)) for face in image.faces]
+        for task in tasks:
+            task.provenance.update(self.provenance)
+        return tasks
+
+
+def _device_name(device: Any) -> str:
+    if getattr(device, "type", "cpu") == "cuda":
+        import torch
+
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return str(device)
+
+
+class Compose:
+    """Paste faces back, re-encode only changed images, and settle each sample's status."""
+
+    def __call__(self, tasks: list[SampleTask]) -> list[SampleTask]:
+        from raypipe.anonymize.pipeline import compose
+
+        with timed(tasks, "compose"):
+            for task in tasks:
+                if task.pending:
+                    self._compose(task, compose)
+                task.images = []  # pixels, crops and embeddings go no further than this stage
+        return tasks
+
+    @staticmethod
+    def _compose(task: SampleTask, compose: Any) -> None:
+        out_members = list(task.members)
+        for work in task.images:
+            result = compose(work.rgb, work.faces, work.outputs)
+            task.faces.extend(result.faces)
+            name = task.members[work.member][0]
+            if result.status is Status.QUARANTINED:
+                task.fail("anonymize", f"{name}: {result.error}", Status.QUARANTINED)
+                return
+            if result.status is Status.ANONYMIZED:
+                out_members[work.member] = (name, encode_image(result.image, work.format))
+        task.status = Status.ANONYMIZED if task.faces else Status.NO_FACE
+        task.out_members = out_members

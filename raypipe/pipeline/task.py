@@ -1,0 +1,99 @@
+"""One input sample on its way through the stages, and how it travels between them.
+
+Ray Data rows carry ``shard``, ``seq`` and ``task``: the :class:`SampleTask` pickled by raypipe
+itself. Only raypipe's own objects are ever pickled or unpickled; member bytes stay opaque bytes
+inside the task (they are never deserialized).
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from raypipe.records import FaceRecord, Status
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
+
+    from raypipe.anonymize.pipeline import PreparedFace
+
+
+@dataclass
+class ImageWork:
+    """One image member of a sample: decoded pixels and its faces (memory only, never persisted)."""
+
+    member: int  # index into SampleTask.members
+    format: str
+    rgb: np.ndarray | None = None
+    faces: list[PreparedFace] = field(default_factory=list)
+    outputs: list[np.ndarray | None] = field(default_factory=list)
+
+
+@dataclass
+class SampleTask:
+    shard: str  # input shard URI
+    shard_name: str
+    seq: int
+    key: str
+    members: list[tuple[str, bytes]]
+    input_sha256: str
+    end_of_shard: bool = False  # a marker row after a shard's last sample: ``seq`` is the sample count
+    status: Status | None = None  # set as soon as the outcome is final (e.g. failed at decode)
+    error: str | None = None
+    error_step: str | None = None
+    images: list[ImageWork] = field(default_factory=list)
+    out_members: list[tuple[str, bytes]] | None = None
+    faces: list[FaceRecord] = field(default_factory=list)
+    missed_faces: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)  # node, device, models, weight hashes
+
+    def fail(self, step: str, error: str, status: Status = Status.FAILED) -> None:
+        """Record a final outcome for this sample (the first one wins)."""
+        if self.status is None:
+            self.status, self.error_step, self.error = status, step, error
+
+    @property
+    def pending(self) -> bool:
+        """Still being worked on: no final status yet (end-of-shard markers are never pending)."""
+        return self.status is None and not self.end_of_shard
+
+    @classmethod
+    def end_marker(cls, shard: str, shard_name: str, count: int) -> SampleTask:
+        return cls(
+            shard=shard,
+            shard_name=shard_name,
+            seq=count,
+            key="",
+            members=[],
+            input_sha256="",
+            end_of_shard=True,
+        )
+
+
+def pack(task: SampleTask) -> dict[str, Any]:
+    return {"shard": task.shard_name, "seq": task.seq, "task": pickle.dumps(task, protocol=5)}
+
+
+def unpack_batch(batch: pa.Table) -> list[SampleTask]:
+    return [pickle.loads(blob) for blob in batch.column("task").to_pylist()]
+
+
+def pack_batch(tasks: list[SampleTask]) -> dict[str, list[Any]]:
+    rows = [pack(t) for t in tasks]
+    return {name: [r[name] for r in rows] for name in ("shard", "seq", "task")}
+
+
+def over_tasks(
+    fn: Callable[[list[SampleTask]], list[SampleTask]],
+) -> Callable[[pa.Table], dict[str, list[Any]]]:
+    """Adapt a function over sample tasks to a Ray Data ``map_batches`` function (pyarrow batches)."""
+
+    def apply(batch: pa.Table) -> dict[str, list[Any]]:
+        return pack_batch(fn(unpack_batch(batch)))
+
+    apply.__name__ = getattr(fn, "__name__", "stage")
+    return apply

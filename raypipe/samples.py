@@ -1,0 +1,87 @@
+"""Small WebDataset shards built from real public-domain photos, for the quick start and tests.
+
+Photos: NASA's astronaut portrait and other images shipped with scikit-image, and insightface's
+group photo ``t1.jpg`` when insightface is installed. Each sample has an image plus ``.json``,
+``.txt`` and ``.cls`` members, so a run shows faces anonymized, faceless images and non-image
+members copied byte for byte.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from raypipe.io.tars import Sample, write_tar
+
+
+def sample_photos() -> list[tuple[str, np.ndarray]]:
+    """(name, RGB uint8) of the photos, faces first."""
+    from skimage import data
+
+    photos = [("astronaut", data.astronaut())]
+    group = _insightface_group_photo()
+    if group is not None:
+        photos.append(("group", group))
+    photos += [("coffee", data.coffee()), ("chelsea", data.chelsea()), ("rocket", data.rocket())]
+    return [(name, np.ascontiguousarray(img[:, :, :3])) for name, img in photos]
+
+
+def _insightface_group_photo() -> np.ndarray | None:
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("insightface")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "data" / "images" / "t1.jpg"
+    if not path.is_file():
+        return None
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _jpeg(rgb: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def make_sample_shards(folder: str | os.PathLike[str], shards: int = 3, samples_per_shard: int = 5) -> list[str]:
+    """Write ``shards`` tars ``sample-{00000..}.tar`` into ``folder``; returns their paths."""
+    photos = [(name, _jpeg(rgb)) for name, rgb in sample_photos()]
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    index = 0
+    for shard in range(shards):
+        samples = []
+        for _ in range(samples_per_shard):
+            name, jpeg = photos[index % len(photos)]
+            key = f"{index:06d}"
+            meta = json.dumps({"source": name, "index": index}).encode()
+            samples.append(
+                Sample(
+                    key=key,
+                    members=[
+                        (f"{key}.jpg", jpeg),
+                        (f"{key}.json", meta),
+                        (f"{key}.txt", f"a photo: {name}".encode()),
+                        (f"{key}.cls", str(index % 3).encode()),
+                    ],
+                )
+            )
+            index += 1
+        path = out / f"sample-{shard:05d}.tar"
+        with open(path, "wb") as fh:
+            write_tar(samples, fh)
+        paths.append(str(path))
+    return paths

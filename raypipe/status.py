@@ -1,0 +1,60 @@
+"""``raypipe status OUTPUT``: which shards are done or pending, and samples per status.
+
+Reads only committed objects: the stored configuration, completion markers and fragments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import yaml
+
+from raypipe.config import ConfigError, build_config
+from raypipe.io.publish import exists, read_bytes
+from raypipe.io.shards import expand_shards, shard_name
+from raypipe.io.storage import StorageOptions, redact
+from raypipe.layout import OutputLayout
+from raypipe.pipeline.commit import committed_positions, read_marker
+from raypipe.pipeline.plan import CONFIG_FILE
+
+
+@dataclass
+class OutputStatus:
+    output: str
+    done: list[str] = field(default_factory=list)
+    pending: dict[str, int] = field(default_factory=dict)  # shard -> samples committed so far
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def render(self) -> str:
+        total = len(self.done) + len(self.pending)
+        lines = [f"{self.output}: {len(self.done)}/{total} shards done, {len(self.pending)} pending"]
+        for status, count in sorted(self.counts.items()):
+            lines.append(f"  {status:<12} {count}")
+        for name, committed in sorted(self.pending.items())[:20]:
+            lines.append(f"  pending {name}: {committed} samples committed")
+        if len(self.pending) > 20:
+            lines.append(f"  ... and {len(self.pending) - 20} more pending shards")
+        return "\n".join(lines)
+
+
+def output_status(output: str, options: StorageOptions | None = None) -> OutputStatus:
+    layout = OutputLayout(output, options or StorageOptions())
+    config_path = layout.state(CONFIG_FILE)
+    if not exists(layout.fs, config_path):
+        raise ConfigError(f"{redact(output)}: no raypipe run found (missing _raypipe/{CONFIG_FILE})")
+    stored = yaml.safe_load(read_bytes(layout.fs, config_path))
+    config = build_config(
+        {k: stored[k] for k in ("input", "storage", "models", "method", "limits")}, {}, require_io=False
+    )
+    layout = OutputLayout(output, config.storage)
+    report = OutputStatus(output=redact(output))
+    for uri in expand_shards(list(config.input), config.storage):
+        name = shard_name(uri)
+        marker = read_marker(layout, name)
+        if marker is None:
+            report.pending[name] = len(committed_positions(layout, name)[0])
+            continue
+        report.done.append(name)
+        for status, n in marker["counts"].items():
+            report.counts[status] = report.counts.get(status, 0) + n
+    return report

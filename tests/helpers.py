@@ -1,0 +1,28 @@
+"""Small helpers shared by unit and integration tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def pasted_region(image_shape: tuple[int, ...], matrix: np.ndarray, face_size: int) -> np.ndarray:
+    """Pixels the crop square can touch after the inverse warp (plus 2 px for interpolation)."""
+    import cv2
+
+    inverse = cv2.invertAffineTransform(matrix)
+    corners = np.array([[0, 0], [face_size, 0], [face_size, face_size], [0, face_size]], dtype=np.float64)
+    quad = corners @ inverse[:, :2].T + inverse[:, 2]
+    mask = np.zeros(image_shape[:2], dtype=np.uint8)
+    cv2.fillPoly(mask, [np.round(quad).astype(np.int32)], 1)
+    return cv2.dilate(mask, np.ones((5, 5), np.uint8)).astype(bool)
+
+
+def face_regions(image: np.ndarray, face_size: int) -> np.ndarray:
+    """Union of the pasted regions of every face the dlib analyzer finds in ``image``."""
+    from raypipe.anonymize.analyzers import DlibAnalyzer
+    from raypipe.anonymize.faces import alignment_matrix
+
+    region = np.zeros(image.shape[:2], dtype=bool)
+    for face in DlibAnalyzer().analyze(image):
+        region |= pasted_region(image.shape, alignment_matrix(face.landmarks, face_size), face_size)
+    return region

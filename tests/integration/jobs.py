@@ -1,0 +1,84 @@
+"""Helpers shared by the job tests: sample shards, configs, reading outputs back."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from raypipe.config import JobConfig, build_config
+from raypipe.io.tars import Sample, iter_samples, tar_bytes
+
+TEST_METHOD = {"num_steps": 6, "face_size": 128, "seed": 0}
+TEST_MODELS = {"preset": "tiny", "analyzer": "dlib", "device": "cpu"}
+TEST_PIPELINE = {"num_gpus_per_actor": 0, "num_cpus_per_actor": 0.5, "batch_size": 4, "progress": False}
+
+
+def jpeg(rgb: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def png(rgb: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def sample_shards(shards: int = 3, per_shard: int = 5) -> dict[str, bytes]:
+    """Shards of ``per_shard`` samples: a real portrait (PNG), faceless photos, text members."""
+    from skimage import data
+
+    portrait = png(np.ascontiguousarray(data.astronaut()))
+    faceless = [jpeg(np.ascontiguousarray(data.coffee())), jpeg(np.ascontiguousarray(data.rocket()))]
+    out = {}
+    index = 0
+    for shard in range(shards):
+        samples = []
+        for i in range(per_shard):
+            key = f"s{shard}/{index:05d}"
+            image = ("png", portrait) if i == 0 else ("jpg", faceless[i % 2])
+            members = [(f"{key}.{image[0]}", image[1])]
+            members.append((f"{key}.json", json.dumps({"i": index}).encode()))
+            if i % 2:
+                members.append((f"{key}.txt", b"caption %d" % index))
+            members.append((f"{key}.cls", str(i).encode()))
+            samples.append(Sample(key=key, members=members))
+            index += 1
+        out[f"part-{shard:05d}.tar"] = tar_bytes(samples)
+    return out
+
+
+def job_config(inputs: str | list[str], output: str, **sections: dict[str, Any]) -> JobConfig:
+    data: dict[str, Any] = {
+        "input": inputs,
+        "output": output,
+        "models": TEST_MODELS | sections.pop("models", {}),
+        "method": TEST_METHOD | sections.pop("method", {}),
+        "pipeline": TEST_PIPELINE | sections.pop("pipeline", {}),
+    }
+    data.update(sections)
+    return build_config(data, {})
+
+
+def read_tar(data: bytes) -> list[Sample]:
+    items = list(iter_samples(io.BytesIO(data)))
+    assert all(isinstance(i, Sample) for i in items)
+    return items  # type: ignore[return-value]
+
+
+def read_audit(data: bytes) -> list[dict[str, Any]]:
+    return pq.read_table(io.BytesIO(data)).to_pylist()
+
+
+def tree_bytes(folder: Path, pattern: str) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob(pattern))}

@@ -1,0 +1,130 @@
+"""The Ray job on local folders: same shard layout out, faces anonymized, everything else untouched."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from raypipe.config import ConfigError
+from raypipe.pipeline.run import run
+from raypipe.status import output_status
+from tests.helpers import face_regions
+from tests.integration.jobs import TEST_METHOD, job_config, read_audit, read_tar, sample_shards
+
+pytestmark = [pytest.mark.isolated, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("in")
+    for name, data in sample_shards().items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def finished(ray_local, inputs: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("out")
+    config = job_config(str(inputs / "part-{00000..00002}.tar"), str(out))
+    return run(config), out, config
+
+
+def test_every_shard_comes_out_with_the_same_name_keys_and_order(finished, inputs: Path) -> None:
+    summary, out, _ = finished
+    assert summary.ok and summary.shards_done == 3 and summary.samples_processed == 15
+    assert summary.counts == {"anonymized": 3, "no_face": 12}
+    names = sorted(p.name for p in inputs.glob("*.tar"))
+    assert sorted(p.name for p in out.glob("*.tar")) == names
+    for name in names:
+        original = read_tar((inputs / name).read_bytes())
+        produced = read_tar((out / name).read_bytes())
+        assert [s.key for s in produced] == [s.key for s in original]
+        assert [s.names for s in produced] == [s.names for s in original]
+
+
+def test_non_image_members_and_faceless_images_are_byte_identical(finished, inputs: Path) -> None:
+    _, out, _ = finished
+    for name in ("part-00000.tar", "part-00001.tar", "part-00002.tar"):
+        for original, produced in zip(read_tar((inputs / name).read_bytes()), read_tar((out / name).read_bytes())):
+            for (member, data), (_, new) in zip(original.members, produced.members):
+                if not member.endswith(".png"):  # the png member is the one portrait per shard
+                    assert new == data, member
+
+
+def test_anonymized_images_differ_only_inside_face_regions(finished, inputs: Path) -> None:
+    _, out, _ = finished
+    original = read_tar((inputs / "part-00001.tar").read_bytes())[0]
+    produced = read_tar((out / "part-00001.tar").read_bytes())[0]
+    before = np.asarray(Image.open(io.BytesIO(original.members[0][1])).convert("RGB"))
+    after = np.asarray(Image.open(io.BytesIO(produced.members[0][1])).convert("RGB"))
+    assert after.shape == before.shape
+    region = face_regions(before, TEST_METHOD["face_size"])
+    assert region.any()
+    assert np.array_equal(after[~region], before[~region])
+    assert np.abs(after[region].astype(int) - before[region].astype(int)).mean() > 2.0
+
+
+def test_one_audit_record_per_input_sample(finished, inputs: Path) -> None:
+    _, out, _ = finished
+    for name in ("part-00000.tar", "part-00001.tar", "part-00002.tar"):
+        records = read_audit((out / name.replace(".tar", ".audit.parquet")).read_bytes())
+        original = read_tar((inputs / name).read_bytes())
+        assert [r["key"] for r in records] == [s.key for s in original]
+        assert [r["seq"] for r in records] == list(range(5))
+        first = records[0]
+        assert first["status"] == "anonymized" and first["faces_count"] == 1
+        assert first["members"] == original[0].names
+        assert first["output_sha256"] and first["output_sha256"] != first["input_sha256"]
+        assert first["faces"][0]["status"] == "anonymized" and len(first["faces"][0]["box"]) == 4
+        assert all(r["status"] == "no_face" and r["output_sha256"] == r["input_sha256"] for r in records[1:])
+        assert all(r["source_shard"].endswith(name) and r["config_hash"] for r in records)
+        assert (out / name.replace(".tar", ".done.json")).is_file()
+
+
+def test_rerun_of_a_finished_job_skips_everything(finished) -> None:
+    _, out, config = finished
+    before = {p.name: p.read_bytes() for p in out.glob("*.tar")}
+    again = run(config)
+    assert again.shards_skipped == 3 and again.samples_processed == 0 and again.ok
+    assert {p.name: p.read_bytes() for p in out.glob("*.tar")} == before
+
+
+def test_a_different_config_on_the_same_output_is_refused(finished, inputs: Path) -> None:
+    _, out, _ = finished
+    other = job_config(str(inputs / "part-{00000..00002}.tar"), str(out), method={"guidance_scale": -5.0})
+    with pytest.raises(ConfigError, match="different configuration"):
+        run(other)
+
+
+def test_status_reports_done_shards_and_counts(finished) -> None:
+    _, out, _ = finished
+    report = output_status(str(out))
+    assert sorted(report.done) == ["part-00000.tar", "part-00001.tar", "part-00002.tar"]
+    assert report.pending == {} and report.counts == {"anonymized": 3, "no_face": 12}
+    assert "3/3 shards done" in report.render()
+
+
+def test_overwrite_replaces_results_of_another_config(ray_local, inputs: Path, tmp_path: Path) -> None:
+    config = job_config(str(inputs / "part-00000.tar"), str(tmp_path))
+    assert run(config).ok
+    other = job_config(str(inputs / "part-00000.tar"), str(tmp_path), method={"seed": 5})
+    summary = run(other, overwrite=True)
+    assert summary.ok and summary.samples_processed == 5
+
+
+def test_output_inside_the_input_folder_is_refused(ray_local, inputs: Path) -> None:
+    with pytest.raises(ConfigError, match="would overwrite the input shard"):
+        run(job_config(str(inputs / "part-00000.tar"), str(inputs)))
