@@ -76,7 +76,8 @@ def detect_faces(tasks: list[SampleTask], analyzer: FaceAnalyzer, method: Method
                     name = task.members[work.member][0]
                     task.fail(
                         "detect",
-                        f"{name}: {len(detections)} faces, over limits.max_faces_per_image={limits.max_faces_per_image}",
+                        f"{name}: {len(detections)} faces, over the limit"
+                        f" (limits.max_faces_per_image={limits.max_faces_per_image})",
                         Status.QUARANTINED,
                     )
                     break

@@ -334,9 +334,7 @@ def test_from_name_or_path_uses_folders_and_staged_packs(tmp_path: Path, tiny_pa
     assert by_name.model_dir == str(staged)
 
 
-def test_from_name_or_path_offline_error_says_how_to_prestage(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_from_name_or_path_offline_error_says_how_to_prestage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import insightface.utils.storage as storage
 
     def offline(*args: Any, **kwargs: Any) -> str:

@@ -103,7 +103,7 @@ def _invert(models, x0: torch.Tensor, steps: int, seeds: list[int]):
 @pytest.mark.parametrize("steps", [10, 50])
 def test_replay_with_the_inversion_conditioning_reproduces_the_latent(tiny_models, steps: int) -> None:
     x0 = _latents(tiny_models)
-    text, timesteps, solver, denoise, inversion = _invert(tiny_models, x0, steps, [11, 12])
+    _, timesteps, solver, denoise, inversion = _invert(tiny_models, x0, steps, [11, 12])
     assert inversion.noise_maps.shape == (steps, 2, 4, 8, 8)
     back = replay(inversion, timesteps, denoise, solver)
     assert (back - x0).abs().max().item() <= 1e-4

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -13,7 +15,7 @@ def test_reference_timesteps_for_skip_07_and_100_steps() -> None:
     assert len(steps) == 100
     assert steps[:4] == [299, 295, 292, 289]
     assert steps[-3:] == [7, 4, 1]
-    assert all(a > b for a, b in zip(steps, steps[1:]))
+    assert all(a > b for a, b in itertools.pairwise(steps))
     assert step_pairs(steps)[-1] == (1, 0)
 
 
