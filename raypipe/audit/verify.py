@@ -1,0 +1,485 @@
+"""``raypipe audit verify``: recompute everything the signed manifest commits to and name what differs.
+
+Checks, in order: the manifest's signature; the chain of earlier manifests; for every shard of the
+manifest, its tar, audit file and completion marker (present, hashes), its audit records (order,
+missing or added records, Merkle root, counts per status), and the tar's content against the audit
+(exactly the released samples, in input order, each hashing to its recorded ``output_sha256``); then
+the run-wide Merkle root, and files under OUTPUT that the manifest does not know.
+
+Every finding is a :class:`Problem` of one kind:
+
+- ``modified``: content differs from what the manifest (or the audit) commits to;
+- ``missing``: a file, record or released sample is gone;
+- ``extra``: a file, record or sample is present that the manifest (or the audit) does not list;
+- ``reordered``: the same records or samples, in another order;
+- ``bad_signature``: the manifest was changed after signing, or the key is not the signing key;
+- ``broken_chain``: an earlier manifest does not hash to the next one's ``previous``;
+- ``incomplete``: work of an unfinished run (fragments) is present.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import pyarrow as pa
+
+from raypipe.audit.manifest import (
+    FORMAT,
+    HISTORY_DIR,
+    MANIFEST_FILE,
+    RELEASED_STATUSES,
+    audit_rows,
+    iter_history,
+    manifest_digest,
+    manifest_path,
+    read_marker,
+    record_leaf,
+    records_root,
+    signed_payload,
+    status_counts,
+)
+from raypipe.audit.merkle import MerkleBuilder
+from raypipe.audit.schema import sample_digest
+from raypipe.audit.signing import Key, describe_mismatch, verify
+from raypipe.io.publish import exists, read_bytes
+from raypipe.io.storage import StorageOptions, redact
+from raypipe.io.tars import Sample, TarProblem, TarReadError, iter_samples
+from raypipe.layout import STATE_DIR, OutputLayout, shard_stem
+from raypipe.logs import get_logger
+
+log = get_logger(__name__)
+
+KINDS = ("modified", "missing", "extra", "reordered", "bad_signature", "broken_chain", "incomplete")
+# Past this many findings of one kind in one file, the rest are summed up in one line: a reordered
+# shard of a million samples should not print a million lines.
+MAX_PER_FILE = 20
+_SHARD_SUFFIXES = (".tar", ".audit.parquet", ".done.json")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding: its kind (see :data:`KINDS`), where (path under OUTPUT, maybe a record) and why."""
+
+    kind: str
+    where: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.where}: {self.detail}"
+
+
+@dataclass
+class VerifyReport:
+    """The outcome of :func:`verify_output`."""
+
+    output: str
+    problems: list[Problem] = field(default_factory=list)
+    sequence: int | None = None  # of the current manifest
+    shards: int = 0
+    samples: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    merkle_root: str | None = None
+    key_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def kinds(self) -> set[str]:
+        return {p.kind for p in self.problems}
+
+    def render(self) -> str:
+        """``OK ...`` on one line, or one line per problem."""
+        if self.ok:
+            counts = ", ".join(f"{status} {n}" for status, n in sorted(self.counts.items())) or "none"
+            return (
+                f"OK {self.output}: manifest {self.sequence}, {self.shards} shards, {self.samples} samples "
+                f"({counts}), Merkle root {self.merkle_root}, signed by key {self.key_id}"
+            )
+        lines = [f"FAILED {self.output}: {len(self.problems)} problem(s)"]
+        lines.extend(f"  {problem}" for problem in self.problems)
+        return "\n".join(lines)
+
+
+def _malformed(manifest: dict[str, Any]) -> str | None:
+    """What makes a manifest unusable for the checks below (wrong types), or None."""
+    if not isinstance(manifest.get("sequence"), int) or manifest["sequence"] < 1:
+        return "sequence is not a positive integer"
+    if not isinstance(manifest.get("records"), dict) or not isinstance(manifest.get("counts"), dict):
+        return "records or counts is not an object"
+    shards = manifest.get("shards")
+    if not isinstance(shards, dict):
+        return "shards is not an object"
+    for name, entry in shards.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("counts"), dict):
+            return f"the entry of {name} is not an object with counts"
+        if not isinstance(entry.get("samples"), int):
+            return f"the entry of {name} has no sample count"
+    return None
+
+
+def _by_seq(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows in input order; rows without a usable ``seq`` (a damaged audit) go last instead of raising."""
+    return sorted(rows, key=lambda row: (0, row["seq"]) if isinstance(row.get("seq"), int) else (1, 0))
+
+
+def _digest(manifest: dict[str, Any]) -> str | None:
+    """The chain hash of a manifest, or None when it holds values canonical JSON refuses (NaN)."""
+    try:
+        return manifest_digest(manifest)
+    except ValueError:
+        return None
+
+
+class _HashingReader:
+    """A read-only file wrapper that hashes what passes through, so a tar is read once for both checks."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self._handle = handle
+        self.digest = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._handle.read(size)
+        self.digest.update(data)
+        return data
+
+    def drain(self) -> str:
+        while self.read(8 * 2**20):
+            pass
+        return self.digest.hexdigest()
+
+
+class _Verifier:
+    def __init__(self, layout: OutputLayout, key: Key, report: VerifyReport) -> None:
+        self.layout = layout
+        self.fs = layout.fs
+        self.key = key
+        self.report = report
+        self._per_file: Counter[tuple[str, str]] = Counter()
+
+    # ----------------------------------------------------------------------------------- findings
+
+    def add(self, kind: str, where: str, detail: str) -> None:
+        file = where.split(" ", 1)[0]
+        self._per_file[(kind, file)] += 1
+        if self._per_file[(kind, file)] <= MAX_PER_FILE:
+            self.report.problems.append(Problem(kind, where, detail))
+
+    def summarize_overflow(self) -> None:
+        for (kind, file), count in sorted(self._per_file.items()):
+            if count > MAX_PER_FILE:
+                self.report.problems.append(
+                    Problem(kind, file, f"... and {count - MAX_PER_FILE} more of the same kind")
+                )
+
+    # ----------------------------------------------------------------------------------- manifest
+
+    def load_manifest(self) -> dict[str, Any] | None:
+        where = f"{STATE_DIR}/{MANIFEST_FILE}"
+        path = manifest_path(self.layout)
+        if not exists(self.fs, path):
+            self.add("missing", where, "no signed run manifest (the run has not finished, or it was removed)")
+            return None
+        try:
+            manifest = json.loads(read_bytes(self.fs, path))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            self.add("modified", where, f"not valid JSON ({exc})")
+            return None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            self.add("modified", where, f"not a {FORMAT} manifest")
+            return None
+        malformed = _malformed(manifest)
+        if malformed:
+            self.check_signature(manifest, where)
+            self.add("modified", where, f"malformed manifest: {malformed}")
+            return None
+        return manifest
+
+    def check_signature(self, manifest: dict[str, Any], where: str) -> None:
+        signature = manifest.get("signature")
+        try:
+            payload = signed_payload(manifest)
+        except ValueError as exc:
+            self.add("modified", where, f"cannot be canonicalized ({exc})")
+            return
+        if not verify(payload, signature, self.key):
+            self.add("bad_signature", where, describe_mismatch(signature, self.key))
+
+    def check_consistency(self, manifest: dict[str, Any], where: str) -> None:
+        """Totals agree with the shard entries (a signed manifest that does not is a bug or a forgery)."""
+        shards = manifest.get("shards") or {}
+        totals: Counter[str] = Counter()
+        for entry in shards.values():
+            totals.update(entry.get("counts") or {})
+        samples = sum(int(e.get("samples", 0)) for e in shards.values())
+        if dict(totals) != {k: v for k, v in (manifest.get("counts") or {}).items() if v}:
+            self.add("modified", where, "counts per status do not add up over the shards")
+        if samples != manifest.get("samples") or samples != (manifest.get("records") or {}).get("count"):
+            self.add("modified", where, "sample and record counts do not add up over the shards")
+
+    def check_chain(self, manifest: dict[str, Any]) -> None:
+        sequence = int(manifest["sequence"])
+        history: dict[int, tuple[str, dict[str, Any]]] = {}
+        for name, data in iter_history(self.layout):
+            where = f"{STATE_DIR}/{HISTORY_DIR}/{name}"
+            try:
+                earlier = json.loads(data)
+                number = int(earlier["sequence"])
+            except (ValueError, KeyError, TypeError) as exc:
+                self.add("modified", where, f"not a readable manifest ({type(exc).__name__})")
+                continue
+            if name != f"{number:06d}.json":
+                self.add("broken_chain", where, f"holds manifest {number}, not the one its name says")
+                continue
+            if number >= sequence:
+                if number == sequence and _digest(earlier) == _digest(manifest):
+                    continue  # left by an interrupted write: a copy of the current manifest
+                self.add("extra", where, f"manifest {number} is not older than the current one ({sequence})")
+                continue
+            history[number] = (where, earlier)
+        chain: list[tuple[str, dict[str, Any]]] = []
+        for number in range(1, sequence):
+            if number not in history:
+                where = f"{STATE_DIR}/{HISTORY_DIR}/{number:06d}.json"
+                self.add("missing", where, f"earlier manifest {number} of the chain is gone")
+                chain.append((where, {}))
+            else:
+                chain.append(history[number])
+        chain.append((f"{STATE_DIR}/{MANIFEST_FILE}", manifest))
+        if chain[0][1] and chain[0][1].get("previous") is not None:
+            self.add("broken_chain", chain[0][0], "the first manifest names a previous one")
+        for (_, earlier), (where, later) in itertools.pairwise(chain):
+            if not earlier or not later:
+                continue  # a missing link is already reported
+            if _digest(earlier) is None or later.get("previous") != _digest(earlier):
+                self.add(
+                    "broken_chain",
+                    where,
+                    f"'previous' does not match the hash of manifest {earlier.get('sequence')}",
+                )
+        for where, earlier in chain[:-1]:
+            if earlier:
+                self.check_signature(earlier, where)
+
+    # ------------------------------------------------------------------------------------- shards
+
+    def check_shard(self, shard: str, entry: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """Checks one shard; returns its audit rows in seq order when they match the manifest."""
+        stem = shard_stem(shard)
+        audit_name, done_name = f"{stem}.audit.parquet", f"{stem}.done.json"
+        self.check_marker(shard, entry, done_name)
+        rows = self.check_audit(shard, entry, audit_name)
+        self.check_tar(shard, entry, rows)
+        if rows is None:
+            return None
+        return _by_seq(rows)
+
+    def check_marker(self, shard: str, entry: dict[str, Any], done_name: str) -> None:
+        try:
+            marker = read_marker(self.layout, shard)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            self.add("modified", done_name, "completion marker is not valid JSON")
+            return
+        if marker is None:
+            self.add("missing", done_name, "completion marker is gone")
+            return
+        fields = ("tar_sha256", "audit_sha256", "samples", "released", "counts", "config_hash")
+        differ = [name for name in fields if marker.get(name) != entry.get(name)]
+        if differ or marker.get("shard") != shard:
+            self.add("modified", done_name, f"disagrees with the manifest on {', '.join(differ) or 'shard'}")
+
+    def check_audit(self, shard: str, entry: dict[str, Any], audit_name: str) -> list[dict[str, Any]] | None:
+        path = self.layout.audit(shard)
+        if not exists(self.fs, path):
+            self.add("missing", audit_name, "audit file is gone")
+            return None
+        data = read_bytes(self.fs, path)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != entry.get("audit_sha256"):
+            self.add("modified", audit_name, f"sha256 {digest[:16]}... differs from the manifest's")
+        try:
+            rows = audit_rows(data)
+        except (pa.ArrowException, OSError, ValueError) as exc:  # any of them: the file was damaged
+            self.add("modified", audit_name, f"unreadable audit file ({type(exc).__name__})")
+            return None
+        self.check_records(entry, audit_name, rows)
+        return rows
+
+    def check_records(self, entry: dict[str, Any], audit_name: str, rows: list[dict[str, Any]]) -> None:
+        samples = int(entry.get("samples", 0))
+        seqs: list[Any] = [row.get("seq") for row in rows]
+        seen = Counter(seqs)
+        missing = [position for position in range(samples) if position not in seen]
+        for position in missing:
+            self.add("missing", f"{audit_name} seq={position}", f"record {position} of {samples} is gone")
+        extra = False
+        for row in rows:
+            seq = row.get("seq")
+            if not isinstance(seq, int) or not 0 <= seq < samples or seen[seq] > 1:
+                extra = True
+                self.add(
+                    "extra",
+                    f"{audit_name} seq={seq}",
+                    f"record for key {row.get('key')!r} is not one of the manifest's {samples} records",
+                )
+                if isinstance(seq, int):
+                    seen[seq] = 1  # report a duplicate once, not once per copy
+        if missing or extra:
+            return
+        if seqs != sorted(seqs):
+            first = next(i for i, seq in enumerate(seqs) if seq != i)
+            self.add(
+                "reordered",
+                audit_name,
+                f"records out of input order (position {first} holds seq {seqs[first]})",
+            )
+        in_order = sorted(rows, key=lambda row: row["seq"])
+        if records_root(in_order) != entry.get("records_root"):
+            self.add("modified", audit_name, "record values differ from the manifest's Merkle root")
+        counts = status_counts(in_order)
+        if counts != entry.get("counts"):
+            self.add(
+                "modified",
+                audit_name,
+                f"counts per status {counts} differ from the manifest's {entry.get('counts')}",
+            )
+
+    def check_tar(self, shard: str, entry: dict[str, Any], rows: list[dict[str, Any]] | None) -> None:
+        path = self.layout.tar(shard)
+        if not exists(self.fs, path):
+            self.add("missing", shard, "shard tar is gone")
+            return
+        with self.fs.open(path, "rb") as handle:
+            reader = _HashingReader(handle)
+            found: list[tuple[str, str]] = []
+            try:
+                for item in iter_samples(reader, source=shard):  # type: ignore[arg-type]  # stream mode: read() only
+                    if isinstance(item, TarProblem):
+                        self.add(
+                            "extra",
+                            f"{shard} {item.member_name}",
+                            f"member is not a plain file ({item.reason})",
+                        )
+                    elif isinstance(item, Sample):
+                        found.append((item.key, sample_digest(item.members)))
+                readable = True
+            except TarReadError as exc:
+                self.add("modified", shard, f"unreadable tar ({exc})")
+                readable = False
+            digest = reader.drain()
+        if digest != entry.get("tar_sha256"):
+            self.add("modified", shard, f"sha256 {digest[:16]}... differs from the manifest's")
+        if rows is not None and readable:
+            self.check_released(shard, rows, found)
+
+    def check_released(self, shard: str, rows: list[dict[str, Any]], found: list[tuple[str, str]]) -> None:
+        """The tar holds exactly the released samples of the audit, in order, with the recorded bytes."""
+        in_order = _by_seq(rows)
+        status = {row.get("key"): row.get("status") for row in in_order}
+        expected: list[tuple[Any, Any]] = [
+            (row.get("key"), row.get("output_sha256")) for row in in_order if row.get("status") in RELEASED_STATUSES
+        ]
+        expected_keys = [key for key, _ in expected]
+        wanted = set(expected_keys)
+        found_keys = [key for key, _ in found]
+        present = Counter(found_keys)
+        for key in found_keys:
+            if key not in wanted:
+                if key in status:
+                    detail = f"sample is in the tar, but its audit status is {status[key]!r}: never releasable"
+                else:
+                    detail = "sample is in the tar but has no audit record"
+                self.add("extra", f"{shard} key={key}", detail)
+            elif present[key] > 1:
+                self.add("extra", f"{shard} key={key}", f"sample appears {present[key]} times")
+                present[key] = 1
+        for key in expected_keys:
+            if key not in present:
+                self.add("missing", f"{shard} key={key}", "released sample is not in the tar")
+        common_expected = [key for key in expected_keys if key in present]
+        common_found = list(dict.fromkeys(key for key in found_keys if key in wanted))
+        if common_expected != common_found:
+            self.add("reordered", shard, "samples are not in the input order of the audit")
+        recorded = dict(expected)
+        for key, digest in dict(found).items():
+            if key in recorded and recorded[key] != digest:
+                self.add("modified", f"{shard} key={key}", "members differ from the audit's output_sha256")
+
+    # ------------------------------------------------------------------------------------- output
+
+    def check_unlisted(self, shards: set[str]) -> None:
+        """Shard files the manifest does not list, and fragments of unfinished work."""
+        root = self.layout.path()
+        names = [path.rstrip("/").rsplit("/", 1)[-1] for path in self.fs.ls(root, detail=False)]
+        for name in sorted(names):
+            if name.startswith("."):
+                continue  # a temporary file of an interrupted publish: never trusted, never read
+            for suffix in _SHARD_SUFFIXES:
+                if name.endswith(suffix):
+                    shard = name[: -len(suffix)] + ".tar"
+                    if shard not in shards:
+                        self.add("extra", name, "not listed in the manifest")
+                    break
+        fragments = self.layout.path(STATE_DIR, "fragments")
+        if exists(self.fs, fragments):
+            for folder in sorted(self.fs.ls(fragments, detail=False)):
+                if self.fs.isdir(folder) and self.fs.ls(folder, detail=False):
+                    name = folder.rstrip("/").rsplit("/", 1)[-1]
+                    self.add(
+                        "incomplete",
+                        f"{STATE_DIR}/fragments/{name}",
+                        "unfinished work of a run that is still going or was interrupted",
+                    )
+
+    def run(self) -> None:
+        manifest = self.load_manifest()
+        if manifest is None:
+            return
+        where = f"{STATE_DIR}/{MANIFEST_FILE}"
+        report = self.report
+        report.sequence = manifest.get("sequence")
+        self.check_signature(manifest, where)
+        self.check_consistency(manifest, where)
+        self.check_chain(manifest)
+        shards: dict[str, dict[str, Any]] = manifest.get("shards") or {}
+        builder = MerkleBuilder()
+        complete = True
+        for shard in sorted(shards):
+            rows = self.check_shard(shard, shards[shard])
+            if rows is None:
+                complete = False
+                continue
+            for row in rows:
+                builder.add(record_leaf(row))
+        records = manifest.get("records") or {}
+        already = any(p.kind in ("modified", "missing", "extra") for p in report.problems)
+        if complete and builder.root().hex() != records.get("merkle_root") and not already:
+            self.add("modified", where, "the Merkle root over all audit records differs")
+        self.check_unlisted(set(shards))
+        self.summarize_overflow()
+        report.shards = len(shards)
+        report.samples = int(manifest.get("samples") or 0)
+        report.counts = dict(manifest.get("counts") or {})
+        report.merkle_root = records.get("merkle_root")
+        report.key_id = (manifest.get("signature") or {}).get("key_id")
+
+
+def verify_output(root: str, key: Key, options: StorageOptions | None = None) -> VerifyReport:
+    """Verify the run under OUTPUT ``root`` against its signed manifest with ``key``.
+
+    Never raises for what it finds: every finding is a :class:`Problem` in the report. Storage errors
+    (unreachable bucket, permissions) do raise.
+    """
+    layout = OutputLayout(root, options or StorageOptions())
+    report = VerifyReport(output=redact(root))
+    _Verifier(layout, key, report).run()
+    for problem in report.problems:
+        log.debug("verify: %s", problem)
+    log.info("verified %s: %s", report.output, "OK" if report.ok else f"{len(report.problems)} problem(s)")
+    return report

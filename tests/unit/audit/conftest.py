@@ -1,0 +1,188 @@
+"""A finished run's OUTPUT built by hand: 2 shards x 3 samples (anonymized, no_face, quarantined).
+
+The files mimic ``raypipe.pipeline.commit.finalize_shard`` exactly: the tar holds the released samples
+in input order, the audit parquet every sample, the marker the same hashes and counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from raypipe.audit.manifest import build_manifest, write_manifest
+from raypipe.audit.schema import records_table, sample_digest
+from raypipe.audit.signing import Key, parse_key
+from raypipe.io.tars import Sample, tar_bytes
+from raypipe.layout import OutputLayout
+
+SHARDS = ("data-00000.tar", "data-00001.tar")
+STATUSES = ("anonymized", "no_face", "quarantined")
+THRESHOLD = 0.9
+HMAC_SECRET = b"correct horse battery staple 0123456789"
+RUN = {
+    "config_hash": "c0ffee",
+    "code_version": "0.1.0+test",
+    "models": {"unet": "tiny-random", "recognizer": "dlib-hog"},
+    "weight_hashes": {"unet": "ab" * 32},
+    "started": "2024-05-01T10:00:00Z",
+    "finished": "2024-05-01T11:00:00Z",
+    "method": {"guidance_scale": -10.0, "skip": 0.7, "num_steps": 4, "seed": 7, "attribute_prompt": None},
+    "reid": {"recognizer": "dlib-hog", "threshold": THRESHOLD},
+}
+
+
+def sample_key(shard_index: int, seq: int) -> str:
+    return f"img{shard_index}{seq:03d}"
+
+
+def _face(status: str, similarity: float) -> dict[str, Any]:
+    return {
+        "index": 0,
+        "box": [10.0, 20.0, 60.0, 80.0],
+        "score": 1.25,
+        "status": status,
+        "seed": 1234,
+        "similarity": similarity,
+        "threshold": THRESHOLD,
+        "error": None,
+    }
+
+
+def _record(shard: str, shard_index: int, seq: int, status: str) -> tuple[dict[str, Any], Sample | None]:
+    key = sample_key(shard_index, seq)
+    members = [(f"{key}.jpg", f"jpeg bytes of {key}".encode()), (f"{key}.json", b'{"label": 1}')]
+    faces: list[dict[str, Any]] = []
+    out: list[tuple[str, bytes]] | None = None
+    if status == "anonymized":
+        faces = [_face("anonymized", 0.41)]
+        out = [(f"{key}.jpg", f"anonymized jpeg of {key}".encode()), members[1]]
+    elif status == "no_face":
+        out = list(members)
+    else:
+        faces = [_face("reidentified", 0.95)]
+    record = {
+        "key": key,
+        "seq": seq,
+        "source_shard": f"s3://bucket/in/{shard}",
+        "output_shard": shard if out is not None else None,
+        "members": [name for name, _ in members],
+        "input_sha256": sample_digest(members),
+        "output_sha256": sample_digest(out) if out is not None else None,
+        "status": status,
+        "faces_count": len(faces),
+        "faces": faces,
+        "missed_faces": 0,
+        "error": "a face still re-identifies" if status == "quarantined" else None,
+        "error_step": "verify" if status == "quarantined" else None,
+        "guidance_scale": -10.0,
+        "skip": 0.7,
+        "num_steps": 4,
+        "seed": 7,
+        "attribute_prompt": None,
+        "models": json.dumps(RUN["models"], sort_keys=True),
+        "weight_hashes": json.dumps(RUN["weight_hashes"], sort_keys=True),
+        "config_hash": RUN["config_hash"],
+        "code_version": RUN["code_version"],
+        "node": "node-1",
+        "device": "cpu",
+        "timings": json.dumps({"anon": 0.5}),
+    }
+    return record, (Sample(key, out) if out is not None else None)
+
+
+def audit_bytes(records: list[dict[str, Any]]) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(records_table(records), buffer)
+    return buffer.getvalue()
+
+
+def write_shard(root: Path, shard: str, records: list[dict[str, Any]], samples: list[Sample]) -> None:
+    """Tar, audit and marker of one shard, as finalize_shard writes them."""
+    stem = shard[: -len(".tar")]
+    tar, audit = tar_bytes(samples), audit_bytes(records)
+    (root / shard).write_bytes(tar)
+    (root / f"{stem}.audit.parquet").write_bytes(audit)
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record["status"]] = counts.get(record["status"], 0) + 1
+    marker = {
+        "shard": shard,
+        "samples": len(records),
+        "released": len(samples),
+        "counts": dict(sorted(counts.items())),
+        "tar_sha256": hashlib.sha256(tar).hexdigest(),
+        "audit_sha256": hashlib.sha256(audit).hexdigest(),
+        "config_hash": records[0]["config_hash"] if records else None,
+    }
+    (root / f"{stem}.done.json").write_text(json.dumps(marker, indent=2, sort_keys=True))
+
+
+def shard_contents(shard_index: int) -> tuple[list[dict[str, Any]], list[Sample]]:
+    shard = SHARDS[shard_index] if shard_index < len(SHARDS) else f"data-{shard_index:05d}.tar"
+    records, samples = [], []
+    for seq, status in enumerate(STATUSES):
+        record, sample = _record(shard, shard_index, seq, status)
+        records.append(record)
+        if sample is not None:
+            samples.append(sample)
+    return records, samples
+
+
+def make_output(root: Path, shards: int = len(SHARDS)) -> OutputLayout:
+    """A finished OUTPUT with ``shards`` finalized shards (no manifest yet)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for index in range(shards):
+        records, samples = shard_contents(index)
+        write_shard(root, f"data-{index:05d}.tar", records, samples)
+    return OutputLayout(str(root))
+
+
+def shard_names(count: int = len(SHARDS)) -> list[str]:
+    return [f"data-{index:05d}.tar" for index in range(count)]
+
+
+@pytest.fixture
+def hmac_key() -> Key:
+    return parse_key(HMAC_SECRET, "test secret")
+
+
+@pytest.fixture(scope="session")
+def ed25519_pems() -> tuple[bytes, bytes]:
+    """(private PEM, public PEM) of a fresh Ed25519 key."""
+    private = Ed25519PrivateKey.generate()
+    private_pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public_pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return private_pem, public_pem
+
+
+@pytest.fixture
+def ed25519_key(ed25519_pems: tuple[bytes, bytes]) -> Key:
+    return parse_key(ed25519_pems[0], "test private key")
+
+
+SignedOutput = Callable[..., OutputLayout]
+
+
+@pytest.fixture
+def signed_output(tmp_path: Path) -> SignedOutput:
+    """Factory: build OUTPUT under tmp_path and write its signed manifest with the given key."""
+
+    def build(key: Key, shards: int = len(SHARDS), name: str = "out") -> OutputLayout:
+        layout = make_output(tmp_path / name, shards)
+        write_manifest(layout, build_manifest(layout, shard_names(shards), dict(RUN)), key)
+        return layout
+
+    return build
