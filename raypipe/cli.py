@@ -84,6 +84,8 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
         overrides["pipeline"] = {"address": args.ray_address}
     if args.no_progress:
         overrides["pipeline"] = {**overrides.get("pipeline", {}), "progress": False}  # type: ignore[dict-item]
+    if args.key_file:
+        overrides["audit"] = {"key_file": args.key_file}
     config = load_config(args.config, overrides=overrides)
     summary = run(config, overwrite=args.overwrite)
     print_summary(summary)
@@ -108,6 +110,10 @@ def print_summary(summary: object) -> None:
             + (" ..." if len(summary.incomplete_shards) > 10 else "")
         )
         lines.append("  rerun the same command to finish them")
+    if summary.manifest is not None:
+        lines.append(f"  audit:   signed manifest #{summary.manifest}; check it with: raypipe audit verify OUTPUT")
+    else:
+        lines.append("  audit:   no signing key, no manifest (set RAYPIPE_AUDIT_KEY or --key-file)")
     lines.append(f"  time:    {summary.elapsed_s:.1f}s")
     print("\n".join(lines))
 
@@ -130,7 +136,9 @@ def cmd_make_samples(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="raypipe", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="raypipe", description="Anonymize the faces of image datasets with Reverse Personalization on Ray."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -152,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="delete results of a different configuration in OUTPUT")
     p.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--key-file", help="audit signing key file (default: the RAYPIPE_AUDIT_KEY variable)")
     p.set_defaults(func=cmd_anonymize)
 
     p = sub.add_parser("status", help="shards done/pending and samples per status of a run's OUTPUT")
@@ -163,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", type=int, default=3)
     p.add_argument("--per-shard", type=int, default=5)
     p.set_defaults(func=cmd_make_samples)
+
+    from raypipe.audit.cli import add_audit_commands
+    from raypipe.staging import add_models_commands
+    from raypipe.submit import add_submit_commands
+
+    add_audit_commands(sub)
+    add_submit_commands(sub)
+    add_models_commands(sub)
     return parser
 
 

@@ -143,7 +143,7 @@ class PipelineConfig:
     batch_size: int = 8  # samples per batch handed to an actor
     detect: str = "cpu"  # "cpu": a CPU stage before the GPU pool; "gpu_actor": inside the GPU actors
     detect_actors: int = 1
-    samples_per_fragment: int = 64  # commit granularity inside a shard
+    compose_actors: int = 1
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -159,7 +159,7 @@ class PipelineConfig:
             "anonymize_actors_max",
             "batch_size",
             "detect_actors",
-            "samples_per_fragment",
+            "compose_actors",
         ):
             value = getattr(self, name)
             _check(
@@ -212,6 +212,39 @@ class LimitsConfig:
             )
 
 
+RECOGNIZERS = ("dlib",)
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """Compliance checks and evidence (the signing key itself never goes in a config file)."""
+
+    recognizer: str = "dlib"  # the independent recognizer of the re-identification gate
+    reid_threshold: float = 0.90  # cosine similarity at or above which a face still re-identifies
+    check_missed_faces: bool = True  # re-detect faces in released images; a missed one quarantines
+    quarantine_output: str | None = None  # where to keep quarantined originals (path/URI); None: nowhere
+    key_file: str | None = None  # signing key file (else the RAYPIPE_AUDIT_KEY environment variable)
+
+    def __post_init__(self) -> None:
+        p = "audit."
+        _check(self.recognizer in RECOGNIZERS, p + "recognizer", f"one of {list(RECOGNIZERS)}", self.recognizer)
+        _check(
+            _is_number(self.reid_threshold) and -1.0 < self.reid_threshold <= 1.0,
+            p + "reid_threshold",
+            "a cosine similarity in (-1, 1]",
+            self.reid_threshold,
+        )
+        _check(
+            isinstance(self.check_missed_faces, bool),
+            p + "check_missed_faces",
+            "true or false",
+            self.check_missed_faces,
+        )
+        for name in ("quarantine_output", "key_file"):
+            value = getattr(self, name)
+            _check(value is None or (isinstance(value, str) and bool(value)), p + name, "a path/URI or null", value)
+
+
 @dataclass(frozen=True)
 class JobConfig:
     """A whole job: what to read, where to write, which models, which method settings, how to run."""
@@ -223,6 +256,7 @@ class JobConfig:
     method: MethodConfig = MethodConfig()
     pipeline: PipelineConfig = PipelineConfig()
     limits: LimitsConfig = LimitsConfig()
+    audit: AuditConfig = AuditConfig()
 
 
 SECTIONS: dict[str, type] = {
@@ -231,6 +265,7 @@ SECTIONS: dict[str, type] = {
     "method": MethodConfig,
     "pipeline": PipelineConfig,
     "limits": LimitsConfig,
+    "audit": AuditConfig,
 }
 TINY_FACE_SIZE = 128  # the tiny preset's default crop side
 
@@ -325,6 +360,7 @@ __all__ = [
     "ANALYZERS",
     "DTYPES",
     "PRESETS",
+    "AuditConfig",
     "ConfigError",
     "JobConfig",
     "LimitsConfig",

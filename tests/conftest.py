@@ -26,12 +26,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "isolated" in item.keywords and not isolated_ok:
             if require:
-                pytest.exit(
-                    "RAYPIPE_REQUIRE_ISOLATION=1 but this network has interfaces besides lo", returncode=3
-                )
-            item.add_marker(
-                pytest.mark.skip(reason="needs a loopback-only network namespace: run scripts/test")
-            )
+                pytest.exit("RAYPIPE_REQUIRE_ISOLATION=1 but this network has interfaces besides lo", returncode=3)
+            item.add_marker(pytest.mark.skip(reason="needs a loopback-only network namespace: run scripts/test"))
         if "gpu" in item.keywords:
             try:
                 import torch

@@ -141,9 +141,7 @@ def _check_rgb(image: np.ndarray, what: str) -> None:
         raise ValueError(f"{what} must be an HxWx3 uint8 array, got shape {shape} dtype {dtype}")
 
 
-def align_face(
-    image_rgb_uint8: np.ndarray, landmarks: np.ndarray, face_size: int
-) -> tuple[np.ndarray, np.ndarray]:
+def align_face(image_rgb_uint8: np.ndarray, landmarks: np.ndarray, face_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Cut the aligned ``face_size`` x ``face_size`` crop of one face; returns (crop, image->crop matrix)."""
     import cv2
 

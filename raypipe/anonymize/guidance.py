@@ -52,9 +52,7 @@ class TextEncoder:
     def zeros(self) -> TextEmbedding:
         """The all-zero text condition ``0_txt`` (SDXL's ``force_zeros_for_empty_prompt``)."""
         empty = self("")
-        return TextEmbedding(
-            empty.tokens.new_zeros(empty.tokens.shape), empty.pooled.new_zeros(empty.pooled.shape)
-        )
+        return TextEmbedding(empty.tokens.new_zeros(empty.tokens.shape), empty.pooled.new_zeros(empty.pooled.shape))
 
     def _encode(self, prompt: str) -> TextEmbedding:
         import torch
@@ -111,15 +109,9 @@ class GuidedUNet:
         def expand(t: torch.Tensor) -> torch.Tensor:
             return t.expand(batch, *t.shape[1:])
 
-        self._tokens = torch.cat([expand(unconditional.text.tokens), expand(conditional.text.tokens)]).to(
-            device
-        )
-        self._pooled = torch.cat([expand(unconditional.text.pooled), expand(conditional.text.pooled)]).to(
-            device
-        )
-        identity = torch.cat([unconditional.identity, conditional.identity]).to(
-            device=device, dtype=self._dtype
-        )
+        self._tokens = torch.cat([expand(unconditional.text.tokens), expand(conditional.text.tokens)]).to(device)
+        self._pooled = torch.cat([expand(unconditional.text.pooled), expand(conditional.text.pooled)]).to(device)
+        identity = torch.cat([unconditional.identity, conditional.identity]).to(device=device, dtype=self._dtype)
         self._identity = identity[:, None, :]  # (2B, 1, E): one identity image per sample
         self._time_ids = torch.tensor([time_ids], dtype=self._dtype, device=device).expand(2 * batch, -1)
 

@@ -45,9 +45,7 @@ def noised_latents(
     n = len(timesteps)
     noise = torch.stack(
         [
-            torch.randn(
-                (n, *x0.shape[1:]), generator=torch.Generator().manual_seed(seed), dtype=torch.float32
-            )
+            torch.randn((n, *x0.shape[1:]), generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
             for seed in seeds
         ],
         dim=1,
@@ -81,9 +79,7 @@ def invert(
     return Inversion(x_start=xts[0], noise_maps=noise_maps)
 
 
-def replay(
-    inversion: Inversion, timesteps: Sequence[int], denoise: Denoiser, solver: SDEDPMSolver2M
-) -> torch.Tensor:
+def replay(inversion: Inversion, timesteps: Sequence[int], denoise: Denoiser, solver: SDEDPMSolver2M) -> torch.Tensor:
     """Sample from ``x_start`` with the stored noise maps; the solver starts with no history."""
     solver.reset()
     x = inversion.x_start

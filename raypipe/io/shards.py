@@ -197,9 +197,7 @@ def _glob(fs: fsspec.AbstractFileSystem, scheme: str | None, name: str) -> list[
     ]
 
 
-def _check_exist(
-    fs: fsspec.AbstractFileSystem, scheme: str | None, names: list[str]
-) -> tuple[list[str], list[str]]:
+def _check_exist(fs: fsspec.AbstractFileSystem, scheme: str | None, names: list[str]) -> tuple[list[str], list[str]]:
     """Split spelled-out names into (present, missing), listing each folder at most once."""
     by_parent: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for name in names:

@@ -151,9 +151,7 @@ def is_local(uri_or_path: str) -> bool:
     return protocol is None or protocol in LOCAL_PROTOCOLS
 
 
-def filesystem(
-    uri_or_path: str, options: StorageOptions | None = None
-) -> tuple[fsspec.AbstractFileSystem, str]:
+def filesystem(uri_or_path: str, options: StorageOptions | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """Return the filesystem serving ``uri_or_path`` and the path inside it.
 
     Local paths come back absolute; object-store paths come back without their scheme

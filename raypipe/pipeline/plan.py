@@ -38,7 +38,9 @@ def config_hash(config: JobConfig) -> str:
         "models": dataclasses.asdict(config.models),
         "method": dataclasses.asdict(config.method),
         "limits": dataclasses.asdict(config.limits),
+        "audit": dataclasses.asdict(config.audit),
     }
+    relevant["audit"].pop("key_file", None)
     relevant["models"].pop("device", None)  # where it runs does not change what it computes
     relevant["models"].pop("cache_dir", None)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()

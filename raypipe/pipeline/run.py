@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 import raypipe
-from raypipe.config import JobConfig, LimitsConfig, MethodConfig, ModelsConfig
+from raypipe.config import AuditConfig, JobConfig, LimitsConfig, MethodConfig, ModelsConfig
 from raypipe.io.publish import publish_bytes
 from raypipe.io.storage import redact
 from raypipe.layout import OutputLayout
@@ -30,6 +30,8 @@ from raypipe.pipeline.plan import CONFIG_FILE, make_plan
 from raypipe.pipeline.task import over_tasks, pack_batch, unpack_batch
 
 log = get_logger(__name__)
+
+TASK_CPUS = 0.25
 
 
 @dataclass
@@ -43,6 +45,7 @@ class RunSummary:
     counts: dict[str, int] = field(default_factory=dict)  # per status, over every completed shard
     incomplete_shards: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
+    manifest: int | None = None  # sequence number of the signed manifest written, None if none
 
     @property
     def samples_total(self) -> int:
@@ -84,6 +87,18 @@ class AnonymizeActor:
         return pack_batch(self.stage(unpack_batch(batch)))
 
 
+class ComposeActor:
+    """Ray Data actor wrapping :class:`raypipe.pipeline.stages.Compose` (loads the gate's recognizer once)."""
+
+    def __init__(self, audit: AuditConfig) -> None:
+        from raypipe.pipeline.stages import Compose
+
+        self.stage = Compose(audit)
+
+    def __call__(self, batch: Any) -> dict[str, list[Any]]:
+        return pack_batch(self.stage(unpack_batch(batch)))
+
+
 def connect(config: JobConfig) -> None:
     """Join the cluster named by ``pipeline.address`` or ``RAY_ADDRESS``, or start a local Ray."""
     import ray
@@ -108,14 +123,16 @@ def build_dataset(config: JobConfig, plan_pending: list[Any], layout: OutputLayo
 
     from raypipe.pipeline.read import make_datasource
     from raypipe.pipeline.sink import make_datasink
-    from raypipe.pipeline.stages import Compose, Decode
+    from raypipe.pipeline.stages import Decode
 
     p = config.pipeline
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = p.progress
     common = {"batch_format": "pyarrow", "batch_size": p.batch_size}
-    ds = ray.data.read_datasource(make_datasource(plan_pending, config.storage, config.limits))
-    ds = ds.map_batches(over_tasks(Decode(config.limits)), num_cpus=0.5, **common)
+    # Light tasks ask for a quarter CPU: the actor pools must never take every CPU, or the read and
+    # write tasks could not be scheduled and the job would wait forever.
+    ds = ray.data.read_datasource(make_datasource(plan_pending, config.storage, config.limits), num_cpus=TASK_CPUS)
+    ds = ds.map_batches(over_tasks(Decode(config.limits)), num_cpus=TASK_CPUS, **common)
     detect_in_actor = p.detect == "gpu_actor"
     if not detect_in_actor:
         ds = ds.map_batches(
@@ -134,7 +151,13 @@ def build_dataset(config: JobConfig, plan_pending: list[Any], layout: OutputLayo
         resources=p.anonymize_actor_resources,
         **common,
     )
-    ds = ds.map_batches(over_tasks(Compose()), num_cpus=0.5, **common)
+    ds = ds.map_batches(
+        ComposeActor,
+        fn_constructor_args=(config.audit,),
+        compute=ActorPoolStrategy(size=p.compose_actors),
+        num_cpus=0.5,
+        **common,
+    )
     return ds, make_datasink(layout, run, tracker)
 
 
@@ -145,6 +168,7 @@ def run(config: JobConfig, overwrite: bool = False) -> RunSummary:
     from raypipe.pipeline.sink import complete_unfinalized, make_tracker
 
     started = time.time()
+    key = signing_key(config)
     layout = OutputLayout(config.output, config.storage)
     plan = make_plan(config, layout, overwrite=overwrite)
     publish_bytes(layout.fs, layout.state(CONFIG_FILE), yaml.safe_dump(_resolved(config), sort_keys=False).encode())
@@ -160,13 +184,17 @@ def run(config: JobConfig, overwrite: bool = False) -> RunSummary:
         committed = {w.name: (set(w.committed), None) for w in plan.pending}
         tracker = make_tracker(committed)
         ds, sink = build_dataset(config, plan.pending, layout, run_info, tracker)
-        ds.write_datasink(sink)
+        ds.write_datasink(sink, ray_remote_args={"num_cpus": TASK_CPUS})
         processed = ray.get(tracker.progress.remote())["samples"]
         # A shard whose last fragment was committed but not finalized (a write task died in between).
         leftovers = [w.name for w in plan.pending if read_marker(layout, w.name) is None]
         if leftovers:
             ray.get(ray.remote(num_cpus=0.5)(complete_unfinalized).remote(layout, leftovers))
     summary = summarize(layout, plan.names, len(plan.done), processed, run_id, time.time() - started)
+    if key is not None:
+        summary.manifest = write_run_manifest(layout, config, plan, summary, started, key)
+    else:
+        log.warning("no audit key (RAYPIPE_AUDIT_KEY or audit.key_file): the run manifest was not signed or written")
     record = {
         "run_id": run_id,
         "started": started,
@@ -180,6 +208,66 @@ def run(config: JobConfig, overwrite: bool = False) -> RunSummary:
         json.dumps(record | summary.to_dict(), indent=2).encode(),
     )
     return summary
+
+
+def signing_key(config: JobConfig) -> Any:
+    """The audit signing key, checked before any work starts; None when none is configured at all."""
+    import os
+
+    from raypipe.audit.signing import KEY_ENV, load_key
+
+    if config.audit.key_file is None and not os.environ.get(KEY_ENV):
+        return None
+    return load_key(config.audit.key_file)
+
+
+def write_run_manifest(
+    layout: OutputLayout, config: JobConfig, plan: Any, summary: RunSummary, started: float, key: Any
+) -> int:
+    """Sign and publish the manifest over every completed shard, chained to the previous one."""
+    from raypipe.audit.manifest import build_manifest, write_manifest
+
+    done = [name for name in plan.names if name not in summary.incomplete_shards]
+    run_info = {
+        "run_id": summary.run_id,
+        "config_hash": plan.config_hash,
+        "code_version": raypipe.__version__,
+        "started": started,
+        "finished": time.time(),
+        "method": dataclasses.asdict(config.method),
+        "models": _model_ids(config),
+        "weight_hashes": _weight_hashes(layout, done),
+        "reid": {"recognizer": config.audit.recognizer, "threshold": config.audit.reid_threshold},
+    }
+    signed = write_manifest(layout, build_manifest(layout, done, run_info), key)
+    return int(signed["sequence"])
+
+
+def _model_ids(config: JobConfig) -> dict[str, Any]:
+    m = config.models
+    ids: dict[str, Any] = {"preset": m.preset, "analyzer": m.analyzer}
+    if m.preset == "sdxl":
+        ids |= {"sdxl": redact(m.sdxl), "ip_adapter": f"{redact(m.ip_adapter)}/{m.ip_adapter_weight_name}"}
+        ids |= {"vae": redact(m.vae)} if m.vae else {}
+    if m.analyzer == "insightface":
+        ids["insightface"] = redact(m.insightface)
+    return ids
+
+
+def _weight_hashes(layout: OutputLayout, shards: list[str]) -> dict[str, str]:
+    """The weight hashes the GPU actors recorded (read from the audit records, first one found)."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from raypipe.io.publish import read_bytes
+
+    for name in shards:
+        table = pq.read_table(io.BytesIO(read_bytes(layout.fs, layout.audit(name))), columns=["weight_hashes"])
+        for value in table.column("weight_hashes").to_pylist():
+            if value and value != "{}":
+                return dict(json.loads(value))
+    return {}
 
 
 def summarize(

@@ -10,15 +10,18 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from raypipe.config import LimitsConfig, MethodConfig, ModelsConfig
+from raypipe.config import AuditConfig, LimitsConfig, MethodConfig, ModelsConfig
 from raypipe.images import ImageDecodeError, decode_image, encode_image, image_format_for
 from raypipe.logs import get_logger
 from raypipe.pipeline.task import ImageWork, SampleTask
-from raypipe.records import Status
+from raypipe.records import FaceRecord, FaceStatus, Status
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from raypipe.anonymize.analyzers import FaceAnalyzer
 
 log = get_logger(__name__)
@@ -151,29 +154,77 @@ def _device_name(device: Any) -> str:
 
 
 class Compose:
-    """Paste faces back, re-encode only changed images, and settle each sample's status."""
+    """Paste faces back, verify them with the independent re-identification gate, re-encode only the
+    images that changed, and settle each sample's status.
+
+    A face that still re-identifies (or cannot be checked), or a face found in a released image where
+    nothing was anonymized, quarantines the sample: it is never released.
+    """
+
+    def __init__(self, audit: AuditConfig | None = None) -> None:
+        from raypipe.audit.reid import ReidGate
+
+        audit = audit or AuditConfig()
+        self.gate = ReidGate(threshold=audit.reid_threshold)  # dlib's recognizer: independent of ArcFace
+        self.check_missed = audit.check_missed_faces
 
     def __call__(self, tasks: list[SampleTask]) -> list[SampleTask]:
-        from raypipe.anonymize.pipeline import compose
-
         with timed(tasks, "compose"):
             for task in tasks:
                 if task.pending:
-                    self._compose(task, compose)
+                    self._compose(task)
                 task.images = []  # pixels, crops and embeddings go no further than this stage
         return tasks
 
-    @staticmethod
-    def _compose(task: SampleTask, compose: Any) -> None:
+    def _compose(self, task: SampleTask) -> None:
+        from raypipe.anonymize.pipeline import compose
+
         out_members = list(task.members)
         for work in task.images:
-            result = compose(work.rgb, work.faces, work.outputs)
-            task.faces.extend(result.faces)
+            assert work.rgb is not None
             name = task.members[work.member][0]
+            result = compose(work.rgb, work.faces, work.outputs)
             if result.status is Status.QUARANTINED:
+                task.faces.extend(result.faces)
                 task.fail("anonymize", f"{name}: {result.error}", Status.QUARANTINED)
                 return
+            released = result.image if result.image is not None else work.rgb
+            faces = self._verify(work.rgb, released, result.faces)
+            task.faces.extend(faces)
+            refused = [f for f in faces if f.status is not FaceStatus.ANONYMIZED]
+            if refused:
+                reasons = "; ".join(f"face {f.index}: {f.error}" for f in refused)
+                task.fail("verify", f"{name}: {reasons}", Status.QUARANTINED)
+                return
+            if self.check_missed:
+                missed = self._missed(released, faces)
+                task.missed_faces += missed
+                if missed:
+                    task.fail(
+                        "verify",
+                        f"{name}: {missed} face(s) found in the output that were not anonymized",
+                        Status.QUARANTINED,
+                    )
+                    return
             if result.status is Status.ANONYMIZED:
-                out_members[work.member] = (name, encode_image(result.image, work.format))
+                out_members[work.member] = (name, encode_image(released, work.format))
         task.status = Status.ANONYMIZED if task.faces else Status.NO_FACE
         task.out_members = out_members
+
+    def _verify(self, original: np.ndarray, released: np.ndarray, faces: list[FaceRecord]) -> list[FaceRecord]:
+        checks = self.gate.check(original, released, [f.box for f in faces])
+        return [
+            replace(
+                face,
+                similarity=check.similarity,
+                threshold=check.threshold,
+                status=face.status if check.passed else check.face_status,
+                error=face.error if check.passed else check.reason,
+            )
+            for face, check in zip(faces, checks)
+        ]
+
+    def _missed(self, released: np.ndarray, faces: list[FaceRecord]) -> int:
+        from raypipe.audit.reid import missed_faces
+
+        return missed_faces(released, [f.box for f in faces], self.gate.recognizer)  # type: ignore[arg-type]

@@ -79,9 +79,7 @@ def test_single_file_keeps_its_name(tmp_path: Path, memory_models: str) -> None:
     assert Path(local).read_bytes() == b"onnx-bytes"
 
 
-def test_cache_dir_defaults_to_environment(
-    tmp_path: Path, memory_models: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cache_dir_defaults_to_environment(tmp_path: Path, memory_models: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAYPIPE_CACHE", str(tmp_path / "env-cache"))
     assert default_cache_dir() == str(tmp_path / "env-cache")
     local = materialize(f"memory://{memory_models}/single.onnx")

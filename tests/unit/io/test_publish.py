@@ -153,9 +153,7 @@ def test_read_of_missing_object_is_not_retried(tmp_path: Path, local_fs, no_slee
     assert no_sleep == []
 
 
-def test_s3_publish_asks_for_a_single_put_up_to_5_gib(
-    memory_root: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_s3_publish_asks_for_a_single_put_up_to_5_gib(memory_root: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # s3fs switches to multipart above 2 x chunksize (100 MiB by default): raypipe raises that bound.
     class FakeS3(MemoryFileSystem):
         protocol = ("s3", "s3a")

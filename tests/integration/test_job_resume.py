@@ -1,0 +1,93 @@
+"""Crash and resume: kill the driver midway, rerun the same command, get the same bytes.
+
+Each job runs as its own process inside a fresh PID namespace (``unshare --pid``), so when the
+driver is killed every Ray process it started goes with it: nothing is left running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from raypipe.layout import OutputLayout
+from raypipe.pipeline.commit import committed_positions
+from raypipe.pipeline.sink import KILL_AFTER_FRAGMENTS_ENV
+from tests.integration.jobs import TEST_METHOD, TEST_MODELS, TEST_PIPELINE, sample_shards
+
+pytestmark = [pytest.mark.isolated, pytest.mark.slow]
+
+VOLATILE = {"timings", "node"}  # audit columns that legitimately differ between runs
+
+
+def run_job(config: Path, extra_env: dict[str, str] | None = None, timeout: float = 600) -> tuple[int, str]:
+    """``raypipe anonymize --config`` in its own PID namespace: (driver exit status, end of its log)."""
+    env = dict(os.environ, **(extra_env or {}))
+    raypipe = str(Path(sys.executable).with_name("raypipe"))
+    log = Path(f"{config}.log")
+    script = f'"{raypipe}" anonymize --config "{config}" --no-progress > "{log}" 2>&1; echo $? > "{config}.rc"'
+    subprocess.run(
+        ["unshare", "--fork", "--pid", "--mount-proc", "sh", "-c", script], env=env, timeout=timeout, check=False
+    )
+    return int(Path(f"{config}.rc").read_text()), log.read_text()[-3000:]
+
+
+def write_config(folder: Path, inputs: Path, output: Path) -> Path:
+    config = {
+        "input": str(inputs / "part-{00000..00003}.tar"),
+        "output": str(output),
+        "models": TEST_MODELS,
+        "method": TEST_METHOD,
+        "pipeline": TEST_PIPELINE | {"batch_size": 2},  # small batches: many fragments to crash between
+    }
+    path = folder / f"{output.name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def audit_rows(path: Path) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in VOLATILE} for row in pq.read_table(path).to_pylist()]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("in")
+    for name, data in sample_shards(shards=4, per_shard=5).items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def test_killed_driver_then_rerun_gives_the_uninterrupted_result(inputs: Path, tmp_path: Path) -> None:
+    reference, crashed = tmp_path / "reference", tmp_path / "crashed"
+    code, log = run_job(write_config(tmp_path, inputs, reference))
+    assert code == 0, log
+
+    config = write_config(tmp_path, inputs, crashed)
+    code, log = run_job(config, {KILL_AFTER_FRAGMENTS_ENV: "3"})
+    assert code == 137, log  # SIGKILL, mid-run
+
+    layout = OutputLayout(str(crashed))
+    names = [f"part-{i:05d}.tar" for i in range(4)]
+    done = [n for n in names if (crashed / n.replace(".tar", ".done.json")).exists()]
+    assert len(done) < 4, "the crash came too late to test anything"
+    committed = sum(5 for _ in done) + sum(len(committed_positions(layout, n)[0]) for n in names if n not in done)
+    assert committed > 0, "the crash came before anything was committed"
+
+    code, log = run_job(config)
+    assert code == 0, log
+    runs = sorted((crashed / "_raypipe" / "runs").glob("*.json"))
+    rerun = json.loads(runs[-1].read_text())
+    assert rerun["samples_processed"] == 20 - committed  # committed work is not redone
+    assert rerun["shards_skipped"] == len(done)
+
+    for name in names:
+        assert (crashed / name).read_bytes() == (reference / name).read_bytes(), name
+        audit = name.replace(".tar", ".audit.parquet")
+        assert audit_rows(crashed / audit) == audit_rows(reference / audit), name
+    assert not list((crashed / "_raypipe" / "fragments").glob("*/*.parquet"))  # all folded into shards
