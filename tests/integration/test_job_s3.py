@@ -1,0 +1,74 @@
+"""The job through s3:// on moto's S3 server (loopback), read and written via s3fs, as in production."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from raypipe.pipeline.run import run
+from tests.integration.jobs import job_config, read_audit, sample_shards
+
+pytestmark = [pytest.mark.isolated, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def s3_env(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Fake credentials and the endpoint, set before Ray starts so its workers inherit them."""
+    values = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": s3_server,
+        "AWS_CONFIG_FILE": str(tmp_path_factory.mktemp("aws") / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path_factory.mktemp("aws") / "none"),
+    }
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield s3_server
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture(scope="module")
+def ray_s3(s3_env: str) -> Iterator[None]:
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def test_s3_in_s3_out_matches_the_local_run(ray_s3, s3_env: str, tmp_path: Path) -> None:
+    import boto3
+
+    bucket = f"raypipe-{uuid.uuid4().hex[:12]}"
+    client = boto3.client("s3", endpoint_url=s3_env)
+    client.create_bucket(Bucket=bucket)
+    local_in = tmp_path / "in"
+    local_in.mkdir()
+    for name, data in sample_shards(shards=2, per_shard=4).items():
+        client.put_object(Bucket=bucket, Key=f"in/{name}", Body=data)
+        (local_in / name).write_bytes(data)
+
+    remote = run(job_config(f"s3://{bucket}/in/part-*.tar", f"s3://{bucket}/out"))
+    local = run(job_config(str(local_in / "part-*.tar"), str(tmp_path / "out")))
+    assert remote.ok and local.ok and remote.counts == local.counts == {"anonymized": 2, "no_face": 6}
+
+    listed = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"]}
+    for name in ("part-00000", "part-00001"):
+        assert {f"out/{name}.tar", f"out/{name}.audit.parquet", f"out/{name}.done.json"} <= listed
+        tar = client.get_object(Bucket=bucket, Key=f"out/{name}.tar")["Body"].read()
+        assert tar == (tmp_path / "out" / f"{name}.tar").read_bytes()  # same bytes as the local run
+        records = read_audit(client.get_object(Bucket=bucket, Key=f"out/{name}.audit.parquet")["Body"].read())
+        assert [r["seq"] for r in records] == [0, 1, 2, 3]
+        assert all(r["source_shard"] == f"s3://{bucket}/in/{name}.tar" for r in records)
+    assert not [k for k in listed if "/fragments/" in k]  # fragments are folded into shards and removed
