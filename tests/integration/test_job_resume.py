@@ -38,9 +38,9 @@ def run_job(config: Path, extra_env: dict[str, str] | None = None, timeout: floa
     return int(Path(f"{config}.rc").read_text()), log.read_text()[-3000:]
 
 
-def write_config(folder: Path, inputs: Path, output: Path) -> Path:
+def write_config(folder: Path, inputs: Path, output: Path, shards: int = 4) -> Path:
     config = {
-        "input": str(inputs / "part-{00000..00003}.tar"),
+        "input": str(inputs / f"part-{{00000..{shards - 1:05d}}}.tar"),
         "output": str(output),
         "models": TEST_MODELS,
         "method": TEST_METHOD,
@@ -58,7 +58,7 @@ def audit_rows(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("in")
-    for name, data in sample_shards(shards=4, per_shard=5).items():
+    for name, data in sample_shards(shards=8, per_shard=5).items():
         (folder / name).write_bytes(data)
     return folder
 
@@ -91,3 +91,16 @@ def test_killed_driver_then_rerun_gives_the_uninterrupted_result(inputs: Path, t
         audit = name.replace(".tar", ".audit.parquet")
         assert audit_rows(crashed / audit) == audit_rows(reference / audit), name
     assert not list((crashed / "_raypipe" / "fragments").glob("*/*.parquet"))  # all folded into shards
+
+
+def test_driver_memory_does_not_grow_with_the_number_of_shards(inputs: Path, tmp_path: Path) -> None:
+    peaks = {}
+    for shards in (2, 8):
+        output = tmp_path / f"x{shards}"
+        code, log = run_job(write_config(tmp_path, inputs, output, shards=shards))
+        assert code == 0, log
+        record = json.loads(next((output / "_raypipe" / "runs").glob("*.json")).read_text())
+        assert record["shards_done"] == shards
+        peaks[shards] = record["driver_peak_rss_mb"]
+    print(f"driver peak RSS: 2 shards {peaks[2]} MB, 8 shards {peaks[8]} MB")
+    assert peaks[8] < 1.2 * peaks[2], peaks  # 4x the shards, not 4x (nor 2x) the memory
