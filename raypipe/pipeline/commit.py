@@ -38,8 +38,12 @@ FRAGMENT_SCHEMA = pa.schema(
         ("audit", pa.string()),  # the sample's audit record as JSON
         ("out_names", pa.list_(pa.string())),
         ("out_data", pa.list_(pa.large_binary())),
+        # Originals of samples held back, only when the user asked for a quarantine location.
+        ("held_names", pa.list_(pa.string())),
+        ("held_data", pa.list_(pa.large_binary())),
     ]
 )
+QUARANTINE_NOTE = "raypipe-quarantine.json"  # member added to each held-back sample: why it was held
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class RunInfo:
     config_hash: str
     code_version: str
     method: dict[str, Any]
+    quarantine: OutputLayout | None = None  # where held-back originals go; None: nowhere
 
 
 def audit_record(task: SampleTask, run: RunInfo) -> dict[str, Any]:
@@ -95,6 +100,9 @@ def fragment_bytes(tasks: Iterable[SampleTask], run: RunInfo) -> bytes:
         rows["audit"].append(None if task.end_of_shard else json.dumps(audit_record(task, run), sort_keys=True))
         rows["out_names"].append([n for n, _ in task.out_members] if released and task.out_members else [])
         rows["out_data"].append([d for _, d in task.out_members] if released and task.out_members else [])
+        held = run.quarantine is not None and not released and not task.end_of_shard
+        rows["held_names"].append([n for n, _ in task.members] if held else [])
+        rows["held_data"].append([d for _, d in task.members] if held else [])
     buffer = io.BytesIO()
     pq.write_table(pa.table(rows, schema=FRAGMENT_SCHEMA), buffer)
     return buffer.getvalue()
@@ -138,8 +146,13 @@ def is_complete(seqs: set[int], total: int | None) -> bool:
     return total is not None and len(seqs) >= total and all(i in seqs for i in range(total))
 
 
-def finalize_shard(layout: OutputLayout, shard: str) -> dict[str, Any]:
-    """Build the shard's tar and audit from its fragments, publish them, then the marker; drop fragments."""
+def finalize_shard(layout: OutputLayout, shard: str, quarantine: OutputLayout | None = None) -> dict[str, Any]:
+    """Build the shard's tar and audit from its fragments, publish them, then the marker; drop fragments.
+
+    With ``quarantine``, the originals of samples that were held back go to ``<quarantine>/<shard>``,
+    each with a ``raypipe-quarantine.json`` member saying why (that location holds real faces: keep
+    it access-restricted).
+    """
     rows: dict[int, dict[str, Any]] = {}
     total: int | None = None
     paths = list_fragments(layout, shard)
@@ -164,6 +177,8 @@ def finalize_shard(layout: OutputLayout, shard: str) -> dict[str, Any]:
     pq.write_table(records_table(records), audit_buffer)
     audit = audit_buffer.getvalue()
     fs = layout.fs
+    if quarantine is not None:
+        _publish_quarantine(quarantine, shard, ordered)
     publish_bytes(fs, layout.tar(shard), tar)
     publish_bytes(fs, layout.audit(shard), audit)
     counts: dict[str, int] = {}
@@ -183,6 +198,20 @@ def finalize_shard(layout: OutputLayout, shard: str) -> dict[str, Any]:
         delete(fs, path)
     log.info("%s finalized: %d samples, %d released", shard, total, len(samples))
     return marker
+
+
+def _publish_quarantine(quarantine: OutputLayout, shard: str, rows: list[dict[str, Any]]) -> None:
+    held = []
+    for row in rows:
+        if row["released"] or not row["held_names"]:
+            continue
+        record = json.loads(row["audit"])
+        note = {k: record[k] for k in ("key", "status", "error", "error_step", "faces", "missed_faces")}
+        members = list(zip(row["held_names"], row["held_data"]))
+        members.append((f"{record['key']}.{QUARANTINE_NOTE}", json.dumps(note, sort_keys=True).encode()))
+        held.append(Sample(key=record["key"], members=members))
+    if held:
+        publish_bytes(quarantine.fs, quarantine.tar(shard), tar_bytes(held))
 
 
 def read_marker(layout: OutputLayout, shard: str) -> dict[str, Any] | None:

@@ -25,13 +25,15 @@ MODELS = ModelsConfig(preset="tiny", analyzer="dlib", device="cpu")
 METHOD = MethodConfig(num_steps=6, face_size=128)
 
 
-def run_stages(shard: Path, out: Path, anonymize: Anonymize) -> None:
+def run_stages(shard: Path, out: Path, anonymize: Anonymize, quarantine: Path | None = None) -> None:
     """read -> decode -> (detect + anonymize) -> compose -> commit -> finalize, in this process."""
     layout = OutputLayout(str(out))
+    held = OutputLayout(str(quarantine)) if quarantine else None
     tasks: list[SampleTask] = list(shard_tasks(ShardWork(str(shard), shard.name), StorageOptions(), LimitsConfig()))
     tasks = Compose(AuditConfig())(anonymize(Decode(LimitsConfig())(tasks)))
-    commit_fragment(layout, shard.name, tasks, RunInfo(config_hash="c" * 64, code_version="test", method={}))
-    finalize_shard(layout, shard.name)
+    run_info = RunInfo(config_hash="c" * 64, code_version="test", method={}, quarantine=held)
+    commit_fragment(layout, shard.name, tasks, run_info)
+    finalize_shard(layout, shard.name, held)
     run = {"config_hash": "c" * 64, "code_version": "test"}
     write_manifest(layout, build_manifest(layout, [shard.name], run), KEY)
 
@@ -63,7 +65,7 @@ def test_an_anonymizer_that_returns_the_original_face_is_quarantined(
 ) -> None:
     # Test double: the "anonymized" crop is the original crop. The gate must catch it.
     monkeypatch.setattr(anonymize.rp, "anonymize_crops", lambda crops, embeddings, seeds: [c.copy() for c in crops])
-    run_stages(shard, tmp_path, anonymize)
+    run_stages(shard, tmp_path, anonymize, quarantine=tmp_path / "held")
     records = read_audit((tmp_path / "part-00000.audit.parquet").read_bytes())
     assert records[0]["status"] == "quarantined" and records[0]["error_step"] == "verify"
     assert records[0]["faces"][0]["status"] == "reidentified"
@@ -73,6 +75,11 @@ def test_an_anonymizer_that_returns_the_original_face_is_quarantined(
     assert verify_output(str(tmp_path), KEY).ok
     html = render_report(str(tmp_path), tmp_path / "report.html").read_text()
     assert records[0]["key"] in html and "still re-identifies" in html
+    # Asked for, the original is kept apart with the reason; the released shard never has it.
+    (held,) = read_tar((tmp_path / "held" / "part-00000.tar").read_bytes())
+    original = read_tar(shard.read_bytes())[0]
+    assert held.key == original.key and held.members[:-1] == original.members
+    assert held.members[-1][0].endswith("raypipe-quarantine.json") and b"still re-identifies" in held.members[-1][1]
 
 
 def test_a_face_the_detector_missed_is_caught_in_the_output(
