@@ -1,0 +1,53 @@
+"""Keep the docs honest: every config key, CLI command and file the README names exists, and back."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from raypipe.cli import build_parser
+from raypipe.config import SECTIONS, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_every_config_key_is_documented_and_every_documented_key_exists() -> None:
+    documented = set(re.findall(r"^\| `([a-z_]+(?:\.[a-z_0-9]+)?)` \|", README, flags=re.M))
+    actual = {f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+    actual |= {"input", "output"}
+    assert actual - documented == set(), "keys missing from the README's configuration table"
+    assert documented - actual == set(), "the README documents keys that do not exist"
+
+
+def test_every_cli_command_is_in_the_readme() -> None:
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    for name in commands:
+        assert f"raypipe {name}" in README, name
+
+
+@pytest.mark.parametrize("script", ["scripts/quickstart", "scripts/test", ".ci/run"])
+def test_quick_start_scripts_exist_and_are_executable(script: str) -> None:
+    path = ROOT / script
+    assert path.is_file() and os.access(path, os.X_OK)
+    assert f"`{script}`" in README or script == ".ci/run" or f"\n{script}\n" in README
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    assert "scripts/test" in (ROOT / ".ci" / "run").read_text()
+
+
+@pytest.mark.parametrize("name", ["local-cpu.yaml", "s3-gpu.yaml"])
+def test_example_configs_are_valid(name: str) -> None:
+    config = load_config(str(ROOT / "jobs" / "configs" / name))
+    assert config.input and config.output
+
+
+def test_files_the_readme_links_exist() -> None:
+    for link in re.findall(r"\]\(([^)#]+)\)", README):
+        assert (ROOT / link).exists(), link
