@@ -104,6 +104,10 @@ class ModelsConfig:
     dtype: str = "bfloat16"
     device: str = "auto"
     cache_dir: str | None = None
+    # Inference speed-ups, all opt-in (BENCHMARKS.md says what each one costs in numerics):
+    channels_last: bool = False  # UNet and VAE in NHWC layout: faster convolutions on GPUs, same math
+    fuse_lora: bool = False  # merge the FaceID LoRA into the UNet weights: fewer kernels, round-off changes
+    compile: bool = False  # torch.compile the UNet: slow first batch, faster after; round-off changes
 
     def __post_init__(self) -> None:
         p = "models."
@@ -125,6 +129,8 @@ class ModelsConfig:
         for name in ("sdxl", "ip_adapter", "ip_adapter_weight_name", "insightface", "device"):
             value = getattr(self, name)
             _check(isinstance(value, str) and bool(value), p + name, "a non-empty string", value)
+        for name in ("channels_last", "fuse_lora", "compile"):
+            _check(isinstance(getattr(self, name), bool), p + name, "true or false", getattr(self, name))
 
 
 DETECT_PLACEMENTS = ("cpu", "gpu_actor")
@@ -145,6 +151,7 @@ class PipelineConfig:
     detect_actors: int = 1
     compose_actors: int = 1
     progress: bool = True
+    stall_timeout_s: float = 3600.0  # no commit for this long ends the job (raypipe.pipeline.watchdog)
 
     def __post_init__(self) -> None:
         p = "pipeline."
@@ -180,6 +187,12 @@ class PipelineConfig:
                 _check(_is_number(value) and value >= 0, p + name, "a number >= 0", value)
         _check(self.detect in DETECT_PLACEMENTS, p + "detect", f"one of {list(DETECT_PLACEMENTS)}", self.detect)
         _check(isinstance(self.progress, bool), p + "progress", "true or false", self.progress)
+        _check(
+            _is_number(self.stall_timeout_s) and self.stall_timeout_s > 0,
+            p + "stall_timeout_s",
+            "a number of seconds > 0",
+            self.stall_timeout_s,
+        )
         resources = self.anonymize_actor_resources
         _check(
             resources is None
@@ -195,7 +208,8 @@ class PipelineConfig:
 
 @dataclass(frozen=True)
 class LimitsConfig:
-    """Safety limits for untrusted shards; anything beyond them is recorded as ``failed`` with the reason."""
+    """Safety limits for untrusted shards (docs/FAULTS.md). A member or an image beyond them fails its
+    sample; an image with more faces quarantines it; the reason names the limit."""
 
     max_member_bytes: int = 64 * 1024 * 1024
     max_image_pixels: int = 50_000_000
@@ -318,11 +332,23 @@ def build_config(data: dict[str, Any], overrides: dict[str, Any], require_io: bo
     output = overrides.get("output") or data.get("output") or ""
     if not isinstance(output, str):
         raise ConfigError(f"output: must be a path or URI, got {output!r}")
+    _check_no_credentials(inputs, output)
     if require_io and not inputs:
         raise ConfigError("input: no input shards given (INPUT argument or 'input:' in the config)")
     if require_io and not output:
         raise ConfigError("output: no output location given (OUTPUT argument or 'output:' in the config)")
     return JobConfig(input=tuple(inputs), output=output, **sections)
+
+
+def _check_no_credentials(inputs: Any, output: str) -> None:
+    from raypipe.io.storage import check_no_credentials
+
+    try:
+        for uri in inputs:
+            check_no_credentials(uri, "input")
+        check_no_credentials(output, "output")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _check_storage(section: dict[str, Any]) -> None:

@@ -1,8 +1,13 @@
 """Image bytes <-> RGB arrays, with limits, for the CLI and the job's decode/compose stages.
 
 Decoding applies the EXIF orientation (faces are detected upright) and refuses images beyond the
-pixel limit before decompressing them. Encoding writes the format the member's extension names;
-anonymized images are written without metadata (EXIF can hold GPS positions, names, serials).
+pixel limit before decompressing them (decompression bombs). Only the still-image formats below are
+parsed (Pillow would otherwise try every plugin it has on untrusted bytes, some of which call out to
+external programs); animated images are refused, because only their first frame could be checked for
+faces. 16-bit images are scaled to 8 bits, palette/grayscale/CMYK are converted to RGB, and alpha is
+dropped without compositing, so a face hidden under transparent pixels is still seen. Encoding writes
+the format the member's extension names; anonymized images are written without metadata (EXIF can
+hold GPS positions, names, serials).
 """
 
 from __future__ import annotations
@@ -20,12 +25,20 @@ IMAGE_EXTENSIONS = {
     "bmp": "BMP",
     "tif": "TIFF",
     "tiff": "TIFF",
+    "gif": "GIF",
 }
+# What Pillow may parse. (JPEGs with several pictures, MPO, come through the JPEG plugin: their first
+# picture is the photo itself.)
+DECODE_FORMATS = tuple(sorted(set(IMAGE_EXTENSIONS.values())))
 DEFAULT_MAX_PIXELS = 50_000_000
 
 
 class ImageDecodeError(ValueError):
     """The bytes are not an image raypipe can process; the message says why."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """The image has more pixels than the limit allows (found from its header, before decoding)."""
 
 
 @dataclass(frozen=True)
@@ -42,25 +55,38 @@ def image_format_for(member_name: str) -> str | None:
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
     """Decode to upright RGB uint8. Raises :class:`ImageDecodeError` naming the problem."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
 
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=DECODE_FORMATS) as img:
             width, height = img.size
             if width * height > max_pixels:
-                raise ImageDecodeError(
+                raise ImageTooLargeError(
                     f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
                 )
             if width < 1 or height < 1:
                 raise ImageDecodeError(f"image has no pixels ({width}x{height})")
+            frames = getattr(img, "n_frames", 1)
+            if frames > 1 and img.format != "MPO":
+                raise ImageDecodeError(
+                    f"{img.format} with {frames} frames (animated or multi-page): only still images are"
+                    " processed, so not every frame could be checked for faces"
+                )
             source_format = img.format or "PNG"
-            img.seek(0)  # animated images: the first frame
+            img.seek(0)
             upright = ImageOps.exif_transpose(img)
             rgb = _to_rgb(upright)
     except ImageDecodeError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ImageDecodeError(f"not a decodable image: {exc}") from exc
+    except Image.DecompressionBombError as exc:  # Pillow's own guard, beyond ~179 M pixels
+        raise ImageTooLargeError(f"image is over the pixel limit: {exc}") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:
+        # The bytes are untrusted: whatever the decoder raises on them (UnidentifiedImageError, OSError,
+        # SyntaxError, struct errors in EXIF parsing, ...) says the image is unusable, not that the
+        # machine is broken.
+        raise ImageDecodeError(f"not a decodable image: {type(exc).__name__}: {exc}") from exc
     return DecodedImage(rgb=rgb, format=source_format)
 
 

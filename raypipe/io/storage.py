@@ -62,10 +62,23 @@ class StorageOptions:
     region: str | None = None
     profile: str | None = None
     anonymous: bool = False
+    # How hard each S3 request tries (botocore "standard" retries: 5xx, throttling, timeouts, dropped
+    # connections, with backoff) before raypipe's own retries (raypipe.io.retry) see the error.
+    max_attempts: int = 5
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 60.0  # a request that stalls this long is abandoned and retried
 
     def __post_init__(self) -> None:
         if self.endpoint_url is not None:
             _check_endpoint(self.endpoint_url, "endpoint_url")
+        if not (isinstance(self.max_attempts, int) and not isinstance(self.max_attempts, bool)) or not (
+            1 <= self.max_attempts <= 50
+        ):
+            raise ValueError(f"max_attempts must be an integer in [1, 50], got {self.max_attempts!r}")
+        for name in ("connect_timeout_s", "read_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
 
     def resolve(self, environ: Mapping[str, str] | None = None) -> StorageOptions:
         """Return a copy with unset fields filled from ``environ`` (default: ``os.environ``).
@@ -120,7 +133,7 @@ def _first(env: Mapping[str, str], *names: str) -> str | None:
 
 
 def _s3_kwargs(options: StorageOptions) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"anon": options.anonymous}
+    kwargs: dict[str, Any] = {"anon": options.anonymous, "config_kwargs": _botocore_config(options)}
     if options.endpoint_url:
         kwargs["endpoint_url"] = options.endpoint_url
     if options.region:
@@ -128,6 +141,14 @@ def _s3_kwargs(options: StorageOptions) -> dict[str, Any]:
     if options.profile and not options.anonymous:
         kwargs["profile"] = options.profile
     return kwargs
+
+
+def _botocore_config(options: StorageOptions) -> dict[str, Any]:
+    return {
+        "retries": {"mode": "standard", "max_attempts": options.max_attempts},
+        "connect_timeout": options.connect_timeout_s,
+        "read_timeout": options.read_timeout_s,
+    }
 
 
 def _gcs_kwargs(options: StorageOptions) -> dict[str, Any]:
@@ -151,14 +172,42 @@ def is_local(uri_or_path: str) -> bool:
     return protocol is None or protocol in LOCAL_PROTOCOLS
 
 
+def has_credentials(uri: str) -> bool:
+    """True when a URI carries credentials: ``user:password@`` for any scheme, or any ``user@`` on s3/gs
+    (bucket names cannot hold ``@``; Azure's ``container@account`` is a plain address)."""
+    if "://" not in uri:
+        return False
+    parts = urlsplit(uri)
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    if not at:
+        return False
+    return ":" in userinfo or (parts.scheme.lower() in S3_PROTOCOLS | GCS_PROTOCOLS)
+
+
+def check_no_credentials(uri: str, what: str) -> None:
+    """Refuse a URI with credentials in it (they would end up in logs, error messages and the audit)."""
+    if has_credentials(uri):
+        raise CredentialsInURIError(
+            f"{what}: {redact(uri)} has credentials in it (user:password@); they are refused so they cannot"
+            " leak into logs or the audit. Give them through the provider's credential chain instead"
+            " (environment variables, profile, instance or workload identity)"
+        )
+
+
+class CredentialsInURIError(StorageError, ValueError):
+    """A URI holds credentials (``user:password@``)."""
+
+
 def filesystem(uri_or_path: str, options: StorageOptions | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """Return the filesystem serving ``uri_or_path`` and the path inside it.
 
     Local paths come back absolute; object-store paths come back without their scheme
-    (``s3://bucket/key`` -> ``bucket/key``), as fsspec methods expect them.
+    (``s3://bucket/key`` -> ``bucket/key``), as fsspec methods expect them. A URI with credentials in
+    it is refused (:class:`CredentialsInURIError`).
     """
     protocol = protocol_of(uri_or_path)
     options = options or StorageOptions()
+    check_no_credentials(uri_or_path, "storage")
     if protocol is None or protocol in LOCAL_PROTOCOLS:
         fs = LocalFileSystem()
         return fs, fs._strip_protocol(uri_or_path)

@@ -27,11 +27,19 @@ SPECIAL_FILE = "special_file"  # devices, fifos, sparse or unknown member types
 ABSOLUTE_NAME = "absolute_name"
 PARENT_REFERENCE = "parent_reference"
 EMPTY_KEY = "empty_key"
+OVER_LIMIT = "over_limit"  # larger than the reader's ``max_member_bytes``: skipped, never held in memory
+
+# Long-name and pax headers are read into memory whole by tarfile; real ones are a few hundred bytes.
+MAX_EXTENDED_HEADER_BYTES = 1024 * 1024
+_EXTENDED_HEADER_TYPES = frozenset(
+    {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE}
+)
 
 # Header errors tarfile raises internally but leaves out of its public names (and typeshed):
 # a block of zeros (the end-of-archive marker) and no block at all (the input simply stops).
 _END_OF_ARCHIVE_BLOCK: type[Exception] = tarfile.EOFHeaderError  # type: ignore[attr-defined]
 _NO_HEADER_BLOCK: type[Exception] = tarfile.EmptyHeaderError  # type: ignore[attr-defined]
+_INVALID_HEADER: type[Exception] = tarfile.InvalidHeaderError  # type: ignore[attr-defined]
 
 
 class TarReadError(RuntimeError):
@@ -83,12 +91,14 @@ class Sample:
 class TarProblem:
     """A member that was not read, with the reason (one of the module's reason constants).
 
-    ``key`` is the key the member's name would have had, so the problem can be tied to its sample.
+    ``key`` is the key the member's name would have had, so the problem can be tied to its sample;
+    ``detail`` adds what the reason alone does not say (e.g. the size of an over-limit member).
     """
 
     member_name: str
     reason: str
     key: str
+    detail: str = ""
 
 
 def _unsafe_name_reason(name: str) -> str | None:
@@ -99,7 +109,7 @@ def _unsafe_name_reason(name: str) -> str | None:
     return None
 
 
-def _member_problem(member: tarfile.TarInfo) -> str | None:
+def _problem_reason(member: tarfile.TarInfo) -> str | None:
     if member.issym():
         return SYMLINK
     if member.islnk():
@@ -131,6 +141,15 @@ def _tracking_tarinfo(ending: list[BaseException]) -> type[tarfile.TarInfo]:
                 ending.append(exc)
                 raise
 
+        def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+            # tarfile reads an extended header's payload into memory in one piece: a hostile shard could
+            # claim gigabytes. (``_proc_member`` is tarfile's internal dispatch for every header.)
+            if self.type in _EXTENDED_HEADER_TYPES and self.size > MAX_EXTENDED_HEADER_BYTES:
+                raise _INVALID_HEADER(
+                    f"extended header of {self.size} bytes, over the limit of {MAX_EXTENDED_HEADER_BYTES}"
+                )
+            return super()._proc_member(tarfile_)  # type: ignore[misc]
+
     return _TrackingTarInfo
 
 
@@ -145,14 +164,20 @@ def _end_problem(ending: list[BaseException]) -> str | None:
     return f"damaged member header ({last}); the archive is truncated or corrupt"
 
 
-def iter_samples(fileobj: IO[bytes], source: str = "<tar>") -> Iterator[Sample | TarProblem]:
+def iter_samples(
+    fileobj: IO[bytes], source: str = "<tar>", max_member_bytes: int | None = None
+) -> Iterator[Sample | TarProblem]:
     """Stream the samples of a WebDataset tar, in order, plus a :class:`TarProblem` per skipped member.
 
-    Regular files are read; folders are ignored; links, devices and unsafe names (absolute, ``..``)
-    are not read but reported. Problems are yielded where they occur in the stream and never split a
-    sample. A truncated or corrupt archive raises :class:`TarReadError` (naming ``source``) after the
-    samples known to be complete; the sample being read when the damage was found is not yielded (it
-    may miss members) but is attached to the error as ``pending``. Compressed tars are accepted.
+    Regular files are read; folders are ignored; links, devices, unsafe names (absolute, ``..``) and
+    members larger than ``max_member_bytes`` are not read but reported (an over-limit member is skipped
+    in the stream, never held in memory). A problem is yielded where it occurs in the stream: a problem
+    member with the key of the sample being read is yielded before that sample (which it belongs to);
+    one with another key first ends that sample, like any member with a new key, so a problem always
+    belongs to the next sample yielded if, and only if, their keys are equal. A truncated or corrupt
+    archive raises :class:`TarReadError` (naming ``source``) after the samples known to be complete;
+    the sample being read when the damage was found is not yielded (it may miss members) but is
+    attached to the error as ``pending``. Compressed tars are accepted.
     """
     ending: list[BaseException] = []
     current: Sample | None = None
@@ -162,14 +187,14 @@ def iter_samples(fileobj: IO[bytes], source: str = "<tar>") -> Iterator[Sample |
                 if member.isdir():
                     continue
                 key = split_member_name(member.name)[0]
-                reason = _member_problem(member)
-                if reason is not None:
-                    logger.debug("%s: member %r not read (%s)", source, member.name, reason)
-                    yield TarProblem(member.name, reason, key)
-                    continue
                 if current is not None and current.key != key:
                     yield current  # a new key proves the previous sample complete
                     current = None
+                skipped = _member_problem(member, max_member_bytes)
+                if skipped is not None:
+                    logger.debug("%s: member %r not read (%s)", source, member.name, skipped.reason)
+                    yield skipped
+                    continue
                 if current is None:
                     current = Sample(key)
                 current.members.append((member.name, _read_member(archive, member)))
@@ -180,6 +205,16 @@ def iter_samples(fileobj: IO[bytes], source: str = "<tar>") -> Iterator[Sample |
         raise TarReadError(_damage_message(source, current, problem), pending=current)
     if current is not None:
         yield current
+
+
+def _member_problem(member: tarfile.TarInfo, max_member_bytes: int | None) -> TarProblem | None:
+    key = split_member_name(member.name)[0]
+    reason = _problem_reason(member)
+    if reason is not None:
+        return TarProblem(member.name, reason, key)
+    if max_member_bytes is not None and member.size > max_member_bytes:
+        return TarProblem(member.name, OVER_LIMIT, key, f"{member.size} bytes, over the limit of {max_member_bytes}")
+    return None
 
 
 def _read_member(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:

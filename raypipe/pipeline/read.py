@@ -3,12 +3,14 @@
 raypipe reads tars with its own streaming reader (:mod:`raypipe.io.tars`) rather than
 ``read_webdataset``: it keeps every member's exact name and order (output shards must hold the same
 members in the same order), never decodes a member, and turns links, unsafe names and damaged tars
-into audit records instead of crashing the job. Samples already committed by an earlier run are
-skipped here, so resumed work is never recomputed.
+into audit records instead of crashing the job: a member that is not read fails the sample of its
+key, and a key seen twice in a shard fails the later sample. Samples already committed by an earlier
+run are skipped here, so resumed work is never recomputed.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,10 +18,9 @@ from typing import Any
 from raypipe.audit.schema import sample_digest
 from raypipe.config import LimitsConfig
 from raypipe.io.storage import StorageOptions, filesystem, redact
-from raypipe.io.tars import Sample, TarProblem, TarReadError, iter_samples
+from raypipe.io.tars import OVER_LIMIT, Sample, TarProblem, TarReadError, iter_samples
 from raypipe.logs import get_logger
 from raypipe.pipeline.task import SampleTask, pack_batch
-from raypipe.records import Status
 
 log = get_logger(__name__)
 
@@ -35,6 +36,22 @@ class ShardWork:
     committed: frozenset[int] = field(default_factory=frozenset)
 
 
+@dataclass
+class _Entry:
+    """One input sample as the reader saw it: its readable members (if any), the members of its key
+    that were not read, and the damage that ended the shard while it was being read (if any)."""
+
+    sample: Sample | None
+    problems: list[TarProblem]
+    damage: str | None = None
+
+    @property
+    def key(self) -> str:
+        if self.sample is not None:
+            return self.sample.key
+        return self.problems[0].key if self.problems else ""
+
+
 def shard_tasks(work: ShardWork, options: StorageOptions, limits: LimitsConfig) -> Iterator[SampleTask]:
     """Every sample of a shard as a task (committed ones skipped), then the end-of-shard marker."""
     from raypipe.io.retry import retry
@@ -42,56 +59,83 @@ def shard_tasks(work: ShardWork, options: StorageOptions, limits: LimitsConfig) 
     fs, path = filesystem(work.uri, options)
     source = redact(work.uri)
     seq = 0
+    seen_keys: set[str] = set()
     with retry(lambda: fs.open(path, "rb")) as fh:
-        try:
-            for item in iter_samples(fh, source=source):
-                if seq not in work.committed:
-                    yield _task(work, seq, item, limits)
-                seq += 1
-        except TarReadError as exc:
+        for entry in _entries(fh, source, limits):
+            duplicate = entry.key in seen_keys
+            seen_keys.add(entry.key)
             if seq not in work.committed:
-                pending = exc.pending
-                task = SampleTask(
-                    shard=source,
-                    shard_name=work.name,
-                    seq=seq,
-                    key=pending.key if pending else "",
-                    members=[],
-                    input_sha256=sample_digest(pending.members) if pending else "",
-                )
-                task.fail("read", str(exc))
-                yield task
+                yield _task(work, seq, entry, limits, duplicate)
             seq += 1
     yield SampleTask.end_marker(source, work.name, seq)
 
 
-def _task(work: ShardWork, seq: int, item: Sample | TarProblem, limits: LimitsConfig) -> SampleTask:
-    source = redact(work.uri)
-    if isinstance(item, TarProblem):
-        task = SampleTask(shard=source, shard_name=work.name, seq=seq, key=item.key, members=[], input_sha256="")
-        task.fail("read", f"member {item.member_name!r} not read: {item.reason}")
-        return task
+def _entries(fh: Any, source: str, limits: LimitsConfig) -> Iterator[_Entry]:
+    """The shard's samples with the members of their key that were not read (see ``iter_samples``:
+    a problem belongs to the next sample iff their keys are equal); a run of problems with no readable
+    member next to it is a sample of its own; damage ends the shard with the sample it interrupted."""
+    held: list[TarProblem] = []
+    try:
+        for item in iter_samples(fh, source=source, max_member_bytes=limits.max_member_bytes):
+            if held and held[-1].key != item.key:
+                yield _Entry(None, held)
+                held = []
+            if isinstance(item, TarProblem):
+                held.append(item)
+            else:
+                yield _Entry(item, held)
+                held = []
+    except TarReadError as exc:
+        pending = exc.pending
+        if held and (pending is None or held[-1].key != pending.key):
+            yield _Entry(None, held)
+            held = []
+        yield _Entry(pending, held, damage=str(exc))
+        return
+    if held:
+        yield _Entry(None, held)
+
+
+def _task(work: ShardWork, seq: int, entry: _Entry, limits: LimitsConfig, duplicate_key: bool) -> SampleTask:
+    members = list(entry.sample.members) if entry.sample is not None else []
     task = SampleTask(
-        shard=source,
+        shard=redact(work.uri),
         shard_name=work.name,
         seq=seq,
-        key=item.key,
-        members=list(item.members),
-        input_sha256=sample_digest(item.members),
+        key=entry.key,
+        members=members,
+        input_sha256=sample_digest(members) if entry.sample is not None else "",
     )
-    for name, data in item.members:
-        if len(data) > limits.max_member_bytes:
+    if entry.damage is not None:
+        task.fail("read", entry.damage)
+    if entry.problems:
+        task.fail("read", "; ".join(_problem_message(p) for p in entry.problems))
+    for name, data in members:
+        if len(data) > limits.max_member_bytes:  # the reader skips these; kept as a second line of defence
             task.fail(
                 "read",
                 f"member {name!r} is {len(data)} bytes, over limits.max_member_bytes={limits.max_member_bytes}",
             )
-            break
-    if task.status is not Status.FAILED:
-        names = [name for name, _ in item.members]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            task.fail("read", f"duplicate member names in one sample: {duplicates}")
+    names = [name for name, _ in members]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        task.fail("read", f"duplicate member names in one sample: {duplicates}")
+    if duplicate_key:
+        # Output shards keep the input order; two released samples with one key could end up side by
+        # side (when a sample between them is not released), and every reader would merge them.
+        task.fail(
+            "read",
+            f"key {entry.key!r} was already used by an earlier sample of this shard (members of one key"
+            " that are not contiguous); the later sample is not released",
+        )
     return task
+
+
+def _problem_message(problem: TarProblem) -> str:
+    message = f"member {problem.member_name!r} not read: {problem.reason}"
+    if problem.reason == OVER_LIMIT:
+        return f"{message} ({problem.detail}; limits.max_member_bytes)"
+    return f"{message} ({problem.detail})" if problem.detail else message
 
 
 def make_datasource(shards: list[ShardWork], options: StorageOptions, limits: LimitsConfig) -> Any:
@@ -119,8 +163,8 @@ def make_datasource(shards: list[ShardWork], options: StorageOptions, limits: Li
         ) -> list[ReadTask]:
             return [
                 ReadTask(
-                    (lambda w=work: read_shard(w)),
-                    BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=[redact(work.uri)]),
+                    functools.partial(read_shard, work),
+                    BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=(redact(work.uri),)),
                 )
                 for work in shards
             ]

@@ -90,10 +90,10 @@ class AnonymizeActor:
 class ComposeActor:
     """Ray Data actor wrapping :class:`raypipe.pipeline.stages.Compose` (loads the gate's recognizer once)."""
 
-    def __init__(self, audit: AuditConfig) -> None:
+    def __init__(self, audit: AuditConfig, analyzer: str) -> None:
         from raypipe.pipeline.stages import Compose
 
-        self.stage = Compose(audit)
+        self.stage = Compose(audit, analyzer)
 
     def __call__(self, batch: Any) -> dict[str, list[Any]]:
         return pack_batch(self.stage(unpack_batch(batch)))
@@ -105,7 +105,11 @@ def connect(config: JobConfig) -> None:
 
     if ray.is_initialized():
         return
-    ray.init(address=config.pipeline.address, log_to_driver=True, configure_logging=False)
+    from raypipe.pipeline.faults import fault_env
+
+    hooks = fault_env()  # fault-injection test hooks reach the workers this way; empty in production
+    runtime_env = {"env_vars": hooks} if hooks else None
+    ray.init(address=config.pipeline.address, log_to_driver=True, configure_logging=False, runtime_env=runtime_env)
     log.info("Ray cluster resources: %s", ray.cluster_resources())
 
 
@@ -153,7 +157,7 @@ def build_dataset(config: JobConfig, plan_pending: list[Any], layout: OutputLayo
     )
     ds = ds.map_batches(
         ComposeActor,
-        fn_constructor_args=(config.audit,),
+        fn_constructor_args=(config.audit, config.models.analyzer),
         compute=ActorPoolStrategy(size=p.compose_actors),
         num_cpus=0.5,
         **common,
@@ -166,6 +170,7 @@ def run(config: JobConfig, overwrite: bool = False) -> RunSummary:
     import ray
 
     from raypipe.pipeline.sink import complete_unfinalized, make_tracker
+    from raypipe.pipeline.watchdog import stall_watchdog
 
     started = time.time()
     key = signing_key(config)
@@ -176,20 +181,24 @@ def run(config: JobConfig, overwrite: bool = False) -> RunSummary:
         config_hash=plan.config_hash,
         code_version=raypipe.__version__,
         method=dataclasses.asdict(config.method),
+        quarantine=OutputLayout(config.audit.quarantine_output, config.storage)
+        if config.audit.quarantine_output
+        else None,
     )
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + "-" + uuid.uuid4().hex[:8]
     processed = 0
     if plan.pending:
         connect(config)
-        committed = {w.name: (set(w.committed), None) for w in plan.pending}
+        committed: dict[str, tuple[set[int], int | None]] = {w.name: (set(w.committed), None) for w in plan.pending}
         tracker = make_tracker(committed)
         ds, sink = build_dataset(config, plan.pending, layout, run_info, tracker)
-        ds.write_datasink(sink, ray_remote_args={"num_cpus": TASK_CPUS})
+        with stall_watchdog(tracker, config.pipeline.stall_timeout_s):  # StalledJobError if nothing commits
+            ds.write_datasink(sink, ray_remote_args={"num_cpus": TASK_CPUS})
         processed = ray.get(tracker.progress.remote())["samples"]
         # A shard whose last fragment was committed but not finalized (a write task died in between).
         leftovers = [w.name for w in plan.pending if read_marker(layout, w.name) is None]
         if leftovers:
-            ray.get(ray.remote(num_cpus=0.5)(complete_unfinalized).remote(layout, leftovers))
+            ray.get(ray.remote(num_cpus=0.5)(complete_unfinalized).remote(layout, leftovers, run_info.quarantine))
     summary = summarize(layout, plan.names, len(plan.done), processed, run_id, time.time() - started)
     if key is not None:
         summary.manifest = write_run_manifest(layout, config, plan, summary, started, key)

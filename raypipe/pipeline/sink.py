@@ -17,12 +17,13 @@ from typing import Any
 from raypipe.layout import OutputLayout
 from raypipe.logs import get_logger
 from raypipe.pipeline.commit import RunInfo, commit_fragment, finalize_shard, is_complete
+from raypipe.pipeline.faults import KILL_DRIVER_AFTER_FRAGMENTS
 from raypipe.pipeline.task import SampleTask, unpack_batch
 
 log = get_logger(__name__)
 
-# Test hook for crash/resume tests: SIGKILL the driver once this many fragments are committed.
-KILL_AFTER_FRAGMENTS_ENV = "RAYPIPE_FAULT_KILL_DRIVER_AFTER_FRAGMENTS"
+# Test hook for crash/resume tests (raypipe.pipeline.faults): SIGKILL the driver after N fragments.
+KILL_AFTER_FRAGMENTS_ENV = KILL_DRIVER_AFTER_FRAGMENTS
 
 
 class ShardTracker:
@@ -72,10 +73,15 @@ class ShardTracker:
 
 def make_tracker(committed: dict[str, tuple[set[int], int | None]]) -> Any:
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    kill_after = os.environ.get(KILL_AFTER_FRAGMENTS_ENV)
-    actor = ray.remote(num_cpus=0)(ShardTracker)
-    return actor.remote(committed, os.getpid(), int(kill_after) if kill_after else None)
+    from raypipe.pipeline.faults import env_count
+
+    # On the driver's node: losing a worker node must not lose the tracker (the job could not go on),
+    # and losing the driver's node ends the job anyway.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    actor = ray.remote(num_cpus=0)(ShardTracker).options(scheduling_strategy=here)
+    return actor.remote(committed, os.getpid(), env_count(KILL_AFTER_FRAGMENTS_ENV))
 
 
 def make_datasink(layout: OutputLayout, run: RunInfo, tracker: Any) -> Any:
@@ -92,7 +98,7 @@ def make_datasink(layout: OutputLayout, run: RunInfo, tracker: Any) -> Any:
             for shard, tasks in sorted(by_shard.items()):
                 seqs, total = commit_fragment(layout, shard, tasks, run)
                 if ray.get(tracker.commit.remote(shard, seqs, total)):
-                    finalize_shard(layout, shard)
+                    finalize_shard(layout, shard, run.quarantine)
                     finalized.append(shard)
             return {
                 "samples": sum(1 for ts in by_shard.values() for t in ts if not t.end_of_shard),
@@ -105,7 +111,7 @@ def make_datasink(layout: OutputLayout, run: RunInfo, tracker: Any) -> Any:
     return FragmentSink()
 
 
-def complete_unfinalized(layout: OutputLayout, shards: list[str]) -> list[str]:
+def complete_unfinalized(layout: OutputLayout, shards: list[str], quarantine: OutputLayout | None) -> list[str]:
     """Finalize every listed shard whose fragments already cover all samples (after a crash)."""
     from raypipe.pipeline.commit import committed_positions
 
@@ -113,6 +119,6 @@ def complete_unfinalized(layout: OutputLayout, shards: list[str]) -> list[str]:
     for shard in shards:
         seqs, total = committed_positions(layout, shard)
         if is_complete(seqs, total):
-            finalize_shard(layout, shard)
+            finalize_shard(layout, shard, quarantine)
             done.append(shard)
     return done

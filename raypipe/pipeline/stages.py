@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from raypipe.config import AuditConfig, LimitsConfig, MethodConfig, ModelsConfig
-from raypipe.images import ImageDecodeError, decode_image, encode_image, image_format_for
+from raypipe.images import ImageDecodeError, ImageTooLargeError, decode_image, encode_image, image_format_for
 from raypipe.logs import get_logger
 from raypipe.pipeline.task import ImageWork, SampleTask
 from raypipe.records import FaceRecord, FaceStatus, Status
@@ -57,6 +57,9 @@ class Decode:
                 continue
             try:
                 decoded = decode_image(data, max_pixels=self.limits.max_image_pixels)
+            except ImageTooLargeError as exc:
+                task.fail("decode", f"{name}: {exc} (limits.max_image_pixels)")
+                return
             except ImageDecodeError as exc:
                 task.fail("decode", f"{name}: {exc}")
                 return
@@ -114,29 +117,28 @@ class Anonymize:
 
         self.rp = ReversePersonalization.from_pretrained(models, method, load_analyzer=detect)
         self.detect, self.method, self.limits = detect, method, limits
+        self.batches = 0
+        optimizations = self.rp.models.optimizations
         self.provenance = {
             "node": node,
             "device": _device_name(self.rp.models.device),
-            "models": dict(self.rp.models.sources),
+            # Speed-ups that change round-off are part of how a face was made: the audit says which ran.
+            "models": dict(self.rp.models.sources)
+            | ({"optimizations": ",".join(optimizations)} if optimizations else {}),
             "weight_hashes": dict(self.rp.models.weight_hashes),
         }
 
     def __call__(self, tasks: list[SampleTask]) -> list[SampleTask]:
+        from raypipe.pipeline import faults
+
+        self.batches += 1
         if self.detect:
             assert self.rp.analyzer is not None
             detect_faces(tasks, self.rp.analyzer, self.method, self.limits)
+        faults.on_anonymize_batch(self.batches)  # test hook; inert unless a RAYPIPE_FAULT_ variable is set
         with timed(tasks, "anonymize"):
-            work = [(w, f) for t in tasks if t.pending for w in t.images for f in w.faces if f.ready]
-            crops = (
-                self.rp.anonymize_crops(
-                    [f.crop for _, f in work],  # type: ignore[misc]
-                    [f.embedding for _, f in work],  # type: ignore[misc]
-                    [f.seed for _, f in work],
-                )
-                if work
-                else []
-            )
-            results = {id(face): crop for (_, face), crop in zip(work, crops)}
+            ready = [f for t in tasks if t.pending for w in t.images for f in w.faces if f.ready]
+            results = {id(face): crop for face, crop in zip(ready, self.rp.anonymize_faces(ready))}
             for task in tasks:
                 for image in task.images:
                     image.outputs = [results.get(id(face)) for face in image.faces]
@@ -161,12 +163,15 @@ class Compose:
     nothing was anonymized, quarantines the sample: it is never released.
     """
 
-    def __init__(self, audit: AuditConfig | None = None) -> None:
+    def __init__(self, audit: AuditConfig | None = None, analyzer: str = "insightface") -> None:
         from raypipe.audit.reid import ReidGate
 
         audit = audit or AuditConfig()
         self.gate = ReidGate(threshold=audit.reid_threshold)  # dlib's recognizer: independent of ArcFace
         self.check_missed = audit.check_missed_faces
+        # With the same (deterministic) detector on both sides, searching an unchanged image again can
+        # only repeat the first answer: re-detect only images that were changed.
+        self.recheck_unchanged = analyzer != audit.recognizer
 
     def __call__(self, tasks: list[SampleTask]) -> list[SampleTask]:
         with timed(tasks, "compose"):
@@ -196,7 +201,7 @@ class Compose:
                 reasons = "; ".join(f"face {f.index}: {f.error}" for f in refused)
                 task.fail("verify", f"{name}: {reasons}", Status.QUARANTINED)
                 return
-            if self.check_missed:
+            if self.check_missed and (result.status is Status.ANONYMIZED or self.recheck_unchanged):
                 missed = self._missed(released, faces)
                 task.missed_faces += missed
                 if missed:
@@ -218,7 +223,7 @@ class Compose:
                 face,
                 similarity=check.similarity,
                 threshold=check.threshold,
-                status=face.status if check.passed else check.face_status,
+                status=check.face_status or face.status,
                 error=face.error if check.passed else check.reason,
             )
             for face, check in zip(faces, checks)

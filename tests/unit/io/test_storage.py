@@ -21,6 +21,7 @@ AWS_VARS = (
     "AWS_DEFAULT_REGION",
     "AWS_PROFILE",
 )
+RETRIES = {"retries": {"mode": "standard", "max_attempts": 5}, "connect_timeout": 10.0, "read_timeout": 60.0}
 
 
 @pytest.fixture
@@ -34,6 +35,7 @@ def test_s3_options_from_explicit_fields(clean_env: pytest.MonkeyPatch) -> None:
     options = StorageOptions(endpoint_url="http://127.0.0.1:9000", region="eu-west-1", profile="team")
     assert options.to_fsspec("s3") == {
         "anon": False,
+        "config_kwargs": RETRIES,
         "endpoint_url": "http://127.0.0.1:9000",
         "client_kwargs": {"region_name": "eu-west-1"},
         "profile": "team",
@@ -68,12 +70,12 @@ def test_explicit_fields_win_over_environment(clean_env: pytest.MonkeyPatch) -> 
 
 
 def test_no_environment_gives_plain_s3_options(clean_env: pytest.MonkeyPatch) -> None:
-    assert StorageOptions().to_fsspec("s3") == {"anon": False}
+    assert StorageOptions().to_fsspec("s3") == {"anon": False, "config_kwargs": RETRIES}
 
 
 def test_anonymous_s3_and_gcs(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("AWS_PROFILE", "ignored-when-anonymous")
-    assert StorageOptions(anonymous=True).to_fsspec("s3a") == {"anon": True}
+    assert StorageOptions(anonymous=True).to_fsspec("s3a") == {"anon": True, "config_kwargs": RETRIES}
     assert StorageOptions(anonymous=True).to_fsspec("gs") == {"token": "anon"}
     assert StorageOptions().to_fsspec("gs") == {}
 
@@ -87,7 +89,15 @@ def test_local_and_memory_need_no_options(clean_env: pytest.MonkeyPatch) -> None
 
 def test_options_hold_no_credential_fields() -> None:
     fields = set(StorageOptions.__dataclass_fields__)
-    assert fields == {"endpoint_url", "region", "profile", "anonymous"}
+    assert fields == {
+        "endpoint_url",
+        "region",
+        "profile",
+        "anonymous",
+        "max_attempts",
+        "connect_timeout_s",
+        "read_timeout_s",
+    }
 
 
 def test_filesystem_for_local_paths_and_file_uris(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -175,3 +185,40 @@ def test_bad_endpoint_from_environment_names_the_variable(clean_env: pytest.Monk
     clean_env.setenv("AWS_ENDPOINT_URL", "localhost:9000")
     with pytest.raises(ValueError, match="AWS_ENDPOINT_URL"):
         StorageOptions().to_fsspec("s3")
+
+
+def test_retries_and_timeouts_are_configurable_and_checked() -> None:
+    options = StorageOptions(max_attempts=3, connect_timeout_s=1, read_timeout_s=2.5)
+    assert options.to_fsspec("s3")["config_kwargs"] == {
+        "retries": {"mode": "standard", "max_attempts": 3},
+        "connect_timeout": 1,
+        "read_timeout": 2.5,
+    }
+    with pytest.raises(ValueError, match="max_attempts"):
+        StorageOptions(max_attempts=0)
+    with pytest.raises(ValueError, match="read_timeout_s"):
+        StorageOptions(read_timeout_s=0)
+
+
+@pytest.mark.parametrize(
+    ("uri", "refused"),
+    [
+        ("s3://AKIAX:s3cr3t@bucket/in/a.tar", True),
+        ("s3://s3cr3t@bucket/a.tar", True),
+        ("gs://s3cr3t@bucket/a.tar", True),
+        ("https://user:s3cr3t@host/x", True),
+        ("abfs://container@account.dfs.core.windows.net/a.tar", False),  # Azure's address form
+        ("s3://bucket/a@b.tar", False),
+        ("/local/user:pw@x/a.tar", False),
+    ],
+)
+def test_uris_with_credentials_are_refused_without_echoing_them(uri: str, refused: bool) -> None:
+    from raypipe.io.storage import CredentialsInURIError, check_no_credentials, has_credentials
+
+    assert has_credentials(uri) is refused
+    if refused:
+        with pytest.raises(CredentialsInURIError) as caught:
+            filesystem(uri)
+        assert "s3cr3t" not in str(caught.value)
+        with pytest.raises(CredentialsInURIError, match=r"^input: "):
+            check_no_credentials(uri, "input")

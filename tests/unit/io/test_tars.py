@@ -266,3 +266,81 @@ def test_empty_archive_yields_nothing() -> None:
 
 def test_gzip_compressed_shards_are_read() -> None:
     assert read_tar(gzip.compress(tar_bytes(samples_fixture()), mtime=0)) == samples_fixture()
+
+
+# --- limits and hostile headers ------------------------------------------------------------------
+
+
+class HugeMemberTar(io.RawIOBase):
+    """A tar of one huge member of zeros and a small one, generated on the fly: never all in memory."""
+
+    def __init__(self, size: int) -> None:
+        header = tarfile.TarInfo("big.bin")
+        header.size = size
+        self.head = header.tobuf(format=tarfile.GNU_FORMAT)
+        self.zeros = size + (-size % tarfile.BLOCKSIZE)
+        self.tail = raw_tar([(member("small.txt"), b"ok")])  # the small member and the end-of-archive blocks
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        n = len(buffer)
+        if self.head:
+            chunk, self.head = self.head[:n], self.head[n:]
+        elif self.zeros:
+            chunk = bytes(min(n, self.zeros))
+            self.zeros -= len(chunk)
+        else:
+            chunk, self.tail = self.tail[:n], self.tail[n:]
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+def test_a_member_over_the_size_limit_is_reported_without_being_read_into_memory() -> None:
+    import tracemalloc
+
+    size = 64 * 1024 * 1024
+    tracemalloc.start()
+    try:
+        found = list(iter_samples(io.BufferedReader(HugeMemberTar(size)), max_member_bytes=1024))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert found == [
+        TarProblem("big.bin", tars.OVER_LIMIT, "big", f"{size} bytes, over the limit of 1024"),
+        Sample("small", [("small.txt", b"ok")]),
+    ]
+    assert peak < 4 * 1024 * 1024  # the 64 MiB member was skipped in small blocks
+
+
+def test_members_at_the_limit_are_read() -> None:
+    data = raw_tar([(member("a.bin"), b"x" * 10)])
+    assert read_tar(data) == [Sample("a", [("a.bin", b"x" * 10)])]
+    assert list(iter_samples(io.BytesIO(data), max_member_bytes=10)) == [Sample("a", [("a.bin", b"x" * 10)])]
+
+
+def test_a_huge_extended_header_is_damage_not_a_memory_allocation() -> None:
+    info = tarfile.TarInfo("././@PaxHeader")
+    info.type = tarfile.XHDTYPE
+    info.size = 3 * tars.MAX_EXTENDED_HEADER_BYTES
+    first = raw_tar([(member("a.jpg"), b"1")])[: 2 * tarfile.BLOCKSIZE]  # header + data block of a.jpg
+    found, error = read_until_error(first + info.tobuf(format=tarfile.GNU_FORMAT) + bytes(4 * tarfile.BLOCKSIZE))
+    assert found == []
+    assert "extended header" in str(error) and error.pending == Sample("a", [("a.jpg", b"1")])
+
+
+def test_a_problem_with_a_new_key_ends_the_sample_before_it() -> None:
+    # b.txt (a link) sits between a and b.jpg: it belongs to b, the sample that follows it.
+    data = raw_tar(
+        [
+            (member("a.jpg"), b"1"),
+            (member("b.txt", tarfile.SYMTYPE, linkname="/etc/passwd"), None),
+            (member("b.jpg"), b"2"),
+        ]
+    )
+    assert read_tar(data) == [
+        Sample("a", [("a.jpg", b"1")]),
+        TarProblem("b.txt", tars.SYMLINK, "b"),
+        Sample("b", [("b.jpg", b"2")]),
+    ]

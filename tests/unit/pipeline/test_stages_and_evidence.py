@@ -104,3 +104,17 @@ def test_an_image_that_does_not_decode_fails_its_sample_naming_the_member(tmp_pa
     )
     assert decoded[0].status.value == "failed" and decoded[0].error_step == "decode"
     assert "a.jpg" in decoded[0].error
+
+
+def test_unchanged_images_are_searched_again_only_by_another_detector(shard: Path, monkeypatch) -> None:
+    calls: list[int] = []
+    for analyzer, expected in (("dlib", 0), ("insightface", 2)):
+        compose = Compose(AuditConfig(), analyzer=analyzer)
+        real = compose.gate.recognizer.analyze
+        monkeypatch.setattr(compose.gate.recognizer, "analyze", lambda image, real=real: calls.append(1) or real(image))
+        tasks = list(shard_tasks(ShardWork(str(shard), shard.name), StorageOptions(), LimitsConfig()))
+        faceless = [t for t in Decode(LimitsConfig())(tasks)[1:] if not t.end_of_shard]
+        calls.clear()
+        compose(faceless)
+        assert len(calls) == expected, analyzer
+        assert all(t.status.value == "no_face" for t in faceless)
