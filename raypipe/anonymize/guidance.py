@@ -114,6 +114,7 @@ class GuidedUNet:
         identity = torch.cat([unconditional.identity, conditional.identity]).to(device=device, dtype=self._dtype)
         self._identity = identity[:, None, :]  # (2B, 1, E): one identity image per sample
         self._time_ids = torch.tensor([time_ids], dtype=self._dtype, device=device).expand(2 * batch, -1)
+        self._device = device
 
     def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
         import torch
@@ -122,7 +123,7 @@ class GuidedUNet:
         with torch.inference_mode():
             eps = self._unet(
                 latents,
-                t,
+                self._timestep(t),
                 encoder_hidden_states=self._tokens,
                 added_cond_kwargs={
                     "text_embeds": self._pooled,
@@ -133,6 +134,13 @@ class GuidedUNet:
             )[0].float()
         eps_u, eps_c = eps.chunk(2)
         return combine_guidance(eps_u, eps_c, self._w)
+
+    def _timestep(self, t: int) -> torch.Tensor:
+        # The 0-d int64 tensor the UNet would build from a Python int anyway (same values), but a
+        # compiled UNet then sees a tensor input instead of a new constant at every step: no recompiles.
+        import torch
+
+        return torch.tensor(int(t), dtype=torch.int64, device=self._device)
 
 
 def inversion_branches(text: TextEncoder, batch: int, id_dim: int) -> tuple[Branch, Branch]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from raypipe.anonymize.schedule import SDEDPMSolver2M, step_pairs
 
@@ -91,7 +91,7 @@ def replay(inversion: Inversion, timesteps: Sequence[int], denoise: Denoiser, so
 # --------------------------------------------------------------------------- VAE
 
 
-def encode_crops(vae: torch.nn.Module, crops: torch.Tensor) -> torch.Tensor:
+def encode_crops(vae: Any, crops: torch.Tensor) -> torch.Tensor:
     """uint8-range crops (B, 3, H, W) in [0, 255] -> scaled latent **mode** (float32 VAE)."""
     import torch
 
@@ -101,7 +101,7 @@ def encode_crops(vae: torch.nn.Module, crops: torch.Tensor) -> torch.Tensor:
     return latent * vae.config.scaling_factor
 
 
-def decode_latents(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
+def decode_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
     """Scaled latents -> float pixels in [0, 255] (B, 3, H, W); non-finite values are kept for the
     caller to detect (a face whose result is not finite must fail closed, not be clamped into shape)."""
     import torch

@@ -50,6 +50,7 @@ class Models:
     id_embed_dim: int
     sources: dict[str, str] = field(default_factory=dict)  # component -> hub id / folder / URI
     weight_hashes: dict[str, str] = field(default_factory=dict)  # component -> sha256 of its weight files
+    optimizations: tuple[str, ...] = ()  # speed-ups applied by optimize_for_inference, in order
 
     @property
     def unet(self) -> Any:
@@ -183,6 +184,55 @@ def load_models(config: ModelsConfig, ip_adapter_scale: float = 1.0) -> Models:
     )
 
 
+# --------------------------------------------------------------------------- inference speed-ups
+
+
+def optimize_for_inference(
+    models: Models,
+    *,
+    channels_last: bool = False,
+    fuse_lora: bool = False,
+    compile: bool = False,
+    compile_mode: str | None = None,
+    compile_backend: str = "inductor",
+) -> Models:
+    """Apply the opt-in speed-ups of :class:`ModelsConfig` to loaded models, in place; returns ``models``.
+
+    - ``channels_last``: UNet and VAE weights in NHWC layout (cuDNN's fast path for convolutions). The
+      same arithmetic; kernels may sum in another order (round-off).
+    - ``fuse_lora``: merge the FaceID LoRA into the attention weights (W + BA) and drop the separate
+      LoRA layers: at SDXL size 4,348 instead of 7,148 operators (kernel launches) and 4.7 % fewer
+      FLOPs per UNet call. The merged weight is rounded once to the model dtype: round-off changes.
+    - ``compile``: ``torch.compile`` the UNet in place (``compile_mode``: e.g. ``"max-autotune"``, or
+      ``"reduce-overhead"`` for CUDA graphs). The first call per batch shape compiles; fused kernels
+      round differently and autotuning may pick other kernels on another run, so pixels are
+      reproducible only to round-off, not bit for bit.
+    """
+    import torch
+
+    applied = list(models.optimizations)
+    if fuse_lora and "fuse_lora" not in applied:
+        if FACEID_ADAPTER not in (getattr(models.unet, "peft_config", None) or {}):
+            raise ModelLoadError(f"fuse_lora: the UNet has no '{FACEID_ADAPTER}' LoRA to fuse")
+        with quiet_loaders():
+            models.pipe.fuse_lora(components=["unet"], lora_scale=1.0, adapter_names=[FACEID_ADAPTER])
+            models.pipe.unload_lora_weights()  # keeps the merged weights, drops the LoRA layers
+        applied.append("fuse_lora")
+    if channels_last and "channels_last" not in applied:
+        models.unet.to(memory_format=torch.channels_last)
+        models.vae.to(memory_format=torch.channels_last)
+        applied.append("channels_last")
+    if compile and not any(a.startswith("compile") for a in applied):
+        # Static shapes: one graph per face batch size seen (at most face_batch_size of them), each with
+        # kernels specialised to it, instead of one slower dynamic-shape graph after the second size.
+        models.unet.compile(mode=compile_mode, backend=compile_backend, dynamic=False)
+        applied.append(f"compile({compile_backend}{', ' + compile_mode if compile_mode else ''})")
+    models.optimizations = tuple(applied)
+    if applied:
+        log.info("inference speed-ups: %s", ", ".join(applied))
+    return models
+
+
 def _freeze(pipe: StableDiffusionXLPipeline) -> None:
     for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
         module.requires_grad_(False)
@@ -212,7 +262,7 @@ def _weight_hashes(paths: dict[str, str]) -> dict[str, str]:
         for f in weight_files:
             digest.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
             with open(f, "rb") as fh:
-                for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                while chunk := fh.read(1 << 20):
                     digest.update(chunk)
         hashes[name] = digest.hexdigest()
     return hashes

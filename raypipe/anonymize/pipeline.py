@@ -122,7 +122,7 @@ def compose(
     if undone:
         reasons = "; ".join(f"face {r.index}: {r.status.value} ({r.error})" for r in undone)
         return AnonymizationResult(status=Status.QUARANTINED, image=None, faces=records, error=reasons)
-    pastes = [Paste(crop=out, matrix=face.matrix, box=face.box) for face, out in zip(faces, outputs)]
+    pastes = [Paste(crop=out, matrix=face.matrix, box=face.box) for face, out in zip(faces, outputs) if out is not None]
     return AnonymizationResult(status=Status.ANONYMIZED, image=paste_faces(image, pastes), faces=records)
 
 
@@ -182,7 +182,7 @@ class ReversePersonalization:
         ``load_analyzer=False`` skips the face analyzer (when detection runs in another process).
         """
         from raypipe.anonymize.analyzers import EMBEDDING_DIMS
-        from raypipe.anonymize.models import build_tiny_models, load_models
+        from raypipe.anonymize.models import build_tiny_models, load_models, optimize_for_inference
 
         models = models or ModelsConfig()
         method = method or MethodConfig()
@@ -195,6 +195,9 @@ class ReversePersonalization:
             )
         else:
             loaded = load_models(models, ip_adapter_scale=method.ip_adapter_scale)
+        optimize_for_inference(
+            loaded, channels_last=models.channels_last, fuse_lora=models.fuse_lora, compile=models.compile
+        )
         return cls(loaded, analyzer, method)
 
     @classmethod
@@ -232,6 +235,16 @@ class ReversePersonalization:
             stop = start + size
             out.extend(self._anonymize_batch(crops[start:stop], embeddings[start:stop], seeds[start:stop]))
         return out
+
+    def anonymize_faces(self, faces: Sequence[PreparedFace]) -> list[np.ndarray | None]:
+        """:meth:`anonymize_crops` over prepared faces (all must be ready)."""
+        crops, embeddings = [], []
+        for face in faces:
+            if face.crop is None or face.embedding is None:
+                raise ValueError(f"face {face.index} is not ready to anonymize: {face.error}")
+            crops.append(face.crop)
+            embeddings.append(face.embedding)
+        return self.anonymize_crops(crops, embeddings, [f.seed for f in faces]) if faces else []
 
     def _anonymize_batch(
         self, crops: Sequence[np.ndarray], embeddings: Sequence[np.ndarray], seeds: Sequence[int]
@@ -304,15 +317,7 @@ class ReversePersonalization:
         ]
         # 3. Anonymize all ready faces together, in UNet batches.
         ready = [face for faces in prepared for face in faces if face.ready]
-        crops = (
-            self.anonymize_crops(
-                [f.crop for f in ready],
-                [f.embedding for f in ready],
-                [f.seed for f in ready],  # type: ignore[misc]
-            )
-            if ready
-            else []
-        )
+        crops = self.anonymize_faces(ready)
         by_face: dict[int, np.ndarray | None] = {id(f): c for f, c in zip(ready, crops)}
         # 4. Paste back, one status per image.
         return [compose(image, faces, [by_face.get(id(f)) for f in faces]) for image, faces in zip(images, prepared)]
@@ -326,5 +331,6 @@ class ReversePersonalization:
             "timesteps": [self.timesteps[0], self.timesteps[-1], len(self.timesteps)],
             "models": dict(self.models.sources),
             "weight_hashes": dict(self.models.weight_hashes),
+            "optimizations": list(self.models.optimizations),
             "analyzer": self.analyzer.name if self.analyzer is not None else None,
         }

@@ -1,0 +1,99 @@
+"""The benchmark scripts run here: ``core_gpu.py --tiny`` on the CPU, and its full-size SDXL configs are SDXL's."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def core_gpu() -> ModuleType:
+    return _load("core_gpu")
+
+
+def test_core_gpu_tiny_times_the_real_loop_and_writes_every_field(core_gpu: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "core.json"
+    argv = ["--tiny", "--face-sizes", "128", "64", "--batches", "2", "--channels-last", "on", "--steps", "4", "2"]
+    argv += ["--timed-steps", "1", "3", "--repeats", "1", "--exact", "--peak-tflops", "1.5", "--out", str(out)]
+    assert core_gpu.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "core_gpu" and report["device"]["type"] == "cpu"
+    by_size = {r["face_size"]: r for r in report["results"]}
+    assert set(by_size) == {128, 64}
+    for r in by_size.values():
+        assert r["faces_per_batch"] == 2 and r["dtype"] == "float32" and r["channels_last"] and r["fuse_lora"]
+        assert r["measured"]["steps"] == [1, 3] and all(s > 0 for s in r["measured"]["seconds"])
+        assert r["per_step_s"] > 0 and r["unet_loop_tflops"] > 0
+        assert r["mfu"] == pytest.approx(r["unet_loop_tflops"] / 1.5, rel=1e-3)
+        assert r["peak_source"] == "--peak-tflops"
+        assert set(r["seconds_per_face"]) == set(r["seconds_per_face_exact"]) == {"4", "2"}
+        assert r["seconds_per_face"]["4"] >= r["seconds_per_face"]["2"] > 0
+    # FLOPs counted on a real UNet call grow with the pixels (text projections do not; attention does faster).
+    ratio = by_size[128]["unet_flops_per_face_call"] / by_size[64]["unet_flops_per_face_call"]
+    assert 2.0 < ratio <= 16.0
+
+
+def test_full_size_configs_build_sdxl_base_on_the_meta_device(core_gpu: ModuleType) -> None:
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**core_gpu.SDXL_UNET)
+        vae = AutoencoderKL(**core_gpu.SDXL_VAE)
+    assert sum(p.numel() for p in unet.parameters()) == core_gpu.SDXL_UNET_PARAMETERS == 2_567_463_684
+    assert sum(p.numel() for p in vae.parameters()) == 83_653_863
+    # pooled text (1280) + 6 time ids x 256 must be what the addition embedding takes
+    assert unet.add_embedding.linear_1.in_features == 2816
+    assert [len(b.attentions) for b in unet.down_blocks if hasattr(b, "attentions")] == [2, 2]
+    assert len(unet.down_blocks[2].attentions[0].transformer_blocks) == 10
+
+
+@pytest.mark.parametrize(
+    ("name", "dtype", "peak"),
+    [
+        ("NVIDIA H100 80GB HBM3", "bfloat16", 989.0),
+        ("NVIDIA H100 PCIe", "float16", 756.0),
+        ("NVIDIA H200", "bfloat16", 989.0),
+        ("NVIDIA A100-SXM4-80GB", "bfloat16", 312.0),
+        ("NVIDIA L40S", "float16", 362.0),
+        ("NVIDIA H100 80GB HBM3", "float32", None),
+        ("Some Future GPU", "bfloat16", None),
+    ],
+)
+def test_peak_table_by_device_name(core_gpu: ModuleType, name: str, dtype: str, peak: float | None) -> None:
+    assert core_gpu.peak_for(name, dtype, None)[0] == peak
+    assert core_gpu.peak_for(name, dtype, 123.0) == (123.0, "--peak-tflops")
+
+
+def test_fast_profile_is_the_production_profile_with_fewer_steps_and_the_equivalent_speed_ups() -> None:
+    from raypipe.config import load_config
+
+    fast = load_config(str(ROOT / "jobs" / "configs" / "fast.yaml"))
+    reference = load_config(str(ROOT / "jobs" / "configs" / "s3-gpu.yaml"))
+    assert fast.method.num_steps < reference.method.num_steps
+    assert fast.models.channels_last and fast.models.fuse_lora
+    # everything that decides what a face becomes, except the step count, is the reference's
+    same = ("guidance_scale", "skip", "id_scale", "ip_adapter_scale", "face_size", "attribute_prompt", "seed")
+    assert all(getattr(fast.method, k) == getattr(reference.method, k) for k in same)
+    assert (fast.models.sdxl, fast.models.ip_adapter, fast.models.dtype) == (
+        reference.models.sdxl,
+        reference.models.ip_adapter,
+        reference.models.dtype,
+    )
+    assert fast.audit == reference.audit  # the re-identification gate is not relaxed
