@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from raypipe.config import ConfigError, JobConfig
 from raypipe.io.publish import delete, exists, publish_bytes, read_bytes
@@ -33,7 +34,7 @@ class OutputConflictError(ConfigError):
 
 def config_hash(config: JobConfig) -> str:
     """Fingerprint of everything that decides the output bytes (not how Ray runs the job)."""
-    relevant = {
+    relevant: dict[str, Any] = {
         "input": list(config.input),
         "models": dataclasses.asdict(config.models),
         "method": dataclasses.asdict(config.method),

@@ -51,3 +51,17 @@ def test_example_configs_are_valid(name: str) -> None:
 def test_files_the_readme_links_exist() -> None:
     for link in re.findall(r"\]\(([^)#]+)\)", README):
         assert (ROOT / link).exists(), link
+
+
+def test_documented_defaults_are_the_real_defaults() -> None:
+    import yaml
+
+    rows = re.findall(r"^\| `([a-z_]+)\.([a-z_0-9]+)` \| `([^`]*)`", README, flags=re.M)
+    checked = 0
+    for section, key, cell in rows:
+        default = getattr(SECTIONS[section](), key)
+        if default is None or cell.isupper() or cell.startswith("$"):
+            continue  # an environment variable or "none" stands for the default
+        assert yaml.safe_load(cell) == default, f"{section}.{key}: README says {cell}, code says {default!r}"
+        checked += 1
+    assert checked >= 40  # every row with a literal default
