@@ -1,5 +1,5 @@
 """The cluster files a user applies as they are: KubeRay manifests, the cluster-launcher config, the image
-recipe and cluster/README.md. Checks what kubectl, KubeRay, `ray up` and a reader would trip over first."""
+recipe and the README's "Run on a cluster" section. Checks what kubectl, KubeRay, `ray up` and a reader would trip over first."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ RAY_CLUSTER = CLUSTER / "kuberay" / "ray-cluster.gpu.yaml"
 RAY_JOB = CLUSTER / "kuberay" / "ray-job.anonymize.yaml"
 LAUNCHER = CLUSTER / "launcher" / "aws-gpu.yaml"
 DOCKERFILE = CLUSTER / "Dockerfile"
-README = CLUSTER / "README.md"
+README = REPO / "README.md"
 MANIFESTS = [RAY_CLUSTER, RAY_JOB, LAUNCHER]
 IMAGE_ROOT = "/home/ray/raypipe"  # where cluster/Dockerfile and the launcher's file_mounts put the checkout
 
@@ -80,8 +80,16 @@ def commands(text: str, indented_only: bool = False) -> list[str]:
     return joined
 
 
+def cluster_section() -> str:
+    """The README's "Run on a cluster" section: the commands that must match these files exactly."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index("## Run on a cluster")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
+
+
 def readme_commands() -> list[str]:
-    blocks = re.findall(r"```sh\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    blocks = re.findall(r"```sh\n(.*?)```", cluster_section(), flags=re.S)
     return commands("\n".join(blocks))
 
 
@@ -202,7 +210,7 @@ def test_paths_inside_the_image_exist_in_the_repository() -> None:
 
 
 def test_every_repository_path_the_docs_mention_exists() -> None:
-    texts = [README.read_text()] + [header(p) for p in [*MANIFESTS, DOCKERFILE]]
+    texts = [cluster_section()] + [header(p) for p in [*MANIFESTS, DOCKERFILE]]
     pattern = re.compile(r"(?<![\w/.-])((?:cluster|jobs|raypipe|tests)/[\w./-]*\w|constraints\.txt)")
     mentioned = {m.group(1) for text in texts for m in pattern.finditer(text)}
     assert "jobs/configs/s3-gpu.yaml" in mentioned
