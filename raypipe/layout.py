@@ -13,9 +13,11 @@ Readers trust only completion markers and the manifest, never a listing of whate
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from raypipe.io.publish import exists, read_bytes
 from raypipe.io.storage import StorageOptions, filesystem, join
 
 STATE_DIR = "_raypipe"
@@ -51,6 +53,13 @@ class OutputLayout:
 
     def state(self, name: str) -> str:
         return self.path(STATE_DIR, name)
+
+    def read_marker(self, shard: str) -> dict[str, Any] | None:
+        """A shard's completion marker, or None while the shard is not finalized."""
+        path = self.done(shard)
+        if not exists(self.fs, path):
+            return None
+        return dict(json.loads(read_bytes(self.fs, path)))
 
 
 def shard_stem(shard: str) -> str:

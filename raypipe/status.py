@@ -14,7 +14,7 @@ from raypipe.io.publish import exists, read_bytes
 from raypipe.io.shards import expand_shards, shard_name
 from raypipe.io.storage import StorageOptions, redact
 from raypipe.layout import OutputLayout
-from raypipe.pipeline.commit import committed_positions, read_marker
+from raypipe.pipeline.commit import committed_positions
 from raypipe.pipeline.plan import CONFIG_FILE
 
 
@@ -50,7 +50,7 @@ def output_status(output: str, options: StorageOptions | None = None) -> OutputS
     report = OutputStatus(output=redact(output))
     for uri in expand_shards(list(config.input), config.storage):
         name = shard_name(uri)
-        marker = read_marker(layout, name)
+        marker = layout.read_marker(name)
         if marker is None:
             report.pending[name] = len(committed_positions(layout, name)[0])
             continue

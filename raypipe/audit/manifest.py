@@ -146,15 +146,6 @@ def status_counts(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
     return dict(sorted(Counter(str(row.get("status")) for row in rows).items()))
 
 
-def read_marker(layout: OutputLayout, shard: str) -> dict[str, Any] | None:
-    """A shard's completion marker, or None. (The audit reads files only; it does not import the
-    pipeline that wrote them, so ``verify`` works without the job's dependencies.)"""
-    path = layout.done(shard)
-    if not exists(layout.fs, path):
-        return None
-    return json.loads(read_bytes(layout.fs, path))
-
-
 def _check_run(run: dict[str, Any], where: str = "run") -> None:
     for name, value in run.items():
         if _SECRET_NAME.search(str(name)):
@@ -173,7 +164,7 @@ def _utc_now() -> str:
 
 def _shard_entry(layout: OutputLayout, shard: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A shard's manifest entry, recomputed from its files and checked against its completion marker."""
-    marker = read_marker(layout, shard)
+    marker = layout.read_marker(shard)
     if marker is None:
         raise ManifestError(f"{shard}: not finalized (no completion marker); finish the run first")
     fs = layout.fs

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raypipe.audit.manifest import audit_rows, read_manifest, read_marker
+from raypipe.audit.manifest import audit_rows, read_manifest
 from raypipe.io.publish import exists, read_bytes
 from raypipe.io.storage import StorageOptions, redact
 from raypipe.layout import OutputLayout
@@ -123,7 +123,7 @@ def gather(root: str, options: StorageOptions | None = None) -> ReportData:
     data = ReportData(output=redact(root), manifest=read_manifest(layout))
     first: dict[str, Any] | None = None
     for shard in _shard_names(layout, data.manifest):
-        marker = read_marker(layout, shard)
+        marker = layout.read_marker(shard)
         entry: dict[str, Any] = {"shard": shard, "marker": marker is not None}
         path = layout.audit(shard)
         if exists(layout.fs, path):

@@ -37,7 +37,6 @@ from raypipe.audit.manifest import (
     iter_history,
     manifest_digest,
     manifest_path,
-    read_marker,
     record_leaf,
     records_root,
     signed_payload,
@@ -282,7 +281,7 @@ class _Verifier:
 
     def check_marker(self, shard: str, entry: dict[str, Any], done_name: str) -> None:
         try:
-            marker = read_marker(self.layout, shard)
+            marker = self.layout.read_marker(shard)
         except (UnicodeDecodeError, json.JSONDecodeError):
             self.add("modified", done_name, "completion marker is not valid JSON")
             return

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raypipe.audit.schema import records_table, sample_digest
-from raypipe.io.publish import delete, exists, publish_bytes, read_bytes
+from raypipe.io.publish import delete, publish_bytes, read_bytes
 from raypipe.io.tars import Sample, tar_bytes
 from raypipe.layout import OutputLayout
 from raypipe.logs import get_logger
@@ -212,10 +212,3 @@ def _publish_quarantine(quarantine: OutputLayout, shard: str, rows: list[dict[st
         held.append(Sample(key=record["key"], members=members))
     if held:
         publish_bytes(quarantine.fs, quarantine.tar(shard), tar_bytes(held))
-
-
-def read_marker(layout: OutputLayout, shard: str) -> dict[str, Any] | None:
-    path = layout.done(shard)
-    if not exists(layout.fs, path):
-        return None
-    return json.loads(read_bytes(layout.fs, path))

@@ -25,7 +25,7 @@ from raypipe.io.publish import publish_bytes
 from raypipe.io.storage import redact
 from raypipe.layout import OutputLayout
 from raypipe.logs import get_logger
-from raypipe.pipeline.commit import RunInfo, read_marker
+from raypipe.pipeline.commit import RunInfo
 from raypipe.pipeline.plan import CONFIG_FILE, make_plan
 from raypipe.pipeline.task import over_tasks, pack_batch, unpack_batch
 
@@ -196,7 +196,7 @@ def run(config: JobConfig, overwrite: bool = False) -> RunSummary:
             ds.write_datasink(sink, ray_remote_args={"num_cpus": TASK_CPUS})
         processed = ray.get(tracker.progress.remote())["samples"]
         # A shard whose last fragment was committed but not finalized (a write task died in between).
-        leftovers = [w.name for w in plan.pending if read_marker(layout, w.name) is None]
+        leftovers = [w.name for w in plan.pending if layout.read_marker(w.name) is None]
         if leftovers:
             ray.get(ray.remote(num_cpus=0.5)(complete_unfinalized).remote(layout, leftovers, run_info.quarantine))
     summary = summarize(layout, plan.names, len(plan.done), processed, run_id, time.time() - started)
@@ -285,7 +285,7 @@ def summarize(
     counts: dict[str, int] = {}
     incomplete = []
     for name in names:
-        marker = read_marker(layout, name)
+        marker = layout.read_marker(name)
         if marker is None:
             incomplete.append(name)
             continue

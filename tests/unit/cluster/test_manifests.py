@@ -1,5 +1,6 @@
 """The cluster files a user applies as they are: KubeRay manifests, the cluster-launcher config, the image
-recipe and the README's "Run on a cluster" section. Checks what kubectl, KubeRay, `ray up` and a reader would trip over first."""
+recipe and the README's "Run on a cluster" section. Checks what kubectl, KubeRay, `ray up` and a reader
+would trip over first."""
 
 from __future__ import annotations
 
