@@ -37,6 +37,29 @@ class OutputStatus:
         return "\n".join(lines)
 
 
+@dataclass
+class Tally:
+    """What the completion markers of some shards say: which are done, and samples per status."""
+
+    done: list[str] = field(default_factory=list)
+    incomplete: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def tally(layout: OutputLayout, names: list[str]) -> Tally:
+    result = Tally()
+    for name in names:
+        marker = layout.read_marker(name)
+        if marker is None:
+            result.incomplete.append(name)
+            continue
+        result.done.append(name)
+        for status, n in marker["counts"].items():
+            result.counts[status] = result.counts.get(status, 0) + n
+    result.counts = dict(sorted(result.counts.items()))
+    return result
+
+
 def output_status(output: str, options: StorageOptions | None = None) -> OutputStatus:
     layout = OutputLayout(output, options or StorageOptions())
     config_path = layout.state(CONFIG_FILE)
@@ -47,14 +70,10 @@ def output_status(output: str, options: StorageOptions | None = None) -> OutputS
         {k: stored[k] for k in ("input", "storage", "models", "method", "limits")}, {}, require_io=False
     )
     layout = OutputLayout(output, config.storage)
-    report = OutputStatus(output=redact(output))
-    for uri in expand_shards(list(config.input), config.storage):
-        name = shard_name(uri)
-        marker = layout.read_marker(name)
-        if marker is None:
-            report.pending[name] = len(committed_positions(layout, name)[0])
-            continue
-        report.done.append(name)
-        for status, n in marker["counts"].items():
-            report.counts[status] = report.counts.get(status, 0) + n
-    return report
+    markers = tally(layout, [shard_name(uri) for uri in expand_shards(list(config.input), config.storage)])
+    return OutputStatus(
+        output=redact(output),
+        done=markers.done,
+        pending={name: len(committed_positions(layout, name)[0]) for name in markers.incomplete},
+        counts=markers.counts,
+    )

@@ -282,24 +282,18 @@ def _weight_hashes(layout: OutputLayout, shards: list[str]) -> dict[str, str]:
 def summarize(
     layout: OutputLayout, names: list[str], skipped: int, processed: int, run_id: str, elapsed: float
 ) -> RunSummary:
-    counts: dict[str, int] = {}
-    incomplete = []
-    for name in names:
-        marker = layout.read_marker(name)
-        if marker is None:
-            incomplete.append(name)
-            continue
-        for status, n in marker["counts"].items():
-            counts[status] = counts.get(status, 0) + n
+    from raypipe.status import tally
+
+    markers = tally(layout, names)
     return RunSummary(
         output=redact(layout.root),
         run_id=run_id,
         shards_total=len(names),
-        shards_done=len(names) - len(incomplete),
+        shards_done=len(markers.done),
         shards_skipped=skipped,
         samples_processed=processed,
-        counts=dict(sorted(counts.items())),
-        incomplete_shards=incomplete,
+        counts=markers.counts,
+        incomplete_shards=markers.incomplete,
         elapsed_s=round(elapsed, 3),
     )
 
