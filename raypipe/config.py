@@ -281,7 +281,7 @@ SECTIONS: dict[str, type] = {
     "limits": LimitsConfig,
     "audit": AuditConfig,
 }
-TINY_FACE_SIZE = 128  # the tiny preset's default crop side
+TINY_FACE_SIZE = 128  # the tiny preset's default crop: big enough for the 8x VAE and two UNet levels
 
 
 def load_config(

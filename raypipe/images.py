@@ -44,7 +44,6 @@ class ImageTooLargeError(ImageDecodeError):
 @dataclass(frozen=True)
 class DecodedImage:
     rgb: np.ndarray  # HxWx3 uint8, upright
-    format: str  # PIL format name of the source (JPEG, PNG, ...)
 
 
 def image_format_for(member_name: str) -> str | None:
@@ -72,7 +71,6 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
                     f"{img.format} with {frames} frames (animated or multi-page): only still images are"
                     " processed, so not every frame could be checked for faces"
                 )
-            source_format = img.format or "PNG"
             img.seek(0)
             upright = ImageOps.exif_transpose(img)
             rgb = _to_rgb(upright)
@@ -87,7 +85,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
         # SyntaxError, struct errors in EXIF parsing, ...) says the image is unusable, not that the
         # machine is broken.
         raise ImageDecodeError(f"not a decodable image: {type(exc).__name__}: {exc}") from exc
-    return DecodedImage(rgb=rgb, format=source_format)
+    return DecodedImage(rgb=rgb)
 
 
 def _to_rgb(img: object) -> np.ndarray:

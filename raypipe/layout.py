@@ -45,9 +45,6 @@ class OutputLayout:
     def done(self, shard: str) -> str:
         return self.path(shard_stem(shard) + ".done.json")
 
-    def quarantine(self, shard: str) -> str:
-        return self.path(STATE_DIR, "quarantine", shard)
-
     def fragments(self, shard: str) -> str:
         return self.path(STATE_DIR, "fragments", shard_stem(shard))
 

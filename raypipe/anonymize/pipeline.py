@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from raypipe.anonymize.faces import DetectedFace, Paste, align_face, face_seed, paste_faces
-from raypipe.config import MethodConfig, ModelsConfig
+from raypipe.config import TINY_FACE_SIZE, MethodConfig, ModelsConfig
 from raypipe.logs import get_logger
 from raypipe.records import FaceRecord, FaceStatus, Status
 
@@ -30,8 +30,6 @@ if TYPE_CHECKING:
     from raypipe.anonymize.models import Models
 
 log = get_logger(__name__)
-
-TINY_FACE_SIZE = 128  # the tiny preset's default crop: big enough for the 8x VAE and two UNet levels
 
 
 @dataclass
