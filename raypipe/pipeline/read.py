@@ -65,7 +65,7 @@ def shard_tasks(work: ShardWork, options: StorageOptions, limits: LimitsConfig) 
             duplicate = entry.key in seen_keys
             seen_keys.add(entry.key)
             if seq not in work.committed:
-                yield _task(work, seq, entry, limits, duplicate)
+                yield _task(work, seq, entry, duplicate)
             seq += 1
     yield SampleTask.end_marker(source, work.name, seq)
 
@@ -96,7 +96,7 @@ def _entries(fh: Any, source: str, limits: LimitsConfig) -> Iterator[_Entry]:
         yield _Entry(None, held)
 
 
-def _task(work: ShardWork, seq: int, entry: _Entry, limits: LimitsConfig, duplicate_key: bool) -> SampleTask:
+def _task(work: ShardWork, seq: int, entry: _Entry, duplicate_key: bool) -> SampleTask:
     members = list(entry.sample.members) if entry.sample is not None else []
     task = SampleTask(
         shard=redact(work.uri),
@@ -110,12 +110,6 @@ def _task(work: ShardWork, seq: int, entry: _Entry, limits: LimitsConfig, duplic
         task.fail("read", entry.damage)
     if entry.problems:
         task.fail("read", "; ".join(_problem_message(p) for p in entry.problems))
-    for name, data in members:
-        if len(data) > limits.max_member_bytes:  # the reader skips these; kept as a second line of defence
-            task.fail(
-                "read",
-                f"member {name!r} is {len(data)} bytes, over limits.max_member_bytes={limits.max_member_bytes}",
-            )
     names = [name for name, _ in members]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
