@@ -11,7 +11,9 @@ Ray job whose entrypoint is ``python jobs/anonymize.py INPUT OUTPUT --config FIL
 
 Environment variables named with ``--env NAME`` are read from the local environment and set for the job.
 Their values are never logged or printed. Ray keeps them in the job's metadata, visible on the
-dashboard, so credentials belong to node roles / service accounts, not here.
+dashboard, so credentials belong to node roles / service accounts, not here; the audit signing key
+(``RAYPIPE_AUDIT_KEY``, or any variable holding its value) is refused: it goes to the head node as a
+file or a Kubernetes Secret instead (README.md, "The audit key on a cluster").
 
 With ``--wait`` the job's logs stream to stdout and the exit status follows the job: 0 when it
 succeeded, the job's own exit code (1, 2 or 3, see ``raypipe.cli``) or 1 when it failed, 3 when it was
@@ -178,6 +180,7 @@ def forwarded_env(names: Sequence[str], environ: Mapping[str, str]) -> dict[str,
             )
         if name not in environ:
             raise ConfigError(f"--env {name}: not set in the local environment")
+        _refuse_audit_key(name, environ)
         if _SECRET_LIKE.search(name):
             log.warning(
                 "--env %s: Ray shows job environment variables on its dashboard; prefer node roles or "
@@ -186,6 +189,24 @@ def forwarded_env(names: Sequence[str], environ: Mapping[str, str]) -> dict[str,
             )
         values[name] = environ[name]
     return values
+
+
+def _refuse_audit_key(name: str, environ: Mapping[str, str]) -> None:
+    """The signing key never travels in a job's environment: Ray keeps it in the job's metadata and
+    shows it on the dashboard, and whoever reads it there can sign manifests for any OUTPUT."""
+    from raypipe.audit.signing import KEY_ENV
+
+    key = environ.get(KEY_ENV)
+    if name != KEY_ENV and not (key and environ[name] == key):
+        return
+    alias = "" if name == KEY_ENV else f" (it holds the value of {KEY_ENV})"
+    raise ConfigError(
+        f"--env {name}{alias}: the audit signing key is not forwarded to a job, because Ray shows job "
+        "environment variables on its dashboard. The job's driver signs on the cluster's head node: give the "
+        "key to the head instead, as a file there named by audit.key_file (or --key-file), or on Kubernetes "
+        "as RAYPIPE_AUDIT_KEY in the head container's env from a Secret (valueFrom.secretKeyRef); "
+        "see 'The audit key on a cluster' in README.md"
+    )
 
 
 def _split_command(job_args: Sequence[str]) -> tuple[str, list[str]]:

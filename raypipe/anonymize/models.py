@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from raypipe.config import ModelsConfig
+from raypipe.io.storage import redact
 from raypipe.logs import get_logger
 
 if TYPE_CHECKING:
@@ -157,14 +158,14 @@ def load_models(config: ModelsConfig, ip_adapter_scale: float = 1.0) -> Models:
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     sdxl_path = resolve_source(config.sdxl, config.cache_dir)
-    log.info("loading SDXL from %s (%s on %s)", config.sdxl, dtype, device)
+    log.info("loading SDXL from %s (%s on %s)", redact(config.sdxl), dtype, device)
     try:
         with quiet_loaders():
             pipe = StableDiffusionXLPipeline.from_pretrained(sdxl_path, torch_dtype=dtype)
         if config.vae:
             pipe.vae = AutoencoderKL.from_pretrained(resolve_source(config.vae, config.cache_dir))
         ip_path = resolve_source(config.ip_adapter, config.cache_dir)
-        log.info("loading IP-Adapter-FaceID from %s/%s", config.ip_adapter, config.ip_adapter_weight_name)
+        log.info("loading IP-Adapter-FaceID from %s/%s", redact(config.ip_adapter), config.ip_adapter_weight_name)
         attach_faceid_adapter(pipe, ip_path, config.ip_adapter_weight_name, ip_adapter_scale)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"could not load models ({config.sdxl}, {config.ip_adapter}): {exc}") from exc
@@ -176,7 +177,10 @@ def load_models(config: ModelsConfig, ip_adapter_scale: float = 1.0) -> Models:
         device=device,
         dtype=dtype,
         id_embed_dim=_id_embed_dim(pipe),
-        sources={"sdxl": config.sdxl, "ip_adapter": f"{config.ip_adapter}/{config.ip_adapter_weight_name}"}
+        sources={
+            "sdxl": redact(config.sdxl),
+            "ip_adapter": f"{redact(config.ip_adapter)}/{config.ip_adapter_weight_name}",
+        }
         | ({"vae": config.vae} if config.vae else {}),
         weight_hashes=_weight_hashes(
             {"sdxl": sdxl_path, "ip_adapter": os.path.join(ip_path, config.ip_adapter_weight_name)}

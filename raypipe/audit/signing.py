@@ -1,13 +1,19 @@
 """Signing keys for the run manifest: HMAC-SHA256 secrets or Ed25519 keys, and canonical JSON.
 
-The key comes from ``--key-file`` or the environment variable ``RAYPIPE_AUDIT_KEY`` (the file wins),
-holding one of:
+The key comes from ``--key-file`` / ``audit.key_file`` or the environment variable ``RAYPIPE_AUDIT_KEY``
+(the file wins). The variable holds either the key itself or, when its value is a path (it starts with
+``/``, ``~/``, ``./`` or ``../`` and holds no whitespace or ``=``), the path of a key file, read like
+``--key-file``. A key file or the variable holds one of:
 
 - a PEM Ed25519 private key (``-----BEGIN PRIVATE KEY-----``): signs and verifies;
 - a PEM Ed25519 public key (``-----BEGIN PUBLIC KEY-----``): verifies only, so a compliance officer
   can check a run without being able to sign one;
-- anything else: a raw HMAC-SHA256 secret of at least 16 bytes (surrounding whitespace, such as the
-  trailing newline of a file, is ignored). Whoever verifies needs the same secret.
+- anything else: a raw HMAC-SHA256 secret of at least 16 bytes that does not look guessable (see
+  :func:`hmac_strength`; surrounding whitespace, such as the trailing newline of a file, is ignored).
+  Whoever verifies needs the same secret.
+
+A key file that holds a secret (HMAC or private key) and that group or others may access is used, with
+a warning: anyone who can read it can sign manifests.
 
 Key material stays in memory: a :class:`Key` hides it from ``repr``, and what goes into a manifest is
 only the algorithm, a short key id (a hash that names the key without revealing it) and the signature.
@@ -18,7 +24,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import os
+import re
+import stat
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +43,15 @@ HMAC_SHA256 = "hmac-sha256"
 ED25519 = "ed25519"
 ALGORITHMS = (HMAC_SHA256, ED25519)
 MIN_HMAC_BYTES = 16  # a shorter shared secret could be guessed offline from any signed manifest
+# Anyone holding a signed manifest can test guesses of an HMAC secret offline, so a long but repetitive
+# one ("aaaaaaaaaaaaaaaa") is as bad as a short one. The estimate (length x Shannon entropy of the byte
+# frequencies) can never exceed 64 bits for a 16-byte secret, so 56 lets 16 random bytes through even
+# with a few repeated values, while `openssl rand -hex 32` scores about 250.
+MIN_HMAC_BITS = 56
+MIN_HMAC_DISTINCT = 8
+MAKE_SECRET = "make one with `openssl rand -hex 32`"
+# A value of RAYPIPE_AUDIT_KEY that is a path: hex and PEM never start like this, base64 of 32 bytes ends in "=".
+_PATH_LIKE = re.compile(r"^(?:/|~/|\./|\.\./)[^\s=]*$")
 KEY_ID_CHARS = 16  # 64 bits: enough to tell keys apart, far too little to say anything about them
 _HMAC_KEY_ID_DOMAIN = b"raypipe audit hmac key id\x00"  # the id is never the plain hash of the secret
 
@@ -89,11 +108,30 @@ def parse_key(material: bytes, source: str) -> Key:
         return _parse_pem(data, source)
     if len(data) < MIN_HMAC_BYTES:
         raise AuditKeyError(
-            f"the HMAC secret from {source} has {len(data)} bytes; use at least {MIN_HMAC_BYTES} "
-            "(e.g. `openssl rand -hex 32`)"
+            f"the HMAC secret from {source} has {len(data)} bytes; use at least {MIN_HMAC_BYTES} ({MAKE_SECRET})"
+        )
+    bits, distinct = hmac_strength(data)
+    if bits < MIN_HMAC_BITS or distinct < MIN_HMAC_DISTINCT:
+        # The message gives the estimate, never the secret.
+        raise AuditKeyError(
+            f"the HMAC secret from {source} is too easy to guess: {distinct} distinct byte values, about "
+            f"{bits:.0f} bits by a byte-frequency estimate (at least {MIN_HMAC_DISTINCT} distinct values and "
+            f"{MIN_HMAC_BITS} bits are required); {MAKE_SECRET}"
         )
     key_id = hashlib.sha256(_HMAC_KEY_ID_DOMAIN + data).hexdigest()[:KEY_ID_CHARS]
     return Key(HMAC_SHA256, key_id, source, _secret=data)
+
+
+def hmac_strength(secret: bytes) -> tuple[float, int]:
+    """(estimated bits, distinct byte values) of an HMAC secret: length x Shannon entropy per byte.
+
+    A rough upper bound on what a guesser faces: it catches repetition and tiny alphabets, not a
+    dictionary word padded to length, so a secret should come from a random generator.
+    """
+    counts = Counter(secret)
+    total = len(secret)
+    per_byte = -sum(n / total * math.log2(n / total) for n in counts.values()) if total else 0.0
+    return total * per_byte, len(counts)
 
 
 def _parse_pem(data: bytes, source: str) -> Key:
@@ -130,27 +168,53 @@ def _ed25519_key_id(public: Any) -> str:
 
 
 def load_key(key_file: str | None = None, environ: dict[str, str] | None = None) -> Key:
-    """The audit key from ``key_file`` if given, else from ``RAYPIPE_AUDIT_KEY``.
+    """The audit key from ``key_file`` if given, else from ``RAYPIPE_AUDIT_KEY`` (the key, or a path to it).
 
     Raises :class:`AuditKeyError` when neither is set or the key cannot be used.
     """
     if key_file is not None:
         path = Path(key_file).expanduser()
-        try:
-            material = path.read_bytes()
-        except OSError as exc:
-            raise AuditKeyError(f"cannot read the audit key file {path}: {exc.strerror or exc}") from None
-        key = parse_key(material, f"file {path}")
+        key = _read_key_file(path, f"file {path}")
     else:
         env = os.environ if environ is None else environ
         value = env.get(KEY_ENV)
         if not value:
             raise AuditKeyError(
                 f"no audit key: pass --key-file FILE or set {KEY_ENV} "
-                "(an HMAC secret of at least 16 bytes, or an Ed25519 PEM key)"
+                "(an HMAC secret of at least 16 bytes, an Ed25519 PEM key, or the path of a key file)"
             )
-        key = parse_key(value.encode("utf-8"), f"environment variable {KEY_ENV}")
+        if _PATH_LIKE.match(value.strip()):
+            path = Path(value.strip()).expanduser().absolute()  # messages name the file that was read
+            key = _read_key_file(path, f"file {path} (named by {KEY_ENV})", named_by_env=True)
+        else:
+            key = parse_key(value.encode("utf-8"), f"environment variable {KEY_ENV}")
     log.debug("audit key %s (%s) from %s", key.key_id, key.algorithm, key.source)
+    return key
+
+
+def _read_key_file(path: Path, source: str, named_by_env: bool = False) -> Key:
+    try:
+        material = path.read_bytes()
+        mode = path.stat().st_mode
+    except OSError as exc:
+        if named_by_env:
+            # The value may be a mistyped secret rather than a path: the message does not repeat it.
+            raise AuditKeyError(
+                f"{KEY_ENV} looks like a file path (it starts with /, ~/, ./ or ../), but that file cannot be read "
+                f"({exc.strerror or type(exc).__name__}); give the path of a readable key file, or a secret "
+                f"that does not look like a path ({MAKE_SECRET})"
+            ) from None
+        raise AuditKeyError(f"cannot read the audit key file {path}: {exc.strerror or exc}") from None
+    key = parse_key(material, source)
+    if key.can_sign and mode & 0o077:
+        # A public key may be world-readable; a signing secret lets whoever reads it sign manifests.
+        log.warning(
+            "audit key file %s is accessible to group or others (mode %04o): anyone who can read it can sign "
+            "manifests; restrict it with `chmod 600 %s`",
+            path,
+            stat.S_IMODE(mode),
+            path,
+        )
     return key
 
 

@@ -11,7 +11,7 @@ import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import fsspec
 from fsspec.core import split_protocol
@@ -251,11 +251,78 @@ def basename(uri: str) -> str:
     return posixpath.basename(path.rstrip("/"))
 
 
+# Only these schemes carry a query; elsewhere a "?" is a glob character (s3://b/part-0000?.tar) unless
+# key=value pairs follow it (a signed URL's X-Amz-Signature, an Azure SAS token).
+_QUERY_SCHEMES = frozenset({"http", "https", "ws", "wss", "ray"})
+REDACTED = "<redacted>"
+
+
 def redact(uri: str) -> str:
-    """A URI safe to log: drops ``user:password@`` and replaces any query (signatures, tokens)."""
+    """A URI safe to log or store: drops ``user:password@`` (and any ``user@`` but Azure's
+    ``container@account``) and replaces a query, which may hold signatures or tokens, with ``<redacted>``.
+
+    Plain paths and a glob ``?`` in an object-store or file URI are kept as they are.
+    """
     if "://" not in uri:
         return uri
-    parts = urlsplit(uri)
-    netloc = parts.netloc.rpartition("@")[2]
-    query = "<redacted>" if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    scheme, _, rest = uri.partition("://")
+    end = min((i for i, char in enumerate(rest) if char in "/?#"), default=len(rest))
+    authority, rest = rest[:end], rest[end:]  # rest: path, query and fragment exactly as given
+    userinfo, at, host = authority.rpartition("@")
+    netloc = authority if at and scheme.lower() in AZURE_PROTOCOLS and ":" not in userinfo else host
+    path, question, query = rest.partition("?")
+    if question and (scheme.lower() in _QUERY_SCHEMES or "=" in query or "&" in query):
+        # The fragment goes too: after a query it cannot be told apart from one.
+        return f"{scheme}://{netloc}{path}?{REDACTED}"
+    return f"{scheme}://{netloc}{rest}"
+
+
+def redact_all(value: Any) -> Any:
+    """``value`` (a resolved config: dicts, lists, strings, numbers) with every URI in it redacted.
+
+    Every string is passed through :func:`redact`, so no field can be forgotten: a hub id or a plain
+    path comes back unchanged, a URI without its credentials.
+    """
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: redact_all(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact_all(item) for item in value)
+    return value
+
+
+def location(uri_or_path: str) -> tuple[str, str]:
+    """Where a path or URI points, for comparing locations: ``(storage, path)``.
+
+    Local paths (and ``file://``) become absolute with symlinks resolved (storage ``"local"``); s3a
+    counts as s3, gcs as gs, abfs/abfss/adl as az (the ``@account`` part is dropped); credentials,
+    queries, ``.`` / ``..`` and trailing slashes are dropped.
+    """
+    protocol = protocol_of(uri_or_path)
+    if protocol is None or protocol in LOCAL_PROTOCOLS:
+        path = split_protocol(uri_or_path)[1] if protocol else uri_or_path
+        return "local", os.path.realpath(os.path.expanduser(path))
+    family = (
+        "s3"
+        if protocol in S3_PROTOCOLS
+        else "gs"
+        if protocol in GCS_PROTOCOLS
+        else "az"
+        if protocol in AZURE_PROTOCOLS
+        else protocol
+    )
+    authority, _, path = redact(uri_or_path).partition("://")[2].partition("/")
+    if family == "az":
+        authority = authority.partition("@")[0]  # abfs://container@account/path names the container
+    return family, posixpath.normpath(f"/{authority}/{path}").rstrip("/") or "/"
+
+
+def is_within(inner: str, outer: str) -> bool:
+    """True when the location ``inner`` is ``outer`` or lies under it, compared component by component
+    (``/data/in-held`` is not under ``/data/in``)."""
+    inner_storage, inner_path = location(inner)
+    outer_storage, outer_path = location(outer)
+    if inner_storage != outer_storage:
+        return False
+    return inner_path == outer_path or inner_path.startswith(outer_path.rstrip("/") + "/")

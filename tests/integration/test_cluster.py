@@ -146,7 +146,11 @@ def test_raypipe_submit_wait_over_s3_and_the_outputs_verify(
     from raypipe.cli import main
 
     aws_env.setenv("AWS_ENDPOINT_URL", s3_server)
-    aws_env.setenv("RAYPIPE_AUDIT_KEY", AUDIT_KEY)  # forwarded to the job by `--env` below
+    # The signing key is never forwarded with --env: the job reads it from a file on the head node, as a
+    # mounted secret would be (this cluster's head runs on this machine).
+    key_file = tmp_path / "audit.key"
+    key_file.write_text(AUDIT_KEY)
+    key_file.chmod(0o600)
     name, client = bucket
     for shard, data in sample_shards(shards=2, per_shard=4).items():
         client.put_object(Bucket=name, Key=f"in/{shard}", Body=data)
@@ -154,9 +158,9 @@ def test_raypipe_submit_wait_over_s3_and_the_outputs_verify(
     code = main([
         "submit", "--address", cluster.dashboard, "--wait",
         "--env", "AWS_ENDPOINT_URL", "--env", "AWS_ACCESS_KEY_ID", "--env", "AWS_SECRET_ACCESS_KEY",
-        "--env", "AWS_DEFAULT_REGION", "--env", "RAYPIPE_AUDIT_KEY",
+        "--env", "AWS_DEFAULT_REGION",
         "--", "anonymize", f"s3://{name}/in/part-{{00000..00001}}.tar", f"s3://{name}/out/",
-        "--config", str(config), "--no-progress",
+        "--config", str(config), "--no-progress", "--key-file", str(key_file),
     ])  # fmt: skip
     assert code == 0
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=name, Prefix="out/")["Contents"]}

@@ -1,7 +1,8 @@
 """Credentials never reach logs, stored configs or the audit; identity embeddings never reach the output.
 
 A job runs against the S3 server with recognisable random secrets in its environment (AWS keys, a
-session token, the audit signing key); two more are refused for secrets in their configuration (an
+session token, the audit signing key) and in the model locations of its config (``user:password@`` and
+signed-URL query tokens, which the stored config must drop); two more are refused for secrets in their configuration (an
 input URI with ``user:password@``, an endpoint with credentials). Then every object under OUTPUT,
 every file Ray wrote for the run (its own temp folder) and everything the commands printed is searched
 for each secret, and the audit and manifest files for vectors of embedding length.
@@ -59,6 +60,8 @@ def run(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
         "audit_key": secrets.token_hex(32),
         "uri_password": "pw" + secrets.token_hex(12),
         "endpoint_password": "pw" + secrets.token_hex(12),
+        "model_password": "pw" + secrets.token_hex(12),
+        "model_token": "tok" + secrets.token_hex(12),
     }
     ray_temp = Path(tempfile.mkdtemp(prefix="rps", dir="/tmp"))  # short: Ray's socket paths have a length limit
     env = {
@@ -89,7 +92,15 @@ def run(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
     with pytest.MonkeyPatch.context() as clean:
         for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_REGION"):  # nothing of the user's AWS setup
             clean.delenv(name, raising=False)
-        good = run_job(config_file(folder, "good", bucket), env, timeout=400)
+        # Model locations with credentials in them (unused by the tiny preset and dlib, so the job runs):
+        # the stored config and the manifest must keep the locations without the credentials.
+        models = TEST_MODELS | {
+            "sdxl": f"https://hub:{found['model_password']}@models.example/sdxl",
+            "ip_adapter": f"s3://models/ip-adapter?X-Amz-Security-Token={found['model_token']}",
+            "vae": f"https://models.example/vae?X-Amz-Signature={found['model_token']}",
+            "insightface": f"https://hub:{found['model_password']}@models.example/buffalo_l",
+        }
+        good = run_job(config_file(folder, "good", bucket, models=models), env, timeout=400)
         bad_uri = run_job(config_file(folder, "bad-uri", bucket, input=in_uri), env, timeout=120)
         bad_endpoint = run_job(
             config_file(folder, "bad-endpoint", bucket, storage={"endpoint_url": endpoint}), env, timeout=120
@@ -131,6 +142,9 @@ def test_the_job_ran_and_the_configs_with_secrets_were_refused(run: Any) -> None
         assert code == 2, log  # a configuration error, before anything ran
         assert "credentials" in log, log
     assert any(key.endswith(".audit.parquet") for key in run["outputs"])
+    stored = yaml.safe_load(run["outputs"]["out/_raypipe/config.yaml"])
+    assert stored["models"]["sdxl"] == "https://models.example/sdxl"  # kept, without its credentials
+    assert stored["models"]["ip_adapter"] == "s3://models/ip-adapter?<redacted>"
     assert any(name.endswith(".log") for name in run["ray_files"]), "Ray's logs were not collected"
 
 

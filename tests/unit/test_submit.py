@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import io
 import logging
+import secrets
 import shlex
 from pathlib import Path
 from types import SimpleNamespace
@@ -159,6 +160,36 @@ def test_env_errors_name_the_variable_never_a_value(checkout: Path, names: list[
     with pytest.raises(ConfigError, match=message) as caught:
         build_submission(["anonymize"], source_root=checkout, env_names=names, environ={"API_TOKEN": SECRET})
     assert SECRET not in str(caught.value)
+
+
+AUDIT_KEY = secrets.token_hex(32)  # what `openssl rand -hex 32` prints
+
+
+@pytest.mark.parametrize("name", ["RAYPIPE_AUDIT_KEY", "MY_SIGNING_SECRET"])
+def test_the_audit_key_is_never_forwarded_through_env(checkout: Path, name: str) -> None:
+    environ = {"RAYPIPE_AUDIT_KEY": AUDIT_KEY, "MY_SIGNING_SECRET": AUDIT_KEY, "AWS_REGION": "eu-west-1"}
+    with pytest.raises(ConfigError, match=f"--env {name}") as caught:
+        build_submission(["anonymize"], source_root=checkout, env_names=["AWS_REGION", name], environ=environ)
+    message = str(caught.value)
+    assert AUDIT_KEY not in message
+    assert "dashboard" in message and "audit.key_file" in message and "Kubernetes" in message  # what to do instead
+
+
+def test_a_refused_audit_key_sends_nothing_and_exits_2(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from raypipe.cli import main
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("RAYPIPE_AUDIT_KEY", AUDIT_KEY)
+    fake = FakeClient()
+    monkeypatch.setattr(submit, "connect", lambda address: fake)
+    code = main(
+        ["submit", "--address", "http://head:8265", "--env", "RAYPIPE_AUDIT_KEY", "--", "anonymize", "in", "out"]
+    )
+    assert code == 2 and fake.submitted == {}
+    captured = capsys.readouterr()
+    assert AUDIT_KEY not in captured.out + captured.err + caplog.text
 
 
 class FakeClient:

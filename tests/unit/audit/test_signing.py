@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import logging
+import os
+import secrets
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from raypipe.audit.signing import (
     AuditKeyError,
     Key,
     canonical,
+    hmac_strength,
     load_key,
     parse_key,
     sign,
@@ -139,3 +143,89 @@ def test_key_material_never_reaches_the_manifest_or_the_logs(
         assert form not in written
         assert form.decode("latin-1") not in caplog.text
     assert key.key_id.encode() in Path(layout.state("manifest.json")).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "weak",
+    [b"aaaaaaaaaaaaaaaa", b"abababababababababababababababab", b"passwordpassword", b"0000000011111111222222223333"],
+)
+def test_guessable_hmac_secrets_are_refused_by_entropy_not_only_length(weak: bytes) -> None:
+    assert len(weak) >= 16  # long enough for the old length rule
+    with pytest.raises(AuditKeyError, match="too easy to guess") as caught:
+        parse_key(weak, "test")
+    message = str(caught.value)
+    assert "openssl rand -hex 32" in message and weak.decode() not in message
+
+
+def test_random_hmac_secrets_pass_the_strength_check() -> None:
+    for _ in range(200):  # `openssl rand -hex 32` prints exactly this; 16 raw random bytes is the minimum
+        assert parse_key(secrets.token_hex(32).encode(), "hex").algorithm == HMAC_SHA256
+        parse_key(secrets.token_bytes(16).replace(b"-", b"+").strip() + b"\x01\x02\x03", "raw")
+    bits, distinct = hmac_strength(secrets.token_hex(32).encode())
+    assert bits > 200 and distinct >= 8
+    assert hmac_strength(b"aaaaaaaaaaaaaaaa") == (0.0, 1)
+
+
+def _key_file(path: Path, material: bytes, mode: int) -> Path:
+    path.write_bytes(material)
+    os.chmod(path, mode)
+    return path
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+@pytest.mark.parametrize("kind", ["hmac", "ed25519"])
+def test_a_signing_key_file_others_can_read_is_used_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, ed25519_pems: tuple[bytes, bytes], kind: str, mode: int
+) -> None:
+    material = HMAC_SECRET if kind == "hmac" else ed25519_pems[0]
+    path = _key_file(tmp_path / "audit.key", material, mode)
+    with caplog.at_level(logging.WARNING, logger="raypipe"):
+        assert load_key(str(path)).can_sign
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    text = warning.getMessage()
+    assert str(path) in text and f"{mode:04o}" in text and "chmod 600" in text
+    assert HMAC_SECRET.decode() not in caplog.text
+
+
+def test_private_key_files_and_public_keys_load_without_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, ed25519_pems: tuple[bytes, bytes]
+) -> None:
+    private = _key_file(tmp_path / "private.key", HMAC_SECRET, 0o600)
+    public = _key_file(tmp_path / "public.pem", ed25519_pems[1], 0o644)  # a public key may be world-readable
+    with caplog.at_level(logging.WARNING, logger="raypipe"):
+        load_key(str(private))
+        assert not load_key(str(public)).can_sign
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("spelling", ["absolute", "home", "relative"])
+def test_the_environment_variable_may_name_a_key_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ed25519_pems: tuple[bytes, bytes], spelling: str
+) -> None:
+    path = _key_file(tmp_path / "signing.pem", ed25519_pems[0], 0o600)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    value = {"absolute": str(path), "home": "~/signing.pem", "relative": "./signing.pem"}[spelling]
+    monkeypatch.setenv(KEY_ENV, value + "\n")
+    key = load_key(None)
+    assert key.algorithm == ED25519 and key.can_sign
+    assert key.key_id == parse_key(ed25519_pems[0], "x").key_id  # the file's key, not the path as a secret
+    assert str(path) in key.source
+
+
+def test_a_path_in_the_environment_variable_that_cannot_be_read_is_an_error_that_hides_the_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = str(tmp_path / "not-mounted" / "audit.key")
+    monkeypatch.setenv(KEY_ENV, missing)
+    with pytest.raises(AuditKeyError, match=f"{KEY_ENV} looks like a file path") as caught:
+        load_key(None)
+    assert missing not in str(caught.value)  # it might be a mistyped secret
+
+
+def test_secrets_that_do_not_look_like_paths_stay_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    base64_secret = "/" + base64.b64encode(secrets.token_bytes(32)).decode()[1:]  # 32 bytes: ends with "="
+    for value in (base64_secret, secrets.token_hex(32), "correct horse battery staple 0123456789"):
+        monkeypatch.setenv(KEY_ENV, value)
+        key = load_key(None)
+        assert key.algorithm == HMAC_SHA256 and key.source == f"environment variable {KEY_ENV}"

@@ -10,8 +10,11 @@ from raypipe.io.storage import (
     UnsupportedURIError,
     basename,
     filesystem,
+    is_within,
     join,
+    location,
     redact,
+    redact_all,
 )
 
 AWS_VARS = (
@@ -167,11 +170,62 @@ def test_basename(uri: str, expected: str) -> None:
         ("https://user:p%40ss@host:8443/x?X-Amz-Signature=abc", "https://host:8443/x?<redacted>"),
         ("s3://bucket/a.tar", "s3://bucket/a.tar"),
         ("/local/path.tar", "/local/path.tar"),
+        ("ray://admin:secret@head:10001", "ray://head:10001"),
+        ("https://secret@github.com/org/repo", "https://github.com/org/repo"),  # a token as the user name
+        ("s3://bucket/w?X-Amz-Security-Token=secret&X-Amz-Signature=secret", "s3://bucket/w?<redacted>"),
+        ("https://hub.example/m?token=secret#secret", "https://hub.example/m?<redacted>"),
+        ("abfs://user:secret@account.dfs.core.windows.net/x", "abfs://account.dfs.core.windows.net/x"),
+        # Not credentials: a glob "?" in an object-store URI and Azure's container@account address.
+        ("s3://bucket/part-0000?.tar", "s3://bucket/part-0000?.tar"),
+        ("abfs://container@account.dfs.core.windows.net/x", "abfs://container@account.dfs.core.windows.net/x"),
     ],
 )
 def test_redact_removes_credentials(uri: str, expected: str) -> None:
     assert redact(uri) == expected
     assert "secret" not in redact(uri)
+
+
+def test_redact_all_reaches_every_uri_of_a_resolved_config() -> None:
+    resolved = {
+        "input": ["s3://k:secret@b/in/{0..9}.tar", "/local/in.tar"],
+        "pipeline": {"address": "ray://u:secret@head:10001", "batch_size": 8, "progress": True},
+        "models": {"sdxl": "https://u:secret@hub/sdxl", "ip_adapter": "s3://b/ip?X-Amz-Security-Token=secret"},
+        "audit": {"quarantine_output": "s3://u:secret@held/", "key_file": None, "reid_threshold": 0.9},
+        "storage": {"endpoint_url": "http://u:secret@minio:9000", "anonymous": False},
+        "actors": {"a100": 1.0},
+    }
+    redacted = redact_all(resolved)
+    assert "secret" not in repr(redacted)
+    assert redacted["input"] == ["s3://b/in/{0..9}.tar", "/local/in.tar"]
+    assert redacted["pipeline"] == {"address": "ray://head:10001", "batch_size": 8, "progress": True}
+    assert redacted["audit"]["key_file"] is None and redacted["actors"] == {"a100": 1.0}
+    assert redact_all(("s3://u:secret@b/x",)) == ("s3://b/x",)
+
+
+@pytest.mark.parametrize(
+    ("inner", "outer", "within"),
+    [
+        ("/data/in", "/data/in/", True),
+        ("/data/in/./held/", "/data/in", True),
+        ("/data/in-held", "/data/in", False),  # component by component, not by string prefix
+        ("/data/x/../in", "/data/in", True),
+        ("file:///data/in/q", "/data/in", True),
+        ("s3a://bucket/in/q", "s3://bucket/in", True),
+        ("s3://bucket/in2", "s3://bucket/in", False),
+        ("gcs://bucket/in", "gs://bucket/in/", True),
+        ("s3://bucket/in", "/bucket/in", False),  # another storage
+        ("s3://anything", "s3://", True),
+    ],
+)
+def test_locations_compare_normalised(inner: str, outer: str, within: bool) -> None:
+    assert is_within(inner, outer) is within
+
+
+def test_local_locations_resolve_symlinks(tmp_path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert location(str(tmp_path / "link" / "q")) == location(str(tmp_path / "real" / "q"))
+    assert is_within(str(tmp_path / "link"), str(tmp_path / "real"))
 
 
 @pytest.mark.parametrize("endpoint", ["127.0.0.1:9000", "ftp://host", "http://key:secret@host:9000"])
