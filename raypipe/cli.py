@@ -110,8 +110,12 @@ def print_summary(summary: object) -> None:
             + (" ..." if len(summary.incomplete_shards) > 10 else "")
         )
         lines.append("  rerun the same command to finish them")
+    check = f"raypipe audit verify {summary.output}" + (f" --anchor {summary.anchor}" if summary.anchor else "")
     if summary.manifest is not None:
-        lines.append(f"  audit:   signed manifest #{summary.manifest}; check it with: raypipe audit verify OUTPUT")
+        lines.append(f"  audit:   signed manifest #{summary.manifest}; check it with: {check}")
+        lines.append(f"  anchor:  {summary.anchor or 'none (set audit.anchor to make rollbacks detectable)'}")
+    elif summary.covered_by is not None:
+        lines.append(f"  audit:   nothing new; signed manifest #{summary.covered_by} still covers it ({check})")
     else:
         lines.append("  audit:   no signing key, no manifest (set RAYPIPE_AUDIT_KEY or --key-file)")
     lines.append(f"  time:    {summary.elapsed_s:.1f}s")

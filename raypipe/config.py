@@ -7,6 +7,7 @@ is rejected before any model loads or Ray starts.
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,9 +153,16 @@ class PipelineConfig:
     compose_actors: int = 1
     progress: bool = True
     stall_timeout_s: float = 3600.0  # no commit for this long ends the job (raypipe.pipeline.watchdog)
+    lease_ttl_s: float = 300.0  # OUTPUT's writer lease lasts this long unless renewed (raypipe.pipeline.lease)
 
     def __post_init__(self) -> None:
         p = "pipeline."
+        _check(
+            _is_number(self.lease_ttl_s) and self.lease_ttl_s >= 3,
+            p + "lease_ttl_s",
+            "a number of seconds >= 3",
+            self.lease_ttl_s,
+        )
         _check(
             self.address is None or isinstance(self.address, str),
             p + "address",
@@ -214,9 +222,12 @@ class LimitsConfig:
     max_member_bytes: int = 64 * 1024 * 1024
     max_image_pixels: int = 50_000_000
     max_faces_per_image: int = 64
+    # Decoded pixels of all pictures of one sample (every image, MPO frame and embedded picture),
+    # checked from their headers before any is decoded: bounds a sample's memory (3 bytes a pixel).
+    max_sample_pixels: int = 100_000_000
 
     def __post_init__(self) -> None:
-        for name in ("max_member_bytes", "max_image_pixels", "max_faces_per_image"):
+        for name in ("max_member_bytes", "max_image_pixels", "max_faces_per_image", "max_sample_pixels"):
             value = getattr(self, name)
             _check(
                 isinstance(value, int) and not isinstance(value, bool) and value >= 1,
@@ -238,6 +249,9 @@ class AuditConfig:
     check_missed_faces: bool = True  # re-detect faces in released images; a missed one quarantines
     quarantine_output: str | None = None  # where to keep quarantined originals (path/URI); None: nowhere
     key_file: str | None = None  # signing key file (else the RAYPIPE_AUDIT_KEY environment variable)
+    # Where each run's signed checkpoint goes (folder path/URI kept apart from OUTPUT, e.g. a bucket
+    # with object lock): `audit verify --anchor` then detects rollback and truncation of OUTPUT.
+    anchor: str | None = None
 
     def __post_init__(self) -> None:
         p = "audit."
@@ -254,7 +268,7 @@ class AuditConfig:
             "true or false",
             self.check_missed_faces,
         )
-        for name in ("quarantine_output", "key_file"):
+        for name in ("quarantine_output", "key_file", "anchor"):
             value = getattr(self, name)
             _check(value is None or (isinstance(value, str) and bool(value)), p + name, "a path/URI or null", value)
 
@@ -271,6 +285,44 @@ class JobConfig:
     pipeline: PipelineConfig = PipelineConfig()
     limits: LimitsConfig = LimitsConfig()
     audit: AuditConfig = AuditConfig()
+
+    def __post_init__(self) -> None:
+        if self.audit.quarantine_output:
+            _check_quarantine_apart(self.audit.quarantine_output, self.input, self.output)
+
+
+_PATTERN_CHARS = frozenset("*?[{")  # where the fixed part of a glob or brace pattern ends
+
+
+def input_folder(spec: str) -> str:
+    """The folder every shard of an input spec lies in (or below): the folder of the spec's fixed prefix,
+    the text before its first glob or brace character (``s3://b/in`` for ``s3://b/in/part-{0..9}.tar``)."""
+    cut = next((i for i, char in enumerate(spec) if char in _PATTERN_CHARS), len(spec))
+    prefix = spec[:cut]
+    if "://" in prefix:
+        scheme, _, rest = prefix.partition("://")
+        return f"{scheme}://{posixpath.dirname(rest)}"  # "s3://" when the bucket itself is a pattern
+    return posixpath.dirname(prefix) or "."
+
+
+def _check_quarantine_apart(quarantine: str, inputs: tuple[str, ...], output: str) -> None:
+    """Quarantined originals hold real faces and keep their shard's name: under OUTPUT they would be
+    released with the dataset; in an input folder they would overwrite the input shards, or be read as
+    input by a later pattern. Compared by location (see ``raypipe.io.storage.location``)."""
+    from raypipe.io.storage import is_within, redact
+
+    places = [
+        (f"INPUT {redact(spec)!r} (its folder {redact(input_folder(spec))!r})", input_folder(spec)) for spec in inputs
+    ]
+    if output:
+        places.insert(0, (f"OUTPUT {redact(output)!r}", output))
+    for what, place in places:
+        if is_within(quarantine, place):
+            raise ConfigError(
+                f"audit.quarantine_output: must be a location outside INPUT and OUTPUT, got {redact(quarantine)!r}, "
+                f"which is inside {what}; quarantined originals keep their shard names and hold real faces. "
+                "Use a separate, access-restricted folder or bucket prefix"
+            )
 
 
 SECTIONS: dict[str, type] = {

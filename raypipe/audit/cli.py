@@ -35,6 +35,12 @@ def add_audit_commands(subparsers: Any) -> argparse.ArgumentParser:
     )
     verify.add_argument("output", metavar="OUTPUT", help="output folder or URI of the run")
     verify.add_argument("--key-file", help="HMAC secret, or Ed25519 PEM key (the public key is enough to verify)")
+    verify.add_argument(
+        "--anchor",
+        metavar="CHECKPOINT",
+        help="a checkpoint file, or the audit.anchor folder (its newest checkpoint of OUTPUT): also detect "
+        "rollback, truncation and changed inputs",
+    )
     verify.set_defaults(func=cmd_audit_verify)
 
     report = commands.add_parser("report", help="write an HTML report with plots (counts, similarities, ...)")
@@ -55,7 +61,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     except AuditKeyError as exc:
         print(f"raypipe audit verify: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    report = verify_output(args.output, key)
+    report = verify_output(args.output, key, anchor=args.anchor)
     print(report.render())
     return EXIT_OK if report.ok else EXIT_PROBLEMS
 

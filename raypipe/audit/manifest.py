@@ -1,27 +1,38 @@
 """The signed run manifest: what a run released, in a form a compliance officer can check.
 
-``OUTPUT/_raypipe/manifest.json`` (written last in a run) holds, per finalized shard, the sha256 of its
-tar and audit file, its sample counts and the RFC 6962 Merkle root of its audit records; totals per
-status; the Merkle root over every audit record of the run (leaves: the canonical JSON of each audit
-row, shards in name order, rows in ``seq`` order); the run's parameters, models and weight hashes; and
-a signature over all of it. A resumed run writes a new manifest whose ``previous`` is the sha256 of the
-manifest it replaces, which is kept as ``_raypipe/manifests/<sequence:06d>.json``: the manifests form a
-hash chain, so no earlier run can be rewritten without breaking every later link.
+``OUTPUT/_raypipe/manifest.json`` holds one entry per finalized shard: the sha256 of its tar and audit
+file and the RFC 6962 Merkle root of its audit records (all computed at finalize from the bytes as
+they were written, never read back), its sample counts and its pinned input; totals per status; the
+Merkle root over the shard entries (so every record is committed to through its shard's root); the
+run's parameters, models and weight hashes; and a signature over all of it.
 
-Layout (``format`` = ``raypipe.manifest/1``)::
+The signed history is the truth, not the disk. A new manifest starts from the previous *signed*
+manifest: it carries every earlier entry over unchanged and adds entries only for shards the run
+produced. An entry never changes along the chain unless the manifest that changes it says why (an
+``--overwrite`` run records every entry it dropped in ``overwrite.removed``). A run that produced
+nothing writes no manifest. Each manifest's ``previous`` is the sha256 of the one it replaces, which
+is kept as ``_raypipe/manifests/<sequence:06d>.json``: the manifests form a hash chain, so no earlier
+run can be rewritten without breaking every later link. Building a manifest reads no shard files, so
+the evidence of a run costs O(its work), not O(output).
+
+Layout (``format`` = ``raypipe.manifest/2``)::
 
     {
-      "format": "raypipe.manifest/1",
+      "format": "raypipe.manifest/2",
       "sequence": 2,                      # 1 for the first manifest of OUTPUT
       "previous": "<sha256 hex of the previous manifest's canonical JSON, signature included>" | null,
+      "chain_id": "<32 hex, the same along the chain>",
       "created": "2024-05-01T12:00:00Z",
       "run": {"config_hash", "code_version", "models", "weight_hashes", "started", "finished",
               "method", ...},            # as given by the caller; nothing secret
       "shards": {"data-00001.tar": {"tar_sha256", "audit_sha256", "samples", "released",
-                                     "counts": {status: n}, "records_root", "config_hash"}, ...},
+                                     "counts": {status: n}, "records_root", "config_hash",
+                                     "input": {"uri", "size", "etag" | "mtime_ns", "sha256"}}, ...},
+      "added": ["data-00001.tar", ...],   # the shards this run produced
+      "overwrite": null | {"removed": [shard, ...], "reason": "..."},
       "counts": {status: n}, "samples": n, "released": n,
       "records": {"count": n, "merkle_root": "<hex>", "tree": "rfc6962-sha256",
-                  "leaf": "canonical JSON of each audit row; shards by name, rows by seq"},
+                  "leaf": "canonical JSON of {name, entry} per shard, shards by name"},
       "signature": {"algorithm": "hmac-sha256" | "ed25519", "key_id": "<16 hex>", "signature": "<hex>"}
     }
 
@@ -37,6 +48,7 @@ import io
 import json
 import math
 import re
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -44,19 +56,32 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from raypipe.audit.merkle import MerkleBuilder
-from raypipe.audit.signing import Key, canonical, sign
+from raypipe.audit.signing import Key, canonical, describe_mismatch, sign, verify
 from raypipe.io.publish import exists, publish_bytes, read_bytes
-from raypipe.layout import OutputLayout
+from raypipe.io.storage import redact
+from raypipe.layout import STATE_DIR, OutputLayout
 from raypipe.logs import get_logger
 from raypipe.records import Status
 
 log = get_logger(__name__)
 
-FORMAT = "raypipe.manifest/1"
+FORMAT = "raypipe.manifest/2"
 MANIFEST_FILE = "manifest.json"
 HISTORY_DIR = "manifests"
 MERKLE_TREE = "rfc6962-sha256"
-LEAF_ENCODING = "canonical JSON of each audit row; shards by name, rows by seq"
+LEAF_ENCODING = "canonical JSON of {name, entry} per shard, shards by name"
+ENTRY_FIELDS = (
+    "tar_sha256",
+    "audit_sha256",
+    "samples",
+    "released",
+    "counts",
+    "records_root",
+    "config_hash",
+    "input",
+)
+MAX_MANIFEST_BYTES = 256 * 2**20  # a manifest of 10^6 shards is ~500 MB pretty-printed; cap what we parse
+MAX_JSON_DEPTH = 16
 RELEASED_STATUSES = frozenset(s.value for s in Status if s.releasable)
 _HASH_CHUNK = 8 * 2**20
 
@@ -95,12 +120,58 @@ def manifest_bytes(manifest: dict[str, Any]) -> bytes:
     return (text + "\n").encode("utf-8")
 
 
+def parse_json(data: bytes, what: str) -> Any:
+    """JSON from untrusted bytes, bounded in size and nesting; raises ``ValueError`` naming ``what``."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ValueError(f"{what}: {len(data)} bytes, over the limit of {MAX_MANIFEST_BYTES}")
+    try:
+        value = json.loads(data)
+    except RecursionError:
+        raise ValueError(f"{what}: nested too deeply to be a raypipe file") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{what}: not UTF-8 ({exc.reason})") from None
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError(f"{what}: nested deeper than {MAX_JSON_DEPTH} levels")
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        stack.extend((child, depth + 1) for child in children)
+    return value
+
+
 def read_manifest(layout: OutputLayout) -> dict[str, Any] | None:
-    """The current manifest of OUTPUT, or None when there is none yet."""
+    """The current manifest of OUTPUT, unverified, or None when there is none yet."""
     path = manifest_path(layout)
     if not exists(layout.fs, path):
         return None
-    return json.loads(read_bytes(layout.fs, path))
+    value = parse_json(read_bytes(layout.fs, path), f"{STATE_DIR}/{MANIFEST_FILE}")
+    if not isinstance(value, dict):
+        raise ManifestError(f"{STATE_DIR}/{MANIFEST_FILE} is not a manifest")
+    return value
+
+
+def read_signed_manifest(layout: OutputLayout, key: Key) -> dict[str, Any] | None:
+    """The current manifest of OUTPUT after checking its format and signature; None when there is none.
+
+    A run builds on this manifest, so one that was changed, or signed by another key, stops the run
+    (:class:`ManifestError`) instead of being extended.
+    """
+    try:
+        manifest = read_manifest(layout)
+    except ValueError as exc:
+        raise ManifestError(f"the current manifest of {redact(layout.root)} is unreadable: {exc}") from None
+    if manifest is None:
+        return None
+    where = f"{redact(layout.root)}/{STATE_DIR}/{MANIFEST_FILE}"
+    if manifest.get("format") != FORMAT or not isinstance(manifest.get("shards"), dict):
+        raise ManifestError(f"{where} is not a {FORMAT} manifest; run `raypipe audit verify` on it")
+    if not verify(signed_payload(manifest), manifest.get("signature"), key):
+        raise ManifestError(
+            f"{where} does not verify with the audit key ({describe_mismatch(manifest.get('signature'), key)}); "
+            "a run never extends a manifest it cannot verify: run `raypipe audit verify`"
+        )
+    return manifest
 
 
 def sha256_file(fs: Any, path: str) -> str:
@@ -162,25 +233,30 @@ def _utc_now() -> str:
 # ---------------------------------------------------------------------------------------------- build
 
 
-def _shard_entry(layout: OutputLayout, shard: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """A shard's manifest entry, recomputed from its files and checked against its completion marker."""
+def entry_from_marker(marker: dict[str, Any]) -> dict[str, Any]:
+    """A shard's manifest entry: the fields of its completion marker that the manifest commits to."""
+    return {name: marker.get(name) for name in ENTRY_FIELDS}
+
+
+def entry_from_files(layout: OutputLayout, shard: str) -> dict[str, Any]:
+    """A shard's entry from its marker, after checking the files under OUTPUT still match it.
+
+    For shards finalized but not yet signed (a run that died before its manifest): reads that shard's
+    tar and audit once. Raises :class:`ManifestError` for a shard that is not finalized or changed.
+    """
     marker = layout.read_marker(shard)
     if marker is None:
         raise ManifestError(f"{shard}: not finalized (no completion marker); finish the run first")
     fs = layout.fs
-    tar_sha = sha256_file(fs, layout.tar(shard))
     audit_data = read_bytes(fs, layout.audit(shard))
-    audit_sha = hashlib.sha256(audit_data).hexdigest()
     rows = audit_rows(audit_data)
-    seqs = [row["seq"] for row in rows]
-    counts = status_counts(rows)
-    released = sum(1 for row in rows if row.get("status") in RELEASED_STATUSES)
     recomputed = {
-        "tar_sha256": tar_sha,
-        "audit_sha256": audit_sha,
+        "tar_sha256": sha256_file(fs, layout.tar(shard)),
+        "audit_sha256": hashlib.sha256(audit_data).hexdigest(),
         "samples": len(rows),
-        "released": released,
-        "counts": counts,
+        "released": sum(1 for row in rows if row.get("status") in RELEASED_STATUSES),
+        "counts": status_counts(rows),
+        "records_root": records_root(rows),
     }
     disagree = [name for name, value in recomputed.items() if marker.get(name) != value]
     if disagree:
@@ -188,56 +264,77 @@ def _shard_entry(layout: OutputLayout, shard: str) -> tuple[dict[str, Any], list
             f"{shard}: the files disagree with the completion marker on {', '.join(disagree)}; "
             "the shard changed after it was finalized"
         )
-    if seqs != list(range(len(rows))):
+    if [row["seq"] for row in rows] != list(range(len(rows))):
         raise ManifestError(f"{shard}: audit records are not the samples 0..{len(rows) - 1} in input order")
-    entry = {**recomputed, "records_root": records_root(rows), "config_hash": marker.get("config_hash")}
-    return entry, rows
+    return entry_from_marker(marker)
 
 
-def build_manifest(layout: OutputLayout, shards: list[str], run: dict[str, Any]) -> dict[str, Any]:
-    """The (unsigned) manifest over ``shards``, recomputed from the files under OUTPUT.
+def entries_root(shards: dict[str, dict[str, Any]]) -> str:
+    """RFC 6962 root (hex) over the shard entries, shards in name order."""
+    builder = MerkleBuilder()
+    for name in sorted(shards):
+        builder.add(canonical({"name": name, "entry": _json_safe(shards[name])}))
+    return builder.root().hex()
 
-    ``shards`` are output shard names (``data-00001.tar``); list every finalized shard of the output,
-    those of earlier runs included, since the newest manifest is the one ``verify`` checks. ``run``
-    carries ``config_hash``, ``code_version``, ``models``, ``weight_hashes``, ``started``, ``finished``,
-    the method parameters and anything else worth stating; it must hold nothing secret.
-    Raises :class:`ManifestError` for a shard that is not finalized or whose files disagree with its
-    completion marker.
+
+def build_manifest(
+    previous: dict[str, Any] | None,
+    added: dict[str, dict[str, Any]],
+    run: dict[str, Any],
+    overwrite: str | None = None,
+) -> dict[str, Any]:
+    """The (unsigned) manifest that follows ``previous`` (the current signed manifest, or None).
+
+    Every entry of ``previous`` is carried over unchanged, and ``added`` (shard name -> entry, see
+    :func:`entry_from_marker`) holds the shards this run produced. With ``overwrite`` (the reason),
+    the earlier entries are dropped instead and listed in ``overwrite.removed``. ``run`` carries
+    ``config_hash``, ``code_version``, ``models``, ``weight_hashes``, ``started``, ``finished``, the
+    method parameters and anything else worth stating; it must hold nothing secret. Raises
+    :class:`ManifestError` when an added entry would change an earlier one without ``overwrite``.
     """
     _check_run(run)
-    names = sorted(set(shards))
-    builder = MerkleBuilder()
-    entries: dict[str, dict[str, Any]] = {}
+    carried: dict[str, dict[str, Any]] = dict(previous["shards"]) if previous else {}
+    removed: list[str] = []
+    if overwrite is not None:
+        removed, carried = sorted(carried), {}
+    changed = sorted(name for name, entry in added.items() if name in carried and carried[name] != entry)
+    if changed:
+        raise ManifestError(
+            f"{', '.join(changed[:5])}: already signed with other content; an entry of the signed history "
+            "changes only with --overwrite"
+        )
+    entries = {**carried, **{name: dict(entry) for name, entry in added.items()}}
     totals: Counter[str] = Counter()
-    for shard in names:
-        entry, rows = _shard_entry(layout, shard)
-        for row in rows:
-            builder.add(record_leaf(row))
-        entries[shard] = entry
+    for entry in entries.values():
         totals.update(entry["counts"])
-    previous = read_manifest(layout)
     manifest = {
         "format": FORMAT,
         "sequence": int(previous["sequence"]) + 1 if previous else 1,
         "previous": manifest_digest(previous) if previous else None,
+        # Names this output's history (the same for every manifest of the chain); checkpoints kept
+        # outside OUTPUT are filed under it.
+        "chain_id": str(previous["chain_id"]) if previous else uuid.uuid4().hex,
         "created": _utc_now(),
         "run": run,
-        "shards": entries,
+        "shards": dict(sorted(entries.items())),
+        "added": sorted(added),
+        "overwrite": {"removed": removed, "reason": overwrite} if overwrite is not None else None,
         "counts": dict(sorted(totals.items())),
         "samples": sum(e["samples"] for e in entries.values()),
         "released": sum(e["released"] for e in entries.values()),
         "records": {
-            "count": builder.size,
-            "merkle_root": builder.root().hex(),
+            "count": sum(e["samples"] for e in entries.values()),
+            "merkle_root": entries_root(entries),
             "tree": MERKLE_TREE,
             "leaf": LEAF_ENCODING,
         },
     }
     log.info(
-        "manifest %d over %d shards, %d records, root %s",
+        "manifest %d: %d shards (%d added), %d records, root %s",
         manifest["sequence"],
         len(entries),
-        builder.size,
+        len(added),
+        manifest["records"]["count"],
         manifest["records"]["merkle_root"][:16],
     )
     return manifest
@@ -260,7 +357,7 @@ def write_manifest(layout: OutputLayout, manifest: dict[str, Any], key: Key) -> 
     current_path = manifest_path(layout)
     if exists(fs, current_path):
         current_data = read_bytes(fs, current_path)
-        current = json.loads(current_data)
+        current = parse_json(current_data, f"{STATE_DIR}/{MANIFEST_FILE}")
         if manifest_digest(current) != body.get("previous"):
             raise ManifestError(
                 "the current manifest is not the one this manifest was built on; rebuild it before writing"

@@ -14,38 +14,49 @@ Every finding is a :class:`Problem` of one kind:
 - ``reordered``: the same records or samples, in another order;
 - ``bad_signature``: the manifest was changed after signing, or the key is not the signing key;
 - ``broken_chain``: an earlier manifest does not hash to the next one's ``previous``;
+- ``rewritten``: a shard's entry changed along the chain without a recorded reason (``--overwrite``);
+- ``rollback``: OUTPUT is older than the checkpoint of ``--anchor``, or not descended from it;
 - ``incomplete``: work of an unfinished run (fragments) is present.
+
+Only known names are read: the manifest's shard names must be plain file names, and every file read
+must be a regular file (no links, no devices); JSON is bounded in size and depth. What verify can and
+cannot prove without an anchor: see the README ("What verify proves").
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
-import json
+import os
+import re
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 import pyarrow as pa
 
 from raypipe.audit.manifest import (
+    ENTRY_FIELDS,
     FORMAT,
     HISTORY_DIR,
     MANIFEST_FILE,
+    MAX_MANIFEST_BYTES,
     RELEASED_STATUSES,
     audit_rows,
+    entries_root,
     iter_history,
     manifest_digest,
     manifest_path,
-    record_leaf,
+    parse_json,
     records_root,
     signed_payload,
     status_counts,
 )
-from raypipe.audit.merkle import MerkleBuilder
 from raypipe.audit.schema import sample_digest
 from raypipe.audit.signing import Key, describe_mismatch, verify
-from raypipe.io.publish import exists, read_bytes
+from raypipe.io.identity import HashingReader
+from raypipe.io.publish import exists, is_local, read_bytes
 from raypipe.io.storage import StorageOptions, redact
 from raypipe.io.tars import Sample, TarProblem, TarReadError, iter_samples
 from raypipe.layout import STATE_DIR, OutputLayout, shard_stem
@@ -53,11 +64,25 @@ from raypipe.logs import get_logger
 
 log = get_logger(__name__)
 
-KINDS = ("modified", "missing", "extra", "reordered", "bad_signature", "broken_chain", "incomplete")
+KINDS = (
+    "modified",
+    "missing",
+    "extra",
+    "reordered",
+    "bad_signature",
+    "broken_chain",
+    "rewritten",
+    "rollback",
+    "incomplete",
+)
 # Past this many findings of one kind in one file, the rest are summed up in one line: a reordered
 # shard of a million samples should not print a million lines.
 MAX_PER_FILE = 20
-_SHARD_SUFFIXES = (".tar", ".audit.parquet", ".done.json")
+SAFE_SHARD_NAME = re.compile(r"^[^/\\\x00-\x1f.][^/\\\x00-\x1f]*\.tar$")
+# What raypipe itself keeps under OUTPUT/_raypipe besides the manifests and fragments.
+STATE_FILES = ("manifest.json", "config.yaml", "job.json", "lease.json")
+_RUN_RECORD = re.compile(rf"^{STATE_DIR}/runs/\d{{8}}T\d{{6}}Z-[0-9a-f]{{8}}\.json$")
+_FRAGMENT = re.compile(rf"^{STATE_DIR}/fragments/(?P<stem>[^/]+)/[^/]+\.parquet$")
 
 
 @dataclass(frozen=True)
@@ -79,6 +104,7 @@ class VerifyReport:
     output: str
     problems: list[Problem] = field(default_factory=list)
     sequence: int | None = None  # of the current manifest
+    anchor: int | None = None  # sequence of the checkpoint checked against, if any
     shards: int = 0
     samples: int = 0
     counts: dict[str, int] = field(default_factory=dict)
@@ -136,24 +162,6 @@ def _digest(manifest: dict[str, Any]) -> str | None:
         return None
 
 
-class _HashingReader:
-    """A read-only file wrapper that hashes what passes through, so a tar is read once for both checks."""
-
-    def __init__(self, handle: IO[bytes]) -> None:
-        self._handle = handle
-        self.digest = hashlib.sha256()
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._handle.read(size)
-        self.digest.update(data)
-        return data
-
-    def drain(self) -> str:
-        while self.read(8 * 2**20):
-            pass
-        return self.digest.hexdigest()
-
-
 class _Verifier:
     def __init__(self, layout: OutputLayout, key: Key, report: VerifyReport) -> None:
         self.layout = layout
@@ -161,6 +169,7 @@ class _Verifier:
         self.key = key
         self.report = report
         self._per_file: Counter[tuple[str, str]] = Counter()
+        self.digests: dict[int, str | None] = {}  # chain hash per manifest sequence (check_chain)
 
     # ----------------------------------------------------------------------------------- findings
 
@@ -185,10 +194,8 @@ class _Verifier:
         if not exists(self.fs, path):
             self.add("missing", where, "no signed run manifest (the run has not finished, or it was removed)")
             return None
-        try:
-            manifest = json.loads(read_bytes(self.fs, path))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            self.add("modified", where, f"not valid JSON ({exc})")
+        manifest = self.read_json(path, where)
+        if manifest is None:
             return None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             self.add("modified", where, f"not a {FORMAT} manifest")
@@ -199,6 +206,32 @@ class _Verifier:
             self.add("modified", where, f"malformed manifest: {malformed}")
             return None
         return manifest
+
+    def regular(self, path: str, where: str) -> bool:
+        """True for a regular file; anything else (link, device, folder) is reported, never read."""
+        if not exists(self.fs, path):
+            return False
+        if is_local(self.fs):
+            mode = os.lstat(self.fs._strip_protocol(path)).st_mode
+            ok = stat.S_ISREG(mode)
+        else:
+            ok = self.fs.info(path).get("type") == "file"
+        if not ok:
+            self.add("modified", where, "not a regular file (a link, device or folder); not read")
+        return ok
+
+    def read_json(self, path: str, where: str) -> Any:
+        """Bounded JSON of a file under OUTPUT, or None after reporting why it is unusable."""
+        if not self.regular(path, where):
+            return None
+        if self.fs.size(path) > MAX_MANIFEST_BYTES:
+            self.add("modified", where, f"over {MAX_MANIFEST_BYTES} bytes; not read")
+            return None
+        try:
+            return parse_json(read_bytes(self.fs, path), where)
+        except (ValueError, UnicodeDecodeError) as exc:
+            self.add("modified", where, f"not valid JSON ({exc})")
+            return None
 
     def check_signature(self, manifest: dict[str, Any], where: str) -> None:
         signature = manifest.get("signature")
@@ -221,6 +254,12 @@ class _Verifier:
             self.add("modified", where, "counts per status do not add up over the shards")
         if samples != manifest.get("samples") or samples != (manifest.get("records") or {}).get("count"):
             self.add("modified", where, "sample and record counts do not add up over the shards")
+        try:
+            root = entries_root(shards)
+        except ValueError:
+            root = None
+        if root != (manifest.get("records") or {}).get("merkle_root"):
+            self.add("modified", where, "the Merkle root over the shard entries differs")
 
     def check_chain(self, manifest: dict[str, Any]) -> None:
         sequence = int(manifest["sequence"])
@@ -228,7 +267,7 @@ class _Verifier:
         for name, data in iter_history(self.layout):
             where = f"{STATE_DIR}/{HISTORY_DIR}/{name}"
             try:
-                earlier = json.loads(data)
+                earlier = parse_json(data, where)
                 number = int(earlier["sequence"])
             except (ValueError, KeyError, TypeError) as exc:
                 self.add("modified", where, f"not a readable manifest ({type(exc).__name__})")
@@ -265,11 +304,39 @@ class _Verifier:
         for where, earlier in chain[:-1]:
             if earlier:
                 self.check_signature(earlier, where)
+        for (_, earlier), (where, later) in itertools.pairwise(chain):
+            if earlier and later:
+                self.check_history(earlier, later, where)
+        self.digests = {int(m["sequence"]): _digest(m) for _, m in chain if m}
+
+    def check_history(self, earlier: dict[str, Any], later: dict[str, Any], where: str) -> None:
+        """No shard's entry changes or disappears from one manifest to the next unless it says why."""
+        if earlier.get("chain_id") != later.get("chain_id"):
+            self.add("broken_chain", where, f"chain_id differs from manifest {earlier.get('sequence')}'s")
+        overwrite = later.get("overwrite")
+        removed = set(overwrite.get("removed") or []) if isinstance(overwrite, dict) else set()
+        before, after = earlier.get("shards"), later.get("shards")
+        if not isinstance(before, dict) or not isinstance(after, dict):
+            return
+        for name, entry in sorted(before.items()):
+            if after.get(name) == entry:
+                continue
+            if name in removed:
+                continue
+            change = "dropped" if name not in after else "changed"
+            self.add(
+                "rewritten",
+                f"{where} {name}",
+                f"the signed entry of manifest {earlier.get('sequence')} was {change} without a recorded reason",
+            )
 
     # ------------------------------------------------------------------------------------- shards
 
     def check_shard(self, shard: str, entry: dict[str, Any]) -> list[dict[str, Any]] | None:
         """Checks one shard; returns its audit rows in seq order when they match the manifest."""
+        if not SAFE_SHARD_NAME.match(shard) or ".." in shard:
+            self.add("modified", f"{STATE_DIR}/{MANIFEST_FILE}", f"shard name {shard[:80]!r} is not a plain .tar name")
+            return None
         stem = shard_stem(shard)
         audit_name, done_name = f"{stem}.audit.parquet", f"{stem}.done.json"
         self.check_marker(shard, entry, done_name)
@@ -280,15 +347,14 @@ class _Verifier:
         return _by_seq(rows)
 
     def check_marker(self, shard: str, entry: dict[str, Any], done_name: str) -> None:
-        try:
-            marker = self.layout.read_marker(shard)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            self.add("modified", done_name, "completion marker is not valid JSON")
-            return
-        if marker is None:
+        path = self.layout.done(shard)
+        if not exists(self.fs, path):
             self.add("missing", done_name, "completion marker is gone")
             return
-        fields = ("tar_sha256", "audit_sha256", "samples", "released", "counts", "config_hash")
+        marker = self.read_json(path, done_name)
+        if not isinstance(marker, dict):
+            return
+        fields = ENTRY_FIELDS
         differ = [name for name in fields if marker.get(name) != entry.get(name)]
         if differ or marker.get("shard") != shard:
             self.add("modified", done_name, f"disagrees with the manifest on {', '.join(differ) or 'shard'}")
@@ -297,6 +363,8 @@ class _Verifier:
         path = self.layout.audit(shard)
         if not exists(self.fs, path):
             self.add("missing", audit_name, "audit file is gone")
+            return None
+        if not self.regular(path, audit_name):
             return None
         data = read_bytes(self.fs, path)
         digest = hashlib.sha256(data).hexdigest()
@@ -354,8 +422,10 @@ class _Verifier:
         if not exists(self.fs, path):
             self.add("missing", shard, "shard tar is gone")
             return
+        if not self.regular(path, shard):
+            return
         with self.fs.open(path, "rb") as handle:
-            reader = _HashingReader(handle)
+            reader = HashingReader(handle)
             found: list[tuple[str, str]] = []
             try:
                 for item in iter_samples(reader, source=shard):  # type: ignore[arg-type]  # stream mode: read() only
@@ -412,31 +482,100 @@ class _Verifier:
 
     # ------------------------------------------------------------------------------------- output
 
-    def check_unlisted(self, shards: set[str]) -> None:
-        """Shard files the manifest does not list, and fragments of unfinished work."""
-        root = self.layout.path()
-        names = [path.rstrip("/").rsplit("/", 1)[-1] for path in self.fs.ls(root, detail=False)]
-        for name in sorted(names):
-            if name.startswith("."):
-                continue  # a temporary file of an interrupted publish: never trusted, never read
-            for suffix in _SHARD_SUFFIXES:
-                if name.endswith(suffix):
-                    shard = name[: -len(suffix)] + ".tar"
-                    if shard not in shards:
-                        self.add("extra", name, "not listed in the manifest")
-                    break
-        fragments = self.layout.path(STATE_DIR, "fragments")
-        if exists(self.fs, fragments):
-            for folder in sorted(self.fs.ls(fragments, detail=False)):
-                if self.fs.isdir(folder) and self.fs.ls(folder, detail=False):
-                    name = folder.rstrip("/").rsplit("/", 1)[-1]
-                    self.add(
-                        "incomplete",
-                        f"{STATE_DIR}/fragments/{name}",
-                        "unfinished work of a run that is still going or was interrupted",
-                    )
+    def check_unlisted(self, shards: set[str], sequence: int) -> None:
+        """Every object under OUTPUT that is not a known name: ``extra`` (or ``incomplete`` for the
+        fragments of unfinished work)."""
+        root = self.layout.path().rstrip("/")
+        known = {f"{STATE_DIR}/{name}" for name in STATE_FILES}
+        known |= {f"{STATE_DIR}/{HISTORY_DIR}/{n:06d}.json" for n in range(1, sequence + 1)}
+        for shard in shards:
+            known |= {shard, f"{shard_stem(shard)}.audit.parquet", f"{shard_stem(shard)}.done.json"}
+        unfinished: set[str] = set()
+        for path in sorted(self.fs.find(root, withdirs=False)):
+            name = path[len(root) + 1 :] if path.startswith(root + "/") else path
+            if name in known or _RUN_RECORD.match(name):
+                continue
+            fragment = _FRAGMENT.match(name)
+            if fragment and f"{fragment['stem']}.tar" not in shards:
+                unfinished.add(fragment["stem"])
+                continue
+            if fragment:
+                detail = "a fragment of a shard that is already finalized and signed (the next run removes it)"
+            elif name.rsplit("/", 1)[-1].startswith("."):
+                detail = "a hidden or temporary file; not part of the signed output"
+            else:
+                detail = "not listed in the manifest"
+            self.add("extra", name, detail)
+        for stem in sorted(unfinished):
+            self.add(
+                "incomplete",
+                f"{STATE_DIR}/fragments/{stem}",
+                "unfinished work of a run that is still going or was interrupted",
+            )
 
-    def run(self) -> None:
+    def check_anchor(self, manifest: dict[str, Any], anchor: str) -> None:
+        """OUTPUT descends from the anchor's checkpoint, and every input it pins is unchanged."""
+        from raypipe.audit.anchor import checkpoint_payload, latest_checkpoint, read_checkpoint
+
+        options = self.layout.options
+        uri: str | None = anchor
+        if not anchor.endswith(".json"):
+            uri = latest_checkpoint(anchor, str(manifest.get("chain_id")), options)
+            if uri is None:
+                self.add("rollback", redact(anchor), "the anchor holds no checkpoint of this output's chain")
+                return
+        assert uri is not None
+        where = redact(uri)
+        try:
+            checkpoint = read_checkpoint(uri, options)
+        except (ValueError, FileNotFoundError) as exc:
+            self.add("modified", where, f"unusable checkpoint ({exc})")
+            return
+        if not verify(checkpoint_payload(checkpoint), checkpoint.get("signature"), self.key):
+            self.add("bad_signature", where, describe_mismatch(checkpoint.get("signature"), self.key))
+            return
+        self.report.anchor = checkpoint["sequence"]
+        if checkpoint["chain_id"] != manifest.get("chain_id"):
+            self.add("rollback", where, "the checkpoint belongs to another output (chain_id differs)")
+            return
+        number, current = checkpoint["sequence"], int(manifest["sequence"])
+        if number > current:
+            self.add(
+                "rollback",
+                f"{STATE_DIR}/{MANIFEST_FILE}",
+                f"OUTPUT is at manifest {current}, but the anchor holds checkpoint {number}: OUTPUT was rolled "
+                "back or truncated",
+            )
+        elif self.digests.get(number) != checkpoint["manifest_digest"]:
+            self.add(
+                "rollback",
+                f"{STATE_DIR}/{MANIFEST_FILE}",
+                f"manifest {number} of OUTPUT is not the one the anchor's checkpoint {number} pins: its history "
+                "was replaced",
+            )
+        for shard, pinned in sorted(checkpoint["inputs"].items()):
+            if isinstance(pinned, dict):
+                self.check_input(shard, pinned)
+
+    def check_input(self, shard: str, pinned: dict[str, Any]) -> None:
+        from raypipe.io.identity import HashingReader, object_identity, same_object
+        from raypipe.io.storage import filesystem
+
+        uri = str(pinned.get("uri"))
+        fs, path = filesystem(uri, self.layout.options)
+        if not exists(fs, path):
+            self.add("missing", uri, f"the input of {shard} pinned by the anchor is gone")
+            return
+        current = object_identity(uri, self.layout.options)
+        if "etag" in pinned:
+            changed = not same_object(pinned, current)
+        else:  # local files: the modification time changes with a copy, the content must not
+            with fs.open(path, "rb") as handle:
+                changed = current["size"] != pinned.get("size") or HashingReader(handle).drain() != pinned.get("sha256")
+        if changed:
+            self.add("modified", uri, f"the input of {shard} differs from the one the anchor pins")
+
+    def run(self, anchor: str | None) -> None:
         manifest = self.load_manifest()
         if manifest is None:
             return
@@ -447,21 +586,13 @@ class _Verifier:
         self.check_consistency(manifest, where)
         self.check_chain(manifest)
         shards: dict[str, dict[str, Any]] = manifest.get("shards") or {}
-        builder = MerkleBuilder()
-        complete = True
         for shard in sorted(shards):
-            rows = self.check_shard(shard, shards[shard])
-            if rows is None:
-                complete = False
-                continue
-            for row in rows:
-                builder.add(record_leaf(row))
-        records = manifest.get("records") or {}
-        already = any(p.kind in ("modified", "missing", "extra") for p in report.problems)
-        if complete and builder.root().hex() != records.get("merkle_root") and not already:
-            self.add("modified", where, "the Merkle root over all audit records differs")
-        self.check_unlisted(set(shards))
+            self.check_shard(shard, shards[shard])
+        self.check_unlisted(set(shards), int(manifest["sequence"]))
+        if anchor is not None:
+            self.check_anchor(manifest, anchor)
         self.summarize_overflow()
+        records = manifest.get("records") or {}
         report.shards = len(shards)
         report.samples = int(manifest.get("samples") or 0)
         report.counts = dict(manifest.get("counts") or {})
@@ -469,15 +600,19 @@ class _Verifier:
         report.key_id = (manifest.get("signature") or {}).get("key_id")
 
 
-def verify_output(root: str, key: Key, options: StorageOptions | None = None) -> VerifyReport:
+def verify_output(
+    root: str, key: Key, options: StorageOptions | None = None, anchor: str | None = None
+) -> VerifyReport:
     """Verify the run under OUTPUT ``root`` against its signed manifest with ``key``.
 
-    Never raises for what it finds: every finding is a :class:`Problem` in the report. Storage errors
-    (unreachable bucket, permissions) do raise.
+    With ``anchor`` (a checkpoint file, or the ``audit.anchor`` folder), also check that OUTPUT
+    descends from that checkpoint and that the inputs it pins are unchanged. Never raises for what it
+    finds: every finding is a :class:`Problem` in the report. Storage errors (unreachable bucket,
+    permissions) do raise.
     """
     layout = OutputLayout(root, options or StorageOptions())
     report = VerifyReport(output=redact(root))
-    _Verifier(layout, key, report).run()
+    _Verifier(layout, key, report).run(anchor)
     for problem in report.problems:
         log.debug("verify: %s", problem)
     log.info("verified %s: %s", report.output, "OK" if report.ok else f"{len(report.problems)} problem(s)")

@@ -24,7 +24,7 @@ _S3_SINGLE_PUT_CHUNK = 5 * 2**30
 TEMP_SUFFIX = ".tmp"
 
 
-def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return isinstance(fs, LocalFileSystem)
 
 
@@ -40,7 +40,7 @@ def publish_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None
     Object stores: exactly one ``pipe_file`` of the complete object (a single PUT on S3 up to 5 GiB),
     retried on transient errors (a PUT of the same bytes is idempotent).
     """
-    if _is_local(fs):
+    if is_local(fs):
         _publish_local(fs._strip_protocol(path), data)
         return
     kwargs = {"chunksize": _S3_SINGLE_PUT_CHUNK} if _is_s3(fs) else {}
@@ -93,6 +93,77 @@ def _umask() -> int:
     current = os.umask(0o022)  # no race-free way to read it elsewhere; read once and restore
     os.umask(current)
     return current
+
+
+def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> bool:
+    """Create ``path`` holding ``data`` only if nothing is there; False when something already is.
+
+    Local: ``O_CREAT | O_EXCL`` on a temporary name, then a hard link (which also refuses to replace),
+    so the object appears complete or not at all. S3: a conditional PUT (``If-None-Match: *``), which S3
+    answers with 412 when the key exists. Other stores: exists-then-write, which is not atomic.
+    """
+    if is_local(fs):
+        return _create_local(fs._strip_protocol(path), data)
+    if _is_s3(fs):
+        return _create_s3(fs, path, data)
+    logger.warning("%s: this store has no conditional write; exclusive creation is best effort", path)
+    if exists(fs, path):
+        return False
+    publish_bytes(fs, path, data)
+    return True
+
+
+def _create_local(path: str, data: bytes) -> bool:
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, temp_path = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=TEMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temp_path, path)
+        except FileExistsError:
+            return False
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_path)
+    _fsync_folder(folder)
+    return True
+
+
+def _create_s3(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> bool:
+    bucket, key, _ = fs.split_path(path)  # type: ignore[attr-defined]
+
+    def put() -> bool:
+        try:
+            fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")  # type: ignore[attr-defined]
+        except Exception as exc:  # s3fs maps 412 to a plain OSError/PermissionError; look at the code
+            if _is_precondition_failed(exc):
+                return False
+            raise
+        return True
+
+    created = retry(put, description=f"create {path}")
+    fs.invalidate_cache(path)
+    return created
+
+
+def _is_precondition_failed(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict):
+            error = response.get("Error", {})
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if error.get("Code") in ("PreconditionFailed", "412") or status == 412:
+                return True
+        if "PreconditionFailed" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:

@@ -15,11 +15,12 @@ import json
 import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from raypipe.audit.manifest import audit_rows, records_root, status_counts
 from raypipe.audit.schema import records_table, sample_digest
 from raypipe.io.publish import delete, publish_bytes, read_bytes
 from raypipe.io.tars import Sample, tar_bytes
@@ -41,6 +42,9 @@ FRAGMENT_SCHEMA = pa.schema(
         # Originals of samples held back, only when the user asked for a quarantine location.
         ("held_names", pa.list_(pa.string())),
         ("held_data", pa.list_(pa.large_binary())),
+        # JSON identity of the input shard the sample was read from (size and ETag or mtime; the end
+        # row adds the sha256 of the whole shard as read): a resume never mixes two versions of an input.
+        ("input", pa.string()),
     ]
 )
 QUARANTINE_NOTE = "raypipe-quarantine.json"  # member added to each held-back sample: why it was held
@@ -103,6 +107,7 @@ def fragment_bytes(tasks: Iterable[SampleTask], run: RunInfo) -> bytes:
         held = run.quarantine is not None and not released and not task.end_of_shard
         rows["held_names"].append([n for n, _ in task.members] if held else [])
         rows["held_data"].append([d for _, d in task.members] if held else [])
+        rows["input"].append(task.input_id)
     buffer = io.BytesIO()
     pq.write_table(pa.table(rows, schema=FRAGMENT_SCHEMA), buffer)
     return buffer.getvalue()
@@ -128,18 +133,32 @@ def list_fragments(layout: OutputLayout, shard: str) -> list[str]:
     return sorted(p for p in fs.ls(folder, detail=False) if p.endswith(".parquet"))
 
 
-def committed_positions(layout: OutputLayout, shard: str) -> tuple[set[int], int | None]:
-    """Sample positions committed in fragments of ``shard``, and its size if known."""
+@overload
+def committed_positions(layout: OutputLayout, shard: str) -> tuple[set[int], int | None]: ...
+
+
+@overload
+def committed_positions(
+    layout: OutputLayout, shard: str, with_inputs: Literal[True]
+) -> tuple[set[int], int | None, set[str]]: ...
+
+
+def committed_positions(layout: OutputLayout, shard: str, with_inputs: bool = False) -> Any:
+    """Sample positions committed in fragments of ``shard``, and its size if known; with ``with_inputs``
+    also the input identities (JSON) the fragments were read from."""
     seqs: set[int] = set()
+    inputs: set[str] = set()
     total: int | None = None
     for path in list_fragments(layout, shard):
-        table = pq.read_table(io.BytesIO(read_bytes(layout.fs, path)), columns=["seq", "end"])
-        for seq, end in zip(table.column("seq").to_pylist(), table.column("end").to_pylist()):
+        table = pq.read_table(io.BytesIO(read_bytes(layout.fs, path)), columns=["seq", "end", "input"])
+        for seq, end, source in zip(*(table.column(c).to_pylist() for c in ("seq", "end", "input"))):
             if end:
                 total = seq
             else:
                 seqs.add(seq)
-    return seqs, total
+                if source:
+                    inputs.add(source)
+    return (seqs, total, inputs) if with_inputs else (seqs, total)
 
 
 def is_complete(seqs: set[int], total: int | None) -> bool:
@@ -155,17 +174,19 @@ def finalize_shard(layout: OutputLayout, shard: str, quarantine: OutputLayout | 
     """
     rows: dict[int, dict[str, Any]] = {}
     total: int | None = None
+    end_input: str | None = None
     paths = list_fragments(layout, shard)
     for path in paths:
         for row in pq.read_table(io.BytesIO(read_bytes(layout.fs, path))).to_pylist():
             if row["end"]:
-                total = row["seq"]
+                total, end_input = row["seq"], row.get("input")
             else:
                 rows.setdefault(row["seq"], row)  # a retried write may commit a sample twice: same bytes
     if not is_complete(set(rows), total):
         raise RuntimeError(f"{shard}: fragments do not cover every sample yet ({len(rows)} of {total})")
     assert total is not None
     ordered = [rows[i] for i in range(total)]
+    source = _input_of(shard, end_input, ordered)
     samples = [
         Sample(key=json.loads(r["audit"])["key"], members=list(zip(r["out_names"], r["out_data"])))
         for r in ordered
@@ -181,17 +202,18 @@ def finalize_shard(layout: OutputLayout, shard: str, quarantine: OutputLayout | 
         _publish_quarantine(quarantine, shard, ordered)
     publish_bytes(fs, layout.tar(shard), tar)
     publish_bytes(fs, layout.audit(shard), audit)
-    counts: dict[str, int] = {}
-    for record in records:
-        counts[record["status"]] = counts.get(record["status"], 0) + 1
+    # The evidence is computed from the bytes just written, never read back from storage.
+    written = audit_rows(audit)
     marker = {
         "shard": shard,
         "samples": total,
         "released": len(samples),
-        "counts": dict(sorted(counts.items())),
+        "counts": status_counts(written),
         "tar_sha256": hashlib.sha256(tar).hexdigest(),
         "audit_sha256": hashlib.sha256(audit).hexdigest(),
+        "records_root": records_root(written),
         "config_hash": records[0]["config_hash"] if records else None,
+        "input": source,
     }
     publish_bytes(fs, layout.done(shard), json.dumps(marker, indent=2, sort_keys=True).encode())
     for path in paths:
@@ -200,15 +222,48 @@ def finalize_shard(layout: OutputLayout, shard: str, quarantine: OutputLayout | 
     return marker
 
 
+def _input_of(shard: str, end_input: str | None, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The pinned input of a shard; every fragment must have read the same version of it."""
+    end = json.loads(end_input) if end_input else None
+    pinned = {k: v for k, v in end.items() if k != "sha256"} if end else None
+    seen: set[str] = {str(row["input"]) for row in rows if row.get("input")}
+    identities = [json.loads(value) for value in seen]
+    if any(identity != pinned for identity in identities):
+        raise RuntimeError(
+            f"{shard}: its fragments were read from different versions of the input shard; "
+            "rerun the same command to restart that shard"
+        )
+    return end
+
+
 def _publish_quarantine(quarantine: OutputLayout, shard: str, rows: list[dict[str, Any]]) -> None:
+    """Every held-back original, under a key of its own: a shard may repeat a key (a, b, a), and two
+    held samples with one key side by side would be merged by every reader (and refused by write_tar).
+    A repeated key becomes ``<key>_seq<N>`` (N: the sample's position); its note keeps the real names."""
+
+    def renamed(name: str, suffix: str) -> str:  # dir/a.seg.png -> dir/a<suffix>.seg.png
+        folder, base = posixpath.split(name)
+        stem, dot, ext = base.partition(".")
+        return posixpath.join(folder, stem + suffix) + dot + ext
+
     held = []
-    for row in rows:
+    records = [json.loads(row["audit"]) for row in rows]
+    taken = {record["key"] for record in records}  # a new key must not be one the shard uses itself
+    used: set[str] = set()
+    for row, record in zip(rows, records):
         if row["released"] or not row["held_names"]:
             continue
-        record = json.loads(row["audit"])
         note = {k: record[k] for k in ("key", "status", "error", "error_step", "faces", "missed_faces")}
-        members = list(zip(row["held_names"], row["held_data"]))
-        members.append((f"{record['key']}.{QUARANTINE_NOTE}", json.dumps(note, sort_keys=True).encode()))
-        held.append(Sample(key=record["key"], members=members))
+        key, names = record["key"], list(row["held_names"])
+        if key in used:
+            suffix = f"_seq{row['seq']}"
+            while key + suffix in taken | used:
+                suffix += "_"
+            note |= {"seq": row["seq"], "members": names}
+            key, names = key + suffix, [renamed(name, suffix) for name in names]
+        used.add(key)
+        members = list(zip(names, row["held_data"]))
+        members.append((f"{key}.{QUARANTINE_NOTE}", json.dumps(note, sort_keys=True).encode()))
+        held.append(Sample(key=key, members=members))
     if held:
         publish_bytes(quarantine.fs, quarantine.tar(shard), tar_bytes(held))

@@ -13,7 +13,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from raypipe.audit.manifest import ManifestError, entry_from_files
 from raypipe.config import ConfigError, JobConfig
+from raypipe.io.identity import object_identity, same_object
 from raypipe.io.publish import delete, exists, publish_bytes, read_bytes
 from raypipe.io.shards import expand_shards, shard_name
 from raypipe.io.storage import filesystem, redact
@@ -40,8 +42,13 @@ def config_hash(config: JobConfig) -> str:
         "method": dataclasses.asdict(config.method),
         "limits": dataclasses.asdict(config.limits),
         "audit": dataclasses.asdict(config.audit),
+        # Samples per batch decide which faces share a UNet batch, and batched inference is not bit-exact
+        # across batch shapes: a resume with another batch size would mix two kinds of output bytes.
+        # Actor counts, resources and progress bars only decide where and when work runs.
+        "pipeline": {"batch_size": config.pipeline.batch_size},
     }
     relevant["audit"].pop("key_file", None)
+    relevant["audit"].pop("anchor", None)  # where the evidence is pinned does not change the output
     relevant["models"].pop("device", None)  # where it runs does not change what it computes
     relevant["models"].pop("cache_dir", None)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
@@ -51,29 +58,58 @@ def config_hash(config: JobConfig) -> str:
 class Plan:
     config_hash: str
     shards: list[tuple[str, str]]  # (input URI, shard name) for every input shard, sorted
-    done: list[str] = field(default_factory=list)  # shard names with a completion marker
+    done: list[str] = field(default_factory=list)  # shard names already finalized (signed or not)
     pending: list[ShardWork] = field(default_factory=list)
+    # Shards finalized by an earlier run that died before signing them: their checked entries.
+    unsigned: dict[str, dict[str, Any]] = field(default_factory=dict)
+    overwrite: bool = False  # this run replaces the signed results of another configuration
 
     @property
     def names(self) -> list[str]:
         return [name for _, name in self.shards]
 
 
-def make_plan(config: JobConfig, layout: OutputLayout, overwrite: bool = False) -> Plan:
-    """List the input shards, check OUTPUT, and find what earlier runs already committed."""
+def make_plan(
+    config: JobConfig, layout: OutputLayout, previous: dict[str, Any] | None = None, overwrite: bool = False
+) -> Plan:
+    """List the input shards, check OUTPUT, and find what earlier runs already committed.
+
+    ``previous`` is OUTPUT's current signed manifest (checked by the caller): its shards are done, and
+    no byte of their files is read. Shards finalized after it (a run that died before signing) are
+    checked against their markers once. Every input is pinned by its identity (size, ETag or mtime):
+    committed work of an input that changed since is dropped and the shard restarts, and a signed
+    shard whose input changed stops the run.
+    """
     uris = expand_shards(list(config.input), config.storage)
     shards = [(uri, shard_name(uri)) for uri in uris]
     _check_names(shards)
     _check_not_overwriting_inputs(shards, layout)
     digest = config_hash(config)
-    _claim_output(layout, digest, [name for _, name in shards], overwrite)
-    plan = Plan(config_hash=digest, shards=shards)
+    signed = previous["shards"] if previous else {}
+    overwrote = _claim_output(layout, digest, sorted({name for _, name in shards} | set(signed)), overwrite)
+    if overwrote:
+        signed = {}
+    plan = Plan(config_hash=digest, shards=shards, overwrite=overwrote)
+    identities = _identities([uri for uri, _ in shards], config)
+    with_fragments = _shards_with_fragments(layout)
     for uri, name in shards:
-        if exists(layout.fs, layout.done(name)):
+        identity = identities[uri]
+        if name in signed:
+            _check_signed_input(name, signed[name], identity)
             plan.done.append(name)
+            _drop_fragments(layout, name, with_fragments, "already finalized and signed")
             continue
-        seqs, _ = committed_positions(layout, name)
-        plan.pending.append(ShardWork(uri=uri, name=name, committed=frozenset(seqs)))
+        if _finalized_unsigned(layout, name, plan):
+            _drop_fragments(layout, name, with_fragments, "already finalized")
+            continue
+        seqs: set[int] = set()
+        if name in with_fragments:
+            seqs, _, inputs = committed_positions(layout, name, with_inputs=True)
+            if any(not same_object(json.loads(i), identity) for i in inputs):
+                log.warning("%s: the input changed since its committed work was read; restarting that shard", name)
+                _drop_fragments(layout, name, with_fragments, "read from another version of the input")
+                seqs = set()
+        plan.pending.append(ShardWork(uri=uri, name=name, committed=frozenset(seqs), identity=identity))
     log.info(
         "%d input shards: %d done, %d to process (%d samples already committed)",
         len(shards),
@@ -82,6 +118,59 @@ def make_plan(config: JobConfig, layout: OutputLayout, overwrite: bool = False) 
         sum(len(w.committed) for w in plan.pending),
     )
     return plan
+
+
+IDENTITY_THREADS = 16  # metadata requests in flight while planning
+
+
+def _identities(uris: list[str], config: JobConfig) -> dict[str, dict[str, Any]]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=IDENTITY_THREADS) as pool:
+        found = pool.map(lambda uri: object_identity(uri, config.storage), uris)
+        return dict(zip(uris, found))
+
+
+def _check_signed_input(name: str, entry: dict[str, Any], identity: dict[str, Any]) -> None:
+    pinned = entry.get("input")
+    if isinstance(pinned, dict) and not same_object(pinned, identity):
+        raise OutputConflictError(
+            f"input: {identity['uri']} changed since {name} was anonymized and signed (was {pinned}, now "
+            f"{identity}); restore that input, or use --overwrite to start again"
+        )
+
+
+def _finalized_unsigned(layout: OutputLayout, name: str, plan: Plan) -> bool:
+    """True when ``name`` was finalized after the last signed manifest and its files still match."""
+    if not exists(layout.fs, layout.done(name)):
+        return False
+    try:
+        plan.unsigned[name] = entry_from_files(layout, name)
+    except (ManifestError, OSError, ValueError) as exc:
+        log.warning("%s: finalized but never signed, and %s; processing it again", name, exc)
+        for path in (layout.done(name), layout.tar(name), layout.audit(name)):
+            delete(layout.fs, path)
+        return False
+    plan.done.append(name)
+    return True
+
+
+def _shards_with_fragments(layout: OutputLayout) -> set[str]:
+    """Names (``<stem>.tar``) of the shards that have a fragments folder (one listing request)."""
+    folder = layout.path(STATE_DIR, "fragments")
+    if not exists(layout.fs, folder):
+        return set()
+    return {path.rstrip("/").rsplit("/", 1)[-1] + ".tar" for path in layout.fs.ls(folder, detail=False)}
+
+
+def _drop_fragments(layout: OutputLayout, name: str, with_fragments: set[str], why: str) -> None:
+    if name not in with_fragments:
+        return
+    paths = list_fragments(layout, name)
+    if paths:
+        log.info("%s: dropping %d leftover fragment(s) (%s)", name, len(paths), why)
+    for path in paths:
+        delete(layout.fs, path)
 
 
 def _check_names(shards: list[tuple[str, str]]) -> None:
@@ -102,8 +191,10 @@ def _check_not_overwriting_inputs(shards: list[tuple[str, str]], layout: OutputL
             raise OutputConflictError(f"output: {redact(layout.root)} would overwrite the input shard {redact(uri)}")
 
 
-def _claim_output(layout: OutputLayout, digest: str, names: list[str], overwrite: bool) -> None:
+def _claim_output(layout: OutputLayout, digest: str, names: list[str], overwrite: bool) -> bool:
+    """Check OUTPUT holds this configuration's results (or none); True when ``overwrite`` cleared it."""
     fs, job_path = layout.fs, layout.state(JOB_FILE)
+    cleared = False
     if exists(fs, job_path):
         previous = json.loads(read_bytes(fs, job_path)).get("config_hash")
         if previous != digest:
@@ -114,11 +205,17 @@ def _claim_output(layout: OutputLayout, digest: str, names: list[str], overwrite
                     "to delete those results and start again"
                 )
             clear_output(layout, names)
+            cleared = True
     publish_bytes(fs, job_path, json.dumps({"config_hash": digest}, indent=2).encode())
+    return cleared
 
 
 def clear_output(layout: OutputLayout, names: list[str]) -> None:
-    """Delete what raypipe wrote for these shards (and its state folder); nothing else is touched."""
+    """Delete what raypipe wrote for these shards and its working state; nothing else is touched.
+
+    The signed history (``manifest.json``, ``manifests/``) stays: the next manifest chains to it and
+    records which entries the overwrite removed, so an overwrite is never mistaken for a rollback.
+    """
     fs = layout.fs
     log.warning("overwrite: deleting earlier results for %d shards under %s", len(names), redact(layout.root))
     for name in names:
@@ -126,6 +223,7 @@ def clear_output(layout: OutputLayout, names: list[str]) -> None:
             delete(fs, path)
         for path in (layout.done(name), layout.tar(name), layout.audit(name)):
             delete(fs, path)
-    state = layout.path(STATE_DIR)
-    if fs.exists(state):
-        fs.rm(state, recursive=True)
+    for name in (CONFIG_FILE, "runs"):
+        path = layout.state(name)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)

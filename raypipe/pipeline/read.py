@@ -3,20 +3,25 @@
 raypipe reads tars with its own streaming reader (:mod:`raypipe.io.tars`) rather than
 ``read_webdataset``: it keeps every member's exact name and order (output shards must hold the same
 members in the same order), never decodes a member, and turns links, unsafe names and damaged tars
-into audit records instead of crashing the job: a member that is not read fails the sample of its
-key, and a key seen twice in a shard fails the later sample. Samples already committed by an earlier
-run are skipped here, so resumed work is never recomputed.
+into audit records instead of crashing the job: a member that is not read (a link, an unsafe,
+NUL-bearing or undecodable name, a refused extended header, an over-size member) fails the sample of
+its key, and a key seen twice in a shard fails the later sample. Every check is linear in the sample's
+member count. Samples already committed by an earlier run are skipped here, so resumed work is never
+recomputed.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from raypipe.audit.schema import sample_digest
 from raypipe.config import LimitsConfig
+from raypipe.io.identity import HashingReader, object_identity, same_object
 from raypipe.io.storage import StorageOptions, filesystem, redact
 from raypipe.io.tars import OVER_LIMIT, Sample, TarProblem, TarReadError, iter_samples
 from raypipe.logs import get_logger
@@ -34,6 +39,11 @@ class ShardWork:
     uri: str
     name: str
     committed: frozenset[int] = field(default_factory=frozenset)
+    identity: dict[str, Any] | None = None  # the input as planned (raypipe.io.identity); None: not pinned
+
+
+class InputChangedError(RuntimeError):
+    """An input shard is not the version the run planned (or resumed) with."""
 
 
 @dataclass
@@ -58,16 +68,36 @@ def shard_tasks(work: ShardWork, options: StorageOptions, limits: LimitsConfig) 
 
     fs, path = filesystem(work.uri, options)
     source = redact(work.uri)
+    input_id = _check_identity(work, options)
     seq = 0
     seen_keys: set[str] = set()
     with retry(lambda: fs.open(path, "rb")) as fh:
-        for entry in _entries(fh, source, limits):
+        reader = HashingReader(fh)
+        for entry in _entries(reader, source, limits):
             duplicate = entry.key in seen_keys
             seen_keys.add(entry.key)
             if seq not in work.committed:
-                yield _task(work, seq, entry, duplicate)
+                task = _task(work, seq, entry, duplicate)
+                task.input_id = input_id
+                yield task
             seq += 1
-    yield SampleTask.end_marker(source, work.name, seq)
+        shard_sha256 = reader.drain()
+    end = SampleTask.end_marker(source, work.name, seq)
+    end.input_id = json.dumps(json.loads(input_id) | {"sha256": shard_sha256}, sort_keys=True) if input_id else ""
+    yield end
+
+
+def _check_identity(work: ShardWork, options: StorageOptions) -> str:
+    """The planned identity of the input as JSON, after checking the input is still that version."""
+    if work.identity is None:
+        return ""
+    current = object_identity(work.uri, options)
+    if not same_object(work.identity, current):
+        raise InputChangedError(
+            f"{redact(work.uri)}: the input shard changed after the run was planned "
+            f"(was {work.identity}, now {current}); rerun the same command to restart that shard"
+        )
+    return json.dumps(work.identity, sort_keys=True)
 
 
 def _entries(fh: Any, source: str, limits: LimitsConfig) -> Iterator[_Entry]:
@@ -110,8 +140,7 @@ def _task(work: ShardWork, seq: int, entry: _Entry, duplicate_key: bool) -> Samp
         task.fail("read", entry.damage)
     if entry.problems:
         task.fail("read", "; ".join(_problem_message(p) for p in entry.problems))
-    names = [name for name, _ in members]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+    duplicates = sorted(name for name, count in Counter(name for name, _ in members).items() if count > 1)
     if duplicates:
         task.fail("read", f"duplicate member names in one sample: {duplicates}")
     if duplicate_key:

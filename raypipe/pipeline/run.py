@@ -22,7 +22,7 @@ import yaml
 import raypipe
 from raypipe.config import AuditConfig, JobConfig, LimitsConfig, MethodConfig, ModelsConfig
 from raypipe.io.publish import publish_bytes
-from raypipe.io.storage import redact
+from raypipe.io.storage import redact, redact_all
 from raypipe.layout import OutputLayout
 from raypipe.logs import get_logger
 from raypipe.pipeline.commit import RunInfo
@@ -46,6 +46,8 @@ class RunSummary:
     incomplete_shards: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
     manifest: int | None = None  # sequence number of the signed manifest written, None if none
+    anchor: str | None = None  # where the run's signed checkpoint went (audit.anchor), None if nowhere
+    covered_by: int | None = None  # sequence of the signed manifest that covers OUTPUT after the run
 
     @property
     def samples_total(self) -> int:
@@ -166,16 +168,27 @@ def build_dataset(config: JobConfig, plan_pending: list[Any], layout: OutputLayo
 
 
 def run(config: JobConfig, overwrite: bool = False) -> RunSummary:
-    """Anonymize every input shard into OUTPUT; resumable: rerun the same command after a crash."""
-    import ray
+    """Anonymize every input shard into OUTPUT; resumable: rerun the same command after a crash.
 
-    from raypipe.pipeline.sink import complete_unfinalized, make_tracker
-    from raypipe.pipeline.watchdog import stall_watchdog
+    The run holds OUTPUT's lease from before planning to after its manifest, so no second driver can
+    write there meanwhile.
+    """
+    from raypipe.pipeline.lease import lease
 
     started = time.time()
     key = signing_key(config)
     layout = OutputLayout(config.output, config.storage)
-    plan = make_plan(config, layout, overwrite=overwrite)
+    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + "-" + uuid.uuid4().hex[:8]
+    with lease(layout, run_id, config.pipeline.lease_ttl_s):
+        return _run_holding_lease(config, layout, key, run_id, started, overwrite)
+
+
+def _run_holding_lease(
+    config: JobConfig, layout: OutputLayout, key: Any, run_id: str, started: float, overwrite: bool
+) -> RunSummary:
+    previous = previous_manifest(layout, key)
+    _check_not_rolled_back(config, previous)
+    plan = make_plan(config, layout, previous, overwrite=overwrite)
     publish_bytes(layout.fs, layout.state(CONFIG_FILE), yaml.safe_dump(_resolved(config), sort_keys=False).encode())
     run_info = RunInfo(
         config_hash=plan.config_hash,
@@ -185,25 +198,32 @@ def run(config: JobConfig, overwrite: bool = False) -> RunSummary:
         if config.audit.quarantine_output
         else None,
     )
-    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + "-" + uuid.uuid4().hex[:8]
-    processed = 0
-    if plan.pending:
-        connect(config)
-        committed: dict[str, tuple[set[int], int | None]] = {w.name: (set(w.committed), None) for w in plan.pending}
-        tracker = make_tracker(committed)
-        ds, sink = build_dataset(config, plan.pending, layout, run_info, tracker)
-        with stall_watchdog(tracker, config.pipeline.stall_timeout_s):  # StalledJobError if nothing commits
-            ds.write_datasink(sink, ray_remote_args={"num_cpus": TASK_CPUS})
-        processed = ray.get(tracker.progress.remote())["samples"]
-        # A shard whose last fragment was committed but not finalized (a write task died in between).
-        leftovers = [w.name for w in plan.pending if layout.read_marker(w.name) is None]
-        if leftovers:
-            ray.get(ray.remote(num_cpus=0.5)(complete_unfinalized).remote(layout, leftovers, run_info.quarantine))
-    summary = summarize(layout, plan.names, len(plan.done), processed, run_id, time.time() - started)
-    if key is not None:
-        summary.manifest = write_run_manifest(layout, config, plan, summary, started, key)
-    else:
+    processed, produced = _process(config, layout, plan, run_info) if plan.pending else (0, {})
+    summary = RunSummary(
+        output=redact(layout.root),
+        run_id=run_id,
+        shards_total=len(plan.names),
+        shards_done=0,
+        shards_skipped=len(plan.done),
+        samples_processed=processed,
+    )
+    if key is None:
         log.warning("no audit key (RAYPIPE_AUDIT_KEY or audit.key_file): the run manifest was not signed or written")
+        _tally_markers(summary, layout, plan.names)
+    else:
+        from raypipe.audit.manifest import entry_from_marker
+
+        added = plan.unsigned | {name: entry_from_marker(marker) for name, marker in produced.items()}
+        current = previous if not plan.overwrite else None
+        if added or plan.overwrite:
+            current = write_run_manifest(layout, config, plan, added, previous, run_id, started, key)
+            summary.manifest = int(current["sequence"])
+            summary.anchor = _anchor(config, layout, current, plan, key)
+        else:
+            log.info("nothing new was produced: no new manifest (the current one still covers OUTPUT)")
+        summary.covered_by = int(current["sequence"]) if current else None
+        _tally_entries(summary, plan.names, (current or {}).get("shards", {}))
+    summary.elapsed_s = round(time.time() - started, 3)
     record = {
         "run_id": run_id,
         "started": started,
@@ -219,37 +239,165 @@ def run(config: JobConfig, overwrite: bool = False) -> RunSummary:
     return summary
 
 
+def _process(
+    config: JobConfig, layout: OutputLayout, plan: Any, run_info: RunInfo
+) -> tuple[int, dict[str, dict[str, Any]]]:
+    """Run the Ray Data job over the pending shards; returns samples processed and the markers of the
+    shards it finalized (their evidence as written)."""
+    import ray
+
+    from raypipe.audit.manifest import ManifestError, entry_from_files
+    from raypipe.io.publish import exists
+    from raypipe.pipeline.sink import complete_unfinalized, make_tracker
+    from raypipe.pipeline.watchdog import stall_watchdog
+
+    connect(config)
+    committed: dict[str, tuple[set[int], int | None]] = {w.name: (set(w.committed), None) for w in plan.pending}
+    tracker = make_tracker(committed)
+    ds, sink = build_dataset(config, plan.pending, layout, run_info, tracker)
+    with stall_watchdog(tracker, config.pipeline.stall_timeout_s):  # StalledJobError if nothing commits
+        ds.write_datasink(sink, ray_remote_args={"num_cpus": TASK_CPUS})
+    processed = int(ray.get(tracker.progress.remote())["samples"])
+    produced: dict[str, dict[str, Any]] = ray.get(tracker.markers.remote())
+    # A shard whose last fragment was committed but not finalized (a write task died in between), or
+    # finalized by a write task that died before it could report its marker.
+    leftovers = [w.name for w in plan.pending if w.name not in produced]
+    if leftovers:
+        finish = ray.remote(num_cpus=0.5)(complete_unfinalized)
+        finished: dict[str, dict[str, Any]] = ray.get(finish.remote(layout, leftovers, run_info.quarantine))
+        produced |= finished
+    for name in leftovers:
+        if name not in produced and exists(layout.fs, layout.done(name)):
+            try:
+                produced[name] = entry_from_files(layout, name)
+            except ManifestError as exc:
+                log.error("%s: %s; it is left out of the manifest, and the next run redoes it", name, exc)
+    return processed, produced
+
+
+def previous_manifest(layout: OutputLayout, key: Any) -> dict[str, Any] | None:
+    """OUTPUT's current manifest, verified with ``key``; None when there is none.
+
+    Without a key a run cannot extend signed evidence, so an OUTPUT that has a manifest refuses it.
+    """
+    from raypipe.audit.manifest import manifest_path, read_signed_manifest
+    from raypipe.config import ConfigError
+    from raypipe.io.publish import exists
+
+    if key is None:
+        if exists(layout.fs, manifest_path(layout)):
+            raise ConfigError(
+                f"output: {redact(layout.root)} holds a signed manifest; give the run the audit key "
+                "(RAYPIPE_AUDIT_KEY or audit.key_file) so that it can extend it"
+            )
+        return None
+    return read_signed_manifest(layout, key)
+
+
+def _check_not_rolled_back(config: JobConfig, previous: dict[str, Any] | None) -> None:
+    """Refuse to extend an OUTPUT that is older than the newest checkpoint the anchor holds of it."""
+    if config.audit.anchor is None or previous is None:
+        return
+    from raypipe.audit.anchor import latest_checkpoint, read_checkpoint
+    from raypipe.config import ConfigError
+
+    uri = latest_checkpoint(config.audit.anchor, str(previous.get("chain_id")), config.storage)
+    if uri is None:
+        return
+    newest = int(read_checkpoint(uri, config.storage)["sequence"])
+    if newest > int(previous["sequence"]):
+        raise ConfigError(
+            f"output: {redact(config.output)} is at manifest {previous['sequence']}, but the anchor holds "
+            f"checkpoint {newest} of it ({redact(uri)}): OUTPUT was rolled back; restore it, or anonymize into "
+            "a new OUTPUT"
+        )
+
+
+def _anchor(config: JobConfig, layout: OutputLayout, manifest: dict[str, Any], plan: Any, key: Any) -> str | None:
+    """Write the run's signed checkpoint to ``audit.anchor``; its location, or None without an anchor."""
+    if config.audit.anchor is None:
+        log.warning(
+            "no audit.anchor: verify can detect changes inside OUTPUT, but not a rollback of all of it "
+            "to an earlier signed state (see README, 'What verify proves')"
+        )
+        return None
+    from raypipe.audit.anchor import write_checkpoint
+
+    return write_checkpoint(config.audit.anchor, manifest, key, config.storage)
+
+
+def _tally_entries(summary: RunSummary, names: list[str], entries: dict[str, dict[str, Any]]) -> None:
+    counts: dict[str, int] = {}
+    for name in names:
+        entry = entries.get(name)
+        if entry is None:
+            summary.incomplete_shards.append(name)
+            continue
+        summary.shards_done += 1
+        for status, n in entry["counts"].items():
+            counts[status] = counts.get(status, 0) + n
+    summary.counts = dict(sorted(counts.items()))
+
+
+def _tally_markers(summary: RunSummary, layout: OutputLayout, names: list[str]) -> None:
+    from raypipe.status import tally
+
+    markers = tally(layout, names)
+    summary.shards_done, summary.counts, summary.incomplete_shards = (
+        len(markers.done),
+        markers.counts,
+        markers.incomplete,
+    )
+
+
 def signing_key(config: JobConfig) -> Any:
-    """The audit signing key, checked before any work starts; None when none is configured at all."""
+    """The audit signing key, checked before any work starts; None when none is configured at all.
+
+    Raises :class:`raypipe.audit.signing.AuditKeyError` for a key that cannot sign (an Ed25519 public
+    key): found only at the end, it would cost the whole run and leave it without a manifest.
+    """
     import os
 
-    from raypipe.audit.signing import KEY_ENV, load_key
+    from raypipe.audit.signing import KEY_ENV, AuditKeyError, load_key
 
     if config.audit.key_file is None and not os.environ.get(KEY_ENV):
         return None
-    return load_key(config.audit.key_file)
+    key = load_key(config.audit.key_file)
+    if not key.can_sign:
+        raise AuditKeyError(
+            f"the audit key from {key.source} is an Ed25519 public key: it can verify a manifest but not sign "
+            "one. Give the job the private key (audit.key_file, --key-file or RAYPIPE_AUDIT_KEY); keep the "
+            "public key for `raypipe audit verify`"
+        )
+    return key
 
 
 def write_run_manifest(
-    layout: OutputLayout, config: JobConfig, plan: Any, summary: RunSummary, started: float, key: Any
-) -> int:
-    """Sign and publish the manifest over every completed shard, chained to the previous one."""
+    layout: OutputLayout,
+    config: JobConfig,
+    plan: Any,
+    added: dict[str, dict[str, Any]],
+    previous: dict[str, Any] | None,
+    run_id: str,
+    started: float,
+    key: Any,
+) -> dict[str, Any]:
+    """Sign and publish the manifest that adds this run's shards to the previous signed one."""
     from raypipe.audit.manifest import build_manifest, write_manifest
 
-    done = [name for name in plan.names if name not in summary.incomplete_shards]
     run_info = {
-        "run_id": summary.run_id,
+        "run_id": run_id,
         "config_hash": plan.config_hash,
         "code_version": raypipe.__version__,
         "started": started,
         "finished": time.time(),
         "method": dataclasses.asdict(config.method),
         "models": _model_ids(config),
-        "weight_hashes": _weight_hashes(layout, done),
+        "weight_hashes": _weight_hashes(layout, sorted(added)),
         "reid": {"recognizer": config.audit.recognizer, "threshold": config.audit.reid_threshold},
     }
-    signed = write_manifest(layout, build_manifest(layout, done, run_info), key)
-    return int(signed["sequence"])
+    reason = "--overwrite: results of another configuration were deleted" if plan.overwrite else None
+    return write_manifest(layout, build_manifest(previous, added, run_info, overwrite=reason), key)
 
 
 def _model_ids(config: JobConfig) -> dict[str, Any]:
@@ -279,27 +427,8 @@ def _weight_hashes(layout: OutputLayout, shards: list[str]) -> dict[str, str]:
     return {}
 
 
-def summarize(
-    layout: OutputLayout, names: list[str], skipped: int, processed: int, run_id: str, elapsed: float
-) -> RunSummary:
-    from raypipe.status import tally
-
-    markers = tally(layout, names)
-    return RunSummary(
-        output=redact(layout.root),
-        run_id=run_id,
-        shards_total=len(names),
-        shards_done=len(markers.done),
-        shards_skipped=skipped,
-        samples_processed=processed,
-        counts=markers.counts,
-        incomplete_shards=markers.incomplete,
-        elapsed_s=round(elapsed, 3),
-    )
-
-
 def _resolved(config: JobConfig) -> dict[str, Any]:
-    data = dataclasses.asdict(config)
-    data["input"] = [redact(i) for i in config.input]
-    data["output"] = redact(config.output)
-    return data
+    # Every URI-valued field (input, output, pipeline.address, models.*, audit.quarantine_output,
+    # storage.endpoint_url, ...) is stored without userinfo or query credentials.
+    resolved: dict[str, Any] = redact_all(dataclasses.asdict(config))
+    return resolved

@@ -38,6 +38,7 @@ class ShardTracker:
         self._seqs: dict[str, set[int]] = {s: set(seqs) for s, (seqs, _) in committed.items()}
         self._totals: dict[str, int | None] = {s: total for s, (_, total) in committed.items()}
         self._claimed: set[str] = set()
+        self._markers: dict[str, dict[str, Any]] = {}
         self._fragments = 0
         self._samples = 0
         self._driver_pid = driver_pid
@@ -62,6 +63,16 @@ class ShardTracker:
             self._claimed.add(shard)
             return True
         return False
+
+    def is_finalized(self, shard: str) -> bool:
+        return shard in self._claimed
+
+    def finalized(self, shard: str, marker: dict[str, Any]) -> None:
+        """Record the completion marker of a shard this run finalized (its evidence, as written)."""
+        self._markers[shard] = marker
+
+    def markers(self) -> dict[str, dict[str, Any]]:
+        return dict(self._markers)
 
     def progress(self) -> dict[str, int]:
         return {
@@ -96,9 +107,12 @@ def make_datasink(layout: OutputLayout, run: RunInfo, tracker: Any) -> Any:
                     by_shard[task.shard_name].append(task)
             finalized = []
             for shard, tasks in sorted(by_shard.items()):
+                if ray.get(tracker.is_finalized.remote(shard)):
+                    continue  # a retried task's rows of a shard already finalized: nothing to add
                 seqs, total = commit_fragment(layout, shard, tasks, run)
                 if ray.get(tracker.commit.remote(shard, seqs, total)):
-                    finalize_shard(layout, shard, run.quarantine)
+                    marker = finalize_shard(layout, shard, run.quarantine)
+                    ray.get(tracker.finalized.remote(shard, marker))
                     finalized.append(shard)
             return {
                 "samples": sum(1 for ts in by_shard.values() for t in ts if not t.end_of_shard),
@@ -111,14 +125,16 @@ def make_datasink(layout: OutputLayout, run: RunInfo, tracker: Any) -> Any:
     return FragmentSink()
 
 
-def complete_unfinalized(layout: OutputLayout, shards: list[str], quarantine: OutputLayout | None) -> list[str]:
-    """Finalize every listed shard whose fragments already cover all samples (after a crash)."""
+def complete_unfinalized(
+    layout: OutputLayout, shards: list[str], quarantine: OutputLayout | None
+) -> dict[str, dict[str, Any]]:
+    """Finalize every listed shard whose fragments already cover all samples (after a crash);
+    returns their completion markers."""
     from raypipe.pipeline.commit import committed_positions
 
-    done = []
+    done = {}
     for shard in shards:
         seqs, total = committed_positions(layout, shard)
         if is_complete(seqs, total):
-            finalize_shard(layout, shard, quarantine)
-            done.append(shard)
+            done[shard] = finalize_shard(layout, shard, quarantine)
     return done

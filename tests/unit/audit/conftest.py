@@ -18,7 +18,14 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from raypipe.audit.manifest import build_manifest, write_manifest
+from raypipe.audit.manifest import (
+    audit_rows,
+    build_manifest,
+    entry_from_files,
+    read_manifest,
+    records_root,
+    write_manifest,
+)
 from raypipe.audit.schema import records_table, sample_digest
 from raypipe.audit.signing import Key, parse_key
 from raypipe.io.tars import Sample, tar_bytes
@@ -121,7 +128,9 @@ def write_shard(root: Path, shard: str, records: list[dict[str, Any]], samples: 
         "counts": dict(sorted(counts.items())),
         "tar_sha256": hashlib.sha256(tar).hexdigest(),
         "audit_sha256": hashlib.sha256(audit).hexdigest(),
+        "records_root": records_root(audit_rows(audit)),
         "config_hash": records[0]["config_hash"] if records else None,
+        "input": None,  # not pinned here; tests that need a pinned input pin a real local file
     }
     (root / f"{stem}.done.json").write_text(json.dumps(marker, indent=2, sort_keys=True))
 
@@ -148,6 +157,16 @@ def make_output(root: Path, shards: int = len(SHARDS)) -> OutputLayout:
 
 def shard_names(count: int = len(SHARDS)) -> list[str]:
     return [f"data-{index:05d}.tar" for index in range(count)]
+
+
+def sign_shards(
+    layout: OutputLayout, shards: list[str], key: Key, run: dict[str, Any] | None = None, overwrite: str | None = None
+) -> dict[str, Any]:
+    """What a run does at its end: add the shards the signed history lacks to a new signed manifest."""
+    previous = read_manifest(layout)
+    known = previous["shards"] if previous and overwrite is None else {}
+    added = {shard: entry_from_files(layout, shard) for shard in shards if shard not in known}
+    return write_manifest(layout, build_manifest(previous, added, dict(run or RUN), overwrite), key)
 
 
 @pytest.fixture
@@ -182,7 +201,7 @@ def signed_output(tmp_path: Path) -> SignedOutput:
 
     def build(key: Key, shards: int = len(SHARDS), name: str = "out") -> OutputLayout:
         layout = make_output(tmp_path / name, shards)
-        write_manifest(layout, build_manifest(layout, shard_names(shards), dict(RUN)), key)
+        sign_shards(layout, shard_names(shards), key)
         return layout
 
     return build

@@ -9,18 +9,23 @@ from pathlib import Path
 import pytest
 
 from raypipe.audit.manifest import (
+    ENTRY_FIELDS,
     ManifestError,
     audit_rows,
     build_manifest,
+    entry_from_files,
     manifest_digest,
+    read_manifest,
     record_leaf,
     write_manifest,
 )
 from raypipe.audit.merkle import inclusion_proof, leaf_hash, verify_inclusion
-from raypipe.audit.signing import Key
+from raypipe.audit.signing import Key, canonical
 from raypipe.audit.verify import verify_output
 
-from .conftest import RUN, SignedOutput, make_output, shard_contents, shard_names, write_shard
+from raypipe.layout import OutputLayout
+
+from .conftest import RUN, SignedOutput, make_output, shard_contents, shard_names, sign_shards, write_shard
 
 
 def test_manifest_commits_to_files_counts_and_every_record(signed_output: SignedOutput, hmac_key: Key) -> None:
@@ -29,32 +34,37 @@ def test_manifest_commits_to_files_counts_and_every_record(signed_output: Signed
     assert manifest["sequence"] == 1 and manifest["previous"] is None
     assert manifest["counts"] == {"anonymized": 2, "no_face": 2, "quarantined": 2}
     assert manifest["samples"] == 6 and manifest["released"] == 4
+    assert manifest["added"] == shard_names() and manifest["overwrite"] is None
     for shard in shard_names():
         marker = json.loads(Path(layout.done(shard)).read_text())
-        entry = manifest["shards"][shard]
-        assert {k: entry[k] for k in ("tar_sha256", "audit_sha256", "samples", "released", "counts")} == {
-            k: marker[k] for k in ("tar_sha256", "audit_sha256", "samples", "released", "counts")
-        }
+        assert manifest["shards"][shard] == {k: marker[k] for k in ENTRY_FIELDS}
     assert manifest["run"] == RUN
-    # One record can be proven against the signed root without handing out the others.
-    rows = [row for shard in shard_names() for row in audit_rows(Path(layout.audit(shard)).read_bytes())]
+    # One record is proven against the signed root in two steps, without handing out the others:
+    # record -> its shard's records_root -> the shard entry -> the manifest's root.
+    shard = shard_names()[1]
+    rows = audit_rows(Path(layout.audit(shard)).read_bytes())
     hashes = [leaf_hash(record_leaf(row)) for row in rows]
+    shard_root = bytes.fromhex(manifest["shards"][shard]["records_root"])
+    assert verify_inclusion(hashes[2], 2, len(hashes), inclusion_proof(hashes, 2), shard_root)
+    changed = {**rows[2], "status": "anonymized"}
+    assert not verify_inclusion(leaf_hash(record_leaf(changed)), 2, len(hashes), inclusion_proof(hashes, 2), shard_root)
+    names = sorted(manifest["shards"])
+    entries = [leaf_hash(canonical({"name": n, "entry": manifest["shards"][n]})) for n in names]
     root = bytes.fromhex(manifest["records"]["merkle_root"])
-    assert manifest["records"]["count"] == len(rows) == 6
-    proof = inclusion_proof(hashes, 4)
-    assert verify_inclusion(hashes[4], 4, len(hashes), proof, root)
-    changed = {**rows[4], "status": "anonymized"}
-    assert not verify_inclusion(leaf_hash(record_leaf(changed)), 4, len(hashes), proof, root)
+    assert verify_inclusion(entries[1], 1, len(entries), inclusion_proof(entries, 1), root)
 
 
 def test_a_resumed_run_chains_to_the_previous_manifest(tmp_path: Path, hmac_key: Key) -> None:
     layout = make_output(tmp_path / "out", shards=1)
-    first = write_manifest(layout, build_manifest(layout, shard_names(1), dict(RUN)), hmac_key)
-    # The resumed run finalizes one more shard and covers both.
+    first = sign_shards(layout, shard_names(1), hmac_key)
+    # The resumed run finalizes one more shard; the earlier entry is carried over, not recomputed.
     records, samples = shard_contents(1)
     write_shard(Path(layout.root), "data-00001.tar", records, samples)
-    second = write_manifest(layout, build_manifest(layout, shard_names(2), dict(RUN)), hmac_key)
+    second = sign_shards(layout, shard_names(2), hmac_key)
     assert second["sequence"] == 2 and second["previous"] == manifest_digest(first)
+    assert second["chain_id"] == first["chain_id"]
+    assert second["added"] == ["data-00001.tar"]
+    assert second["shards"]["data-00000.tar"] == first["shards"]["data-00000.tar"]
     history = Path(layout.state("manifests/000001.json"))
     assert json.loads(history.read_text()) == first
     report = verify_output(layout.root, hmac_key)
@@ -62,11 +72,35 @@ def test_a_resumed_run_chains_to_the_previous_manifest(tmp_path: Path, hmac_key:
     assert report.sequence == 2 and report.samples == 6
 
 
+def test_building_a_manifest_reads_no_shard_file(tmp_path: Path, hmac_key: Key) -> None:
+    layout = make_output(tmp_path / "out")
+    previous = sign_shards(layout, shard_names(), hmac_key)
+    for shard in shard_names():  # whatever is on disk now, the carried entries come from the signed history
+        Path(layout.tar(shard)).unlink()
+        Path(layout.audit(shard)).unlink()
+    added = {"data-00009.tar": {**previous["shards"]["data-00000.tar"], "samples": 3}}
+    manifest = build_manifest(previous, added, dict(RUN))
+    assert manifest["shards"]["data-00000.tar"] == previous["shards"]["data-00000.tar"]
+    assert sorted(manifest["shards"]) == [*shard_names(), "data-00009.tar"]
+
+
+def test_a_signed_entry_changes_only_with_a_recorded_overwrite(tmp_path: Path, hmac_key: Key) -> None:
+    layout = make_output(tmp_path / "out")
+    previous = sign_shards(layout, shard_names(), hmac_key)
+    other = {**previous["shards"]["data-00000.tar"], "tar_sha256": "ff" * 32}
+    with pytest.raises(ManifestError, match="already signed with other content"):
+        build_manifest(previous, {"data-00000.tar": other}, dict(RUN))
+    replaced = build_manifest(previous, {"data-00000.tar": other}, dict(RUN), overwrite="--overwrite")
+    assert replaced["overwrite"] == {"removed": shard_names(), "reason": "--overwrite"}
+    assert sorted(replaced["shards"]) == ["data-00000.tar"]
+
+
 @pytest.fixture
 def chained(tmp_path: Path, hmac_key: Key) -> Path:
     layout = make_output(tmp_path / "out")
-    for _ in range(3):
-        write_manifest(layout, build_manifest(layout, shard_names(), dict(RUN)), hmac_key)
+    sign_shards(layout, shard_names(1), hmac_key)
+    sign_shards(layout, shard_names(2), hmac_key)
+    _resign(layout, hmac_key)  # a third manifest that adds nothing (possible, though a run never writes one)
     return Path(layout.root)
 
 
@@ -93,10 +127,15 @@ def test_a_copy_left_by_an_interrupted_write_is_accepted(chained: Path, hmac_key
     assert verify_output(str(chained), hmac_key).ok
 
 
+def _resign(layout: OutputLayout, key: Key) -> None:
+    previous = read_manifest(layout)
+    write_manifest(layout, build_manifest(previous, {}, dict(RUN)), key)
+
+
 def test_a_manifest_is_only_written_on_top_of_the_one_it_was_built_on(tmp_path: Path, hmac_key: Key) -> None:
     layout = make_output(tmp_path / "out")
-    stale = build_manifest(layout, shard_names(), dict(RUN))
-    write_manifest(layout, build_manifest(layout, shard_names(), dict(RUN)), hmac_key)  # another writer
+    stale = build_manifest(None, {s: entry_from_files(layout, s) for s in shard_names()}, dict(RUN))
+    sign_shards(layout, shard_names(), hmac_key)  # another writer
     with pytest.raises(ManifestError, match="not the one this manifest was built on"):
         write_manifest(layout, stale, hmac_key)
 
@@ -104,15 +143,14 @@ def test_a_manifest_is_only_written_on_top_of_the_one_it_was_built_on(tmp_path: 
 def test_unfinished_or_inconsistent_shards_are_refused(tmp_path: Path) -> None:
     layout = make_output(tmp_path / "out")
     with pytest.raises(ManifestError, match=r"data-00005\.tar: not finalized"):
-        build_manifest(layout, [*shard_names(), "data-00005.tar"], dict(RUN))
+        entry_from_files(layout, "data-00005.tar")
     tar = Path(layout.tar("data-00000.tar"))
     tar.write_bytes(tar.read_bytes() + b"\0" * 512)
     with pytest.raises(ManifestError, match="disagree with the completion marker on tar_sha256"):
-        build_manifest(layout, shard_names(), dict(RUN))
+        entry_from_files(layout, "data-00000.tar")
 
 
 @pytest.mark.parametrize("name", ["aws_secret_access_key", "api_key", "password", "hf_token"])
-def test_secret_looking_run_fields_are_refused(tmp_path: Path, name: str) -> None:
-    layout = make_output(tmp_path / "out")
+def test_secret_looking_run_fields_are_refused(name: str) -> None:
     with pytest.raises(ManifestError, match="looks like a secret"):
-        build_manifest(layout, shard_names(), {**RUN, "storage": {name: "hunter2"}})
+        build_manifest(None, {}, {**RUN, "storage": {name: "hunter2"}})

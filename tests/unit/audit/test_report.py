@@ -7,11 +7,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from raypipe.audit.manifest import build_manifest, write_manifest
 from raypipe.audit.report import render_report
 from raypipe.audit.signing import Key
 
-from .conftest import RUN, make_output, sample_key, shard_names
+from .conftest import RUN, make_output, sample_key, shard_names, sign_shards
 
 
 def plots_of(html_path: Path) -> list[Path]:
@@ -29,7 +28,7 @@ def assert_png(path: Path) -> None:
 def test_report_of_a_signed_run(tmp_path: Path, hmac_key: Key) -> None:
     layout = make_output(tmp_path / "out")
     run = {**RUN, "method": {**RUN["method"], "attribute_prompt": "<script>alert(1)</script>"}}
-    write_manifest(layout, build_manifest(layout, shard_names(), run), hmac_key)
+    sign_shards(layout, shard_names(), hmac_key, run)
     html_path = render_report(layout.root, tmp_path / "report" / "audit.html")
     assert html_path == tmp_path / "report" / "audit.html"
     for png in plots_of(html_path):

@@ -169,12 +169,13 @@ def test_a_removed_file_is_named(output: OutputLayout, key: Key, name: str) -> N
 def test_unlisted_shard_files_are_extra(output: OutputLayout, key: Key) -> None:
     for suffix in (".tar", ".audit.parquet", ".done.json"):
         shutil.copy(Path(output.root, f"data-00000{suffix}"), Path(output.root, f"data-00009{suffix}"))
-    Path(output.root, "README.txt").write_text("not a shard file: ignored")
+    Path(output.root, "README.txt").write_text("anything planted under OUTPUT is named")
     report = verify_output(output.root, key)
     assert {p.where for p in report.problems} == {
         "data-00009.tar",
         "data-00009.audit.parquet",
         "data-00009.done.json",
+        "README.txt",
     }
     assert report.kinds == {"extra"}
 

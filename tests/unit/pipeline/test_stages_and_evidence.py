@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from raypipe.audit.manifest import build_manifest, write_manifest
+from raypipe.audit.manifest import build_manifest, entry_from_marker, read_manifest, write_manifest
 from raypipe.audit.report import render_report
 from raypipe.audit.signing import parse_key
 from raypipe.audit.verify import verify_output
@@ -33,9 +33,10 @@ def run_stages(shard: Path, out: Path, anonymize: Anonymize, quarantine: Path | 
     tasks = Compose(AuditConfig())(anonymize(Decode(LimitsConfig())(tasks)))
     run_info = RunInfo(config_hash="c" * 64, code_version="test", method={}, quarantine=held)
     commit_fragment(layout, shard.name, tasks, run_info)
-    finalize_shard(layout, shard.name, held)
+    marker = finalize_shard(layout, shard.name, held)
     run = {"config_hash": "c" * 64, "code_version": "test"}
-    write_manifest(layout, build_manifest(layout, [shard.name], run), KEY)
+    added = {shard.name: entry_from_marker(marker)}
+    write_manifest(layout, build_manifest(read_manifest(layout), added, run), KEY)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,8 @@ def test_an_anonymizer_that_returns_the_original_face_is_quarantined(
 ) -> None:
     # Test double: the "anonymized" crop is the original crop. The gate must catch it.
     monkeypatch.setattr(anonymize.rp, "anonymize_crops", lambda crops, embeddings, seeds: [c.copy() for c in crops])
-    run_stages(shard, tmp_path, anonymize, quarantine=tmp_path / "held")
+    held_at = tmp_path.with_name(tmp_path.name + "-held")  # outside OUTPUT, as the config requires
+    run_stages(shard, tmp_path, anonymize, quarantine=held_at)
     records = read_audit((tmp_path / "part-00000.audit.parquet").read_bytes())
     assert records[0]["status"] == "quarantined" and records[0]["error_step"] == "verify"
     assert records[0]["faces"][0]["status"] == "reidentified"
@@ -76,7 +78,7 @@ def test_an_anonymizer_that_returns_the_original_face_is_quarantined(
     html = render_report(str(tmp_path), tmp_path / "report.html").read_text()
     assert records[0]["key"] in html and "still re-identifies" in html
     # Asked for, the original is kept apart with the reason; the released shard never has it.
-    (held,) = read_tar((tmp_path / "held" / "part-00000.tar").read_bytes())
+    (held,) = read_tar((held_at / "part-00000.tar").read_bytes())
     original = read_tar(shard.read_bytes())[0]
     assert held.key == original.key and held.members[:-1] == original.members
     assert held.members[-1][0].endswith("raypipe-quarantine.json") and b"still re-identifies" in held.members[-1][1]
