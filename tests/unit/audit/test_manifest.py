@@ -22,7 +22,6 @@ from raypipe.audit.manifest import (
 from raypipe.audit.merkle import inclusion_proof, leaf_hash, verify_inclusion
 from raypipe.audit.signing import Key, canonical
 from raypipe.audit.verify import verify_output
-
 from raypipe.layout import OutputLayout
 
 from .conftest import RUN, SignedOutput, make_output, shard_contents, shard_names, sign_shards, write_shard
