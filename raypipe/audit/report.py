@@ -233,7 +233,8 @@ def _html(data: ReportData, counts_png: str, similarity_png: str) -> str:
         parts.append(
             f"Manifest {_e(manifest.get('sequence'))}, created {_e(manifest.get('created'))}, "
             f"Merkle root <code>{_e(records.get('merkle_root'))}</code> "
-            f"over {_e(records.get('count'))} records, signed with {_e(signature.get('algorithm'))} "
+            f"over {_e(len(manifest.get('shards') or {}))} shard entries ({_e(records.get('count'))} records), "
+            f"signed with {_e(signature.get('algorithm'))} "
             f"key <code>{_e(signature.get('key_id'))}</code>.</p>"
         )
     else:
