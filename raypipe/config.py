@@ -222,9 +222,12 @@ class LimitsConfig:
     max_member_bytes: int = 64 * 1024 * 1024
     max_image_pixels: int = 50_000_000
     max_faces_per_image: int = 64
+    # Decoded pixels of all pictures of one sample (every image, MPO frame and embedded picture),
+    # checked from their headers before any is decoded: bounds a sample's memory (3 bytes a pixel).
+    max_sample_pixels: int = 100_000_000
 
     def __post_init__(self) -> None:
-        for name in ("max_member_bytes", "max_image_pixels", "max_faces_per_image"):
+        for name in ("max_member_bytes", "max_image_pixels", "max_faces_per_image", "max_sample_pixels"):
             value = getattr(self, name)
             _check(
                 isinstance(value, int) and not isinstance(value, bool) and value >= 1,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import posixpath
+import re
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -28,9 +29,19 @@ ABSOLUTE_NAME = "absolute_name"
 PARENT_REFERENCE = "parent_reference"
 EMPTY_KEY = "empty_key"
 OVER_LIMIT = "over_limit"  # larger than the reader's ``max_member_bytes``: skipped, never held in memory
+NUL_IN_NAME = "nul_in_name"  # readers written in C end the name at the NUL and see another extension
+UNDECODABLE_NAME = "undecodable_name"  # not UTF-8: no reader agrees on what the name is
+EXTENDED_HEADER = "extended_header"  # the pax / long-name header before the member was refused
 
-# Long-name and pax headers are read into memory whole by tarfile; real ones are a few hundred bytes.
-MAX_EXTENDED_HEADER_BYTES = 1024 * 1024
+# Long-name and pax headers are read into memory whole by tarfile; real ones are a few hundred bytes
+# (a path is at most a few KiB), so a larger one is hostile.
+MAX_EXTENDED_HEADER_BYTES = 64 * 1024
+# Python's tarfile searches pax payloads with a regular expression that takes quadratic time in a run
+# of digits (CVE-2024-6232: 64 KB of digits take seconds, 128 KB half a minute). No real record holds
+# a number this long.
+MAX_PAX_DIGIT_RUN = 64
+_LONG_DIGIT_RUN = re.compile(rb"[0-9]{%d}" % (MAX_PAX_DIGIT_RUN + 1))
+_PAX_LENGTH = re.compile(rb"([0-9]{1,20}) ")
 _EXTENDED_HEADER_TYPES = frozenset(
     {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE}
 )
@@ -40,6 +51,7 @@ _EXTENDED_HEADER_TYPES = frozenset(
 _END_OF_ARCHIVE_BLOCK: type[Exception] = tarfile.EOFHeaderError  # type: ignore[attr-defined]
 _NO_HEADER_BLOCK: type[Exception] = tarfile.EmptyHeaderError  # type: ignore[attr-defined]
 _INVALID_HEADER: type[Exception] = tarfile.InvalidHeaderError  # type: ignore[attr-defined]
+_SUBSEQUENT_HEADER: type[Exception] = tarfile.SubsequentHeaderError  # type: ignore[attr-defined]
 
 
 class TarReadError(RuntimeError):
@@ -109,7 +121,37 @@ def _unsafe_name_reason(name: str) -> str | None:
     return None
 
 
+def _name_problem(name: str) -> str | None:
+    if "\0" in name:
+        return NUL_IN_NAME
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # tarfile keeps undecodable bytes as lone surrogates
+        return UNDECODABLE_NAME
+    return None
+
+
+def audit_safe(text: str) -> str:
+    """``text`` with undecodable bytes and NULs written as escapes, so that it can be stored and shown."""
+    raw = text.encode("utf-8", "surrogateescape" if _surrogates_only(text) else "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace").replace("\0", "\\x00")
+
+
+def _surrogates_only(text: str) -> bool:
+    try:
+        text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _problem_reason(member: tarfile.TarInfo) -> str | None:
+    refused = getattr(member, "refused_header", None)
+    if refused is not None:
+        return EXTENDED_HEADER
+    name_problem = _name_problem(member.name)
+    if name_problem is not None:
+        return name_problem
     if member.issym():
         return SYMLINK
     if member.islnk():
@@ -125,14 +167,21 @@ def _problem_reason(member: tarfile.TarInfo) -> str | None:
 
 
 def _tracking_tarinfo(ending: list[BaseException]) -> type[tarfile.TarInfo]:
-    """A TarInfo class that remembers why header reading stopped.
+    """A TarInfo class that remembers why header reading stopped and checks extended headers first.
 
     ``tarfile`` treats a missing or damaged header after the first member as the end of the archive,
     so a shard cut at a member boundary would otherwise read as complete. Only an end-of-archive block
     (zeros) is a clean end.
+
+    Extended headers (pax, GNU long names) are read here before tarfile sees them: one over
+    ``MAX_EXTENDED_HEADER_BYTES`` is skipped unread, a pax payload is checked in one linear pass, and a
+    refused one makes the member it describes a problem (``refused_header``) instead of ending the
+    shard. A refused global pax header applies to every later member, so it ends the shard.
     """
 
     class _TrackingTarInfo(tarfile.TarInfo):
+        refused_header: str | None = None
+
         @classmethod
         def fromtarfile(cls, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
             try:
@@ -142,15 +191,89 @@ def _tracking_tarinfo(ending: list[BaseException]) -> type[tarfile.TarInfo]:
                 raise
 
         def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
-            # tarfile reads an extended header's payload into memory in one piece: a hostile shard could
-            # claim gigabytes. (``_proc_member`` is tarfile's internal dispatch for every header.)
-            if self.type in _EXTENDED_HEADER_TYPES and self.size > MAX_EXTENDED_HEADER_BYTES:
-                raise _INVALID_HEADER(
-                    f"extended header of {self.size} bytes, over the limit of {MAX_EXTENDED_HEADER_BYTES}"
-                )
-            return super()._proc_member(tarfile_)  # type: ignore[misc]
+            # ``_proc_member`` is tarfile's internal dispatch for every header; an extended header's
+            # handler starts by reading the payload, which _ReplayOnce hands it from memory.
+            if self.type not in _EXTENDED_HEADER_TYPES:
+                return super()._proc_member(tarfile_)  # type: ignore[misc]
+            payload = _read_extended_header(tarfile_, self._block(self.size), self.size)  # type: ignore[attr-defined]
+            problem = _extended_header_problem(self, payload)
+            if problem is None:
+                assert payload is not None
+                tarfile_.fileobj = _ReplayOnce(tarfile_, payload)  # type: ignore[assignment]
+                return super()._proc_member(tarfile_)  # type: ignore[misc]
+            if self.type == tarfile.XGLTYPE:
+                raise _INVALID_HEADER(problem)
+            try:
+                described = type(self).fromtarfile(tarfile_)
+            except tarfile.HeaderError as exc:
+                raise _SUBSEQUENT_HEADER(str(exc)) from None
+            described.offset = self.offset
+            described.refused_header = problem  # type: ignore[attr-defined]
+            return described
 
     return _TrackingTarInfo
+
+
+class _ReplayOnce:
+    """Stands in for the archive's stream for exactly one read: the extended header's payload, already
+    read and checked; then the stream is put back."""
+
+    def __init__(self, archive: tarfile.TarFile, payload: bytes) -> None:
+        self.archive, self.payload, self.stream = archive, payload, archive.fileobj
+
+    def read(self, size: int = -1) -> bytes:
+        self.archive.fileobj = self.stream
+        if size != len(self.payload):  # tarfile changed how it reads headers: fail loudly, never misparse
+            raise tarfile.ReadError(f"unexpected read of {size} bytes of an extended header")
+        return self.payload
+
+
+def _read_extended_header(archive: tarfile.TarFile, blocks: int, size: int) -> bytes | None:
+    """The payload blocks of an extended header, or None (skipped in small reads) when over the limit."""
+    stream = archive.fileobj
+    assert stream is not None
+    if size <= MAX_EXTENDED_HEADER_BYTES:
+        return stream.read(blocks)
+    left = blocks
+    while left:
+        chunk = stream.read(min(left, 1024 * 1024))
+        if not chunk:
+            raise tarfile.ReadError("unexpected end of data")
+        left -= len(chunk)
+    return None
+
+
+def _extended_header_problem(header: tarfile.TarInfo, payload: bytes | None) -> str | None:
+    if payload is None:
+        return f"extended header of {header.size} bytes, over the limit of {MAX_EXTENDED_HEADER_BYTES}"
+    if header.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK):
+        return None  # a plain NUL-terminated name: tarfile reads it in linear time
+    return pax_problem(payload[: header.size])
+
+
+def pax_problem(payload: bytes) -> str | None:
+    """Why tarfile must not parse this pax payload, or None: one linear pass over its records.
+
+    A record is ``LENGTH KEYWORD=VALUE\\n`` with LENGTH counting the whole record; the payload is a run
+    of records, then only NUL padding.
+    """
+    if _LONG_DIGIT_RUN.search(payload):
+        return (
+            f"pax header with a run of more than {MAX_PAX_DIGIT_RUN} digits (Python's tarfile parses it in"
+            " quadratic time, CVE-2024-6232)"
+        )
+    pos, size = 0, len(payload)
+    while pos < size and payload[pos] != 0:
+        length = _PAX_LENGTH.match(payload, pos)
+        end = pos + int(length.group(1)) if length else pos
+        if length is None or end <= length.end() or end > size or payload[end - 1] != 0x0A:
+            return f"malformed pax record at byte {pos}"
+        if b"=" not in payload[length.end() : end]:
+            return f"pax record without '=' at byte {pos}"
+        pos = end
+    if payload.count(0, pos) != size - pos:
+        return f"data after the pax records at byte {pos}"
+    return None
 
 
 def _end_problem(ending: list[BaseException]) -> str | None:
@@ -184,6 +307,9 @@ def iter_samples(
     try:
         with tarfile.open(fileobj=fileobj, mode="r|*", tarinfo=_tracking_tarinfo(ending)) as archive:
             for member in archive:
+                # tarfile keeps every header it read in ``members``, even when streaming: forget them,
+                # so memory stays bounded by a member, not by the shard.
+                archive.members.clear()  # type: ignore[attr-defined]
                 if member.isdir():
                     continue
                 key = split_member_name(member.name)[0]
@@ -208,10 +334,10 @@ def iter_samples(
 
 
 def _member_problem(member: tarfile.TarInfo, max_member_bytes: int | None) -> TarProblem | None:
-    key = split_member_name(member.name)[0]
+    key = audit_safe(split_member_name(member.name)[0])
     reason = _problem_reason(member)
     if reason is not None:
-        return TarProblem(member.name, reason, key)
+        return TarProblem(member.name, reason, key, getattr(member, "refused_header", None) or "")
     if max_member_bytes is not None and member.size > max_member_bytes:
         return TarProblem(member.name, OVER_LIMIT, key, f"{member.size} bytes, over the limit of {max_member_bytes}")
     return None

@@ -14,7 +14,21 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from raypipe.config import AuditConfig, LimitsConfig, MethodConfig, ModelsConfig
-from raypipe.images import ImageDecodeError, ImageTooLargeError, decode_image, encode_image, image_format_for
+from raypipe.images import (
+    SCANNED_FORMATS,
+    ImageDecodeError,
+    ImageTooLargeError,
+    UnscannableImageError,
+    decode_image,
+    decode_picture,
+    encodable_format,
+    encode_image,
+    identify_image,
+    image_format_for,
+    inspect_image,
+    stored_orientation,
+    upright_box,
+)
 from raypipe.logs import get_logger
 from raypipe.pipeline.task import ImageWork, SampleTask
 from raypipe.records import FaceRecord, FaceStatus, Status
@@ -23,6 +37,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from raypipe.anonymize.analyzers import FaceAnalyzer
+    from raypipe.anonymize.faces import Box
 
 log = get_logger(__name__)
 
@@ -38,7 +53,11 @@ def timed(tasks: list[SampleTask], step: str) -> Iterator[None]:
 
 
 class Decode:
-    """Image members -> upright RGB arrays. A member that cannot be decoded fails its sample."""
+    """Image members -> upright RGB arrays. A member that cannot be decoded or scanned fails its sample.
+
+    A member is an image if its extension says so or if its bytes are a picture (whatever its name).
+    The sample's pixel budget is checked from the images' headers before any of them is decoded.
+    """
 
     def __init__(self, limits: LimitsConfig) -> None:
         self.limits = limits
@@ -51,46 +70,165 @@ class Decode:
         return tasks
 
     def _decode(self, task: SampleTask) -> None:
-        for index, (name, data) in enumerate(task.members):
-            image_format = image_format_for(name)
-            if image_format is None:
-                continue
+        found = _image_members(task)
+        if found is None or not self._within_pixel_budget(task, found):
+            return
+        for index, named_format in found:
+            name, data = task.members[index]
             try:
                 decoded = decode_image(data, max_pixels=self.limits.max_image_pixels)
-            except ImageTooLargeError as exc:
-                task.fail("decode", f"{name}: {exc} (limits.max_image_pixels)")
-                return
             except ImageDecodeError as exc:
-                task.fail("decode", f"{name}: {exc}")
+                _fail_image(task, name, exc)
                 return
-            task.images.append(ImageWork(member=index, format=image_format, rgb=decoded.rgb))
+            task.images.append(
+                ImageWork(
+                    member=index,
+                    format=named_format or encodable_format(decoded.format),
+                    rgb=decoded.rgb,
+                    orientation=decoded.orientation,
+                    pictures=list(decoded.pictures),
+                    release=decoded.release,
+                )
+            )
+
+    def _within_pixel_budget(self, task: SampleTask, found: list[tuple[int, str | None]]) -> bool:
+        budget, total = self.limits.max_sample_pixels, 0
+        for index, _ in found:
+            name, data = task.members[index]
+            try:
+                total += inspect_image(data, max_pixels=self.limits.max_image_pixels).pixels
+            except ImageDecodeError as exc:
+                _fail_image(task, name, exc)
+                return False
+            if total > budget:
+                task.fail(
+                    "decode",
+                    f"{name}: the sample's images hold {total} pixels up to this one, over the limit of"
+                    f" {budget} (limits.max_sample_pixels)",
+                )
+                return False
+        return True
+
+
+def _image_members(task: SampleTask) -> list[tuple[int, str | None]] | None:
+    """(member index, format its name gives) of every image member; None when the sample was failed
+    because a member holds a picture in a format raypipe does not scan."""
+    found = []
+    for index, (name, data) in enumerate(task.members):
+        named = image_format_for(name)
+        content = identify_image(data)
+        if content is not None and content not in SCANNED_FORMATS:
+            task.fail(
+                "scan",
+                f"{name}: holds a picture in the {content} format (found by its content), which raypipe does not scan",
+            )
+            return None
+        if named is not None or content is not None:
+            found.append((index, named))
+    return found
+
+
+def _fail_image(task: SampleTask, name: str, exc: ImageDecodeError) -> None:
+    if isinstance(exc, ImageTooLargeError):
+        task.fail("decode", f"{name}: {exc} (limits.max_image_pixels)")
+    elif isinstance(exc, UnscannableImageError):
+        task.fail("scan", f"{name}: {exc}")
+    else:
+        task.fail("decode", f"{name}: {exc}")
 
 
 def detect_faces(tasks: list[SampleTask], analyzer: FaceAnalyzer, method: MethodConfig, limits: LimitsConfig) -> None:
-    """Find, align and embed every face; faces are numbered across a sample's images."""
-    from raypipe.anonymize.pipeline import prepare_faces
+    """Find, align and embed every face; faces are numbered across a sample's images.
 
+    Every picture whose pixels could be released is scanned too: the stored orientation of a rotated
+    image (what readers that ignore EXIF show) and, for an image released as it is, its other pictures.
+    A face in any of them that raypipe would not anonymize quarantines the sample.
+    """
     with timed(tasks, "detect"):
         for task in tasks:
-            if not task.pending:
-                continue
-            next_index = 0
-            for work in task.images:
-                assert work.rgb is not None
-                detections = analyzer.analyze(work.rgb)
-                if len(detections) > limits.max_faces_per_image:
-                    name = task.members[work.member][0]
-                    task.fail(
-                        "detect",
-                        f"{name}: {len(detections)} faces, over the limit"
-                        f" (limits.max_faces_per_image={limits.max_faces_per_image})",
-                        Status.QUARANTINED,
-                    )
-                    break
-                work.faces = prepare_faces(
-                    work.rgb, detections, method.face_size, method.seed, task.key, first_index=next_index
-                )
-                next_index += len(work.faces)
+            if task.pending:
+                _detect_sample(task, analyzer, method, limits)
+
+
+def _detect_sample(task: SampleTask, analyzer: FaceAnalyzer, method: MethodConfig, limits: LimitsConfig) -> None:
+    from raypipe.anonymize.pipeline import prepare_faces
+
+    next_index = 0
+    for work in task.images:
+        assert work.rgb is not None
+        name = task.members[work.member][0]
+        detections = analyzer.analyze(work.rgb)
+        if len(detections) > limits.max_faces_per_image:
+            task.fail(
+                "detect",
+                f"{name}: {len(detections)} faces, over the limit"
+                f" (limits.max_faces_per_image={limits.max_faces_per_image})",
+                Status.QUARANTINED,
+            )
+            return
+        if _unseen_faces(task, work, [d.box for d in detections], analyzer, limits):
+            return
+        work.faces = prepare_faces(
+            work.rgb, detections, method.face_size, method.seed, task.key, first_index=next_index
+        )
+        next_index += len(work.faces)
+
+
+def _unseen_faces(
+    task: SampleTask, work: ImageWork, boxes: list[Box], analyzer: FaceAnalyzer, limits: LimitsConfig
+) -> bool:
+    """Scan the member's other pictures; fail (or quarantine) the sample and say True if one holds a face
+    raypipe would release un-anonymized, or cannot be scanned."""
+    assert work.rgb is not None
+    name, data = task.members[work.member]
+    if work.orientation != 1:
+        hidden = _faces_only_as_stored(work.rgb, work.orientation, boxes, analyzer)
+        if hidden:
+            task.fail(
+                "detect",
+                f"{name}: {hidden} face(s) found only when the EXIF orientation ({work.orientation}) is"
+                " ignored, as readers that ignore it show the image; they would not be anonymized",
+                Status.QUARANTINED,
+            )
+            return True
+    if boxes:
+        # The image will be re-encoded from its main picture alone (or quarantined): its other pictures
+        # are never released, and a thumbnail of the same face must not quarantine it.
+        return False
+    for picture in work.pictures:
+        try:
+            views = decode_picture(data, picture, max_pixels=limits.max_image_pixels)
+        except ImageDecodeError as exc:
+            task.fail("scan", f"{name}: {picture.label} cannot be decoded, so it cannot be scanned: {exc}")
+            return True
+        found = max(len(analyzer.analyze(view)) for view in views)
+        if found:
+            task.fail(
+                "detect",
+                f"{name}: {found} face(s) in {picture.label}, which raypipe cannot anonymize",
+                Status.QUARANTINED,
+            )
+            return True
+    return False
+
+
+def _faces_only_as_stored(rgb: np.ndarray, orientation: int, boxes: list[Box], analyzer: FaceAnalyzer) -> int:
+    """How many faces the detector finds in the stored orientation that it did not find upright."""
+    from raypipe.anonymize.analyzers import MATCH_IOU, iou
+
+    stored = stored_orientation(rgb, orientation)
+    size = (stored.shape[1], stored.shape[0])
+    hidden = 0
+    for face in analyzer.analyze(stored):
+        box = upright_box(face.box, orientation, size)
+        if not any(iou(box, seen) >= MATCH_IOU or _centre_inside(box, seen) for seen in boxes):
+            hidden += 1
+    return hidden
+
+
+def _centre_inside(box: Box, other: Box) -> bool:
+    x, y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    return other[0] <= x <= other[2] and other[1] <= y <= other[3]
 
 
 class Detect:
@@ -213,6 +351,8 @@ class Compose:
                     return
             if result.status is Status.ANONYMIZED:
                 out_members[work.member] = (name, encode_image(released, work.format))
+            elif work.release is not None:  # a format whose other bytes cannot be vouched for
+                out_members[work.member] = (name, work.release)
         task.status = Status.ANONYMIZED if task.faces else Status.NO_FACE
         task.out_members = out_members
 

@@ -19,15 +19,24 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from raypipe.anonymize.pipeline import PreparedFace
+    from raypipe.images import Picture
 
 
 @dataclass
 class ImageWork:
-    """One image member of a sample: decoded pixels and its faces (memory only, never persisted)."""
+    """One image member of a sample: decoded pixels and its faces (memory only, never persisted).
+
+    Only the main picture's pixels travel; the member's other pictures (``pictures``: an MPO's further
+    frames, embedded thumbnails, the alpha channel) are described by where their bytes lie in the member
+    and are decoded only while they are scanned; the stored orientation is derived from ``rgb``.
+    """
 
     member: int  # index into SampleTask.members
-    format: str
+    format: str  # the format an anonymized image is written in
     rgb: np.ndarray | None = None
+    orientation: int = 1  # EXIF orientation applied to make ``rgb`` upright (1: stored upright)
+    pictures: list[Picture] = field(default_factory=list)
+    release: bytes | None = None  # what to release when unchanged, if not the member's bytes (re-encoded)
     faces: list[PreparedFace] = field(default_factory=list)
     outputs: list[np.ndarray | None] = field(default_factory=list)
 

@@ -25,14 +25,14 @@ from raypipe.audit.signing import KEY_ENV
 from raypipe.cli import main as raypipe_main
 from raypipe.images import decode_image
 from raypipe.io.tars import Sample, TarProblem, TarReadError, iter_samples
-from tests.integration.hostile import LIMITS, Case, build_corpus
+from tests.integration.hostile import LIMITS, Case, build_corpus, hidden_face
 from tests.integration.jobs import TEST_METHOD, TEST_MODELS, TEST_PIPELINE, read_audit, read_tar
 from tests.integration.test_job_resume import run_job
 
 pytestmark = [pytest.mark.isolated, pytest.mark.slow]
 
 AUDIT_KEY = secrets.token_hex(32)
-SHARDS = [f"hostile-{i:05d}.tar" for i in range(4)]
+SHARDS = [f"hostile-{i:05d}.tar" for i in range(5)]
 OUTPUT_FILES = ("*.tar", "*.audit.parquet", "*.done.json")
 
 
@@ -93,7 +93,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_the_job_finishes_every_shard_and_reports_failed_samples(corpus: dict) -> None:
     assert corpus["code"] == 1, corpus["log"]  # 1: samples failed; not 3 (a crash)
-    assert "4/4 complete" in corpus["log"] and "Traceback" not in corpus["log"], corpus["log"]
+    assert f"{len(SHARDS)}/{len(SHARDS)} complete" in corpus["log"] and "Traceback" not in corpus["log"], corpus["log"]
     assert "signed manifest #1" in corpus["log"]
 
 
@@ -138,6 +138,15 @@ def test_only_released_samples_are_in_the_output_and_untouched_ones_are_byte_ide
                 assert image.mode == "RGB" and image.getexif().get(0x0112) is None, case.what
                 pixels = np.asarray(image).astype(int)
             assert pixels.shape == upright.shape and np.abs(pixels - upright).mean() < 12, case.what
+
+
+def test_no_hidden_face_is_released(corpus: dict) -> None:
+    from skimage import data
+
+    face = hidden_face(np.ascontiguousarray(data.astronaut()))
+    assert any(face in (corpus["inputs"] / shard).read_bytes() for shard in SHARDS)  # the check is not vacuous
+    for shard in SHARDS:
+        assert face not in (corpus["out"] / shard).read_bytes(), shard
 
 
 def test_no_member_was_ever_deserialized_or_written_outside_output(corpus: dict) -> None:

@@ -320,14 +320,124 @@ def test_members_at_the_limit_are_read() -> None:
     assert list(iter_samples(io.BytesIO(data), max_member_bytes=10)) == [Sample("a", [("a.bin", b"x" * 10)])]
 
 
-def test_a_huge_extended_header_is_damage_not_a_memory_allocation() -> None:
+def pax_header(payload: bytes, kind: bytes = tarfile.XHDTYPE) -> tuple[tarfile.TarInfo, bytes]:
     info = tarfile.TarInfo("././@PaxHeader")
-    info.type = tarfile.XHDTYPE
-    info.size = 3 * tars.MAX_EXTENDED_HEADER_BYTES
-    first = raw_tar([(member("a.jpg"), b"1")])[: 2 * tarfile.BLOCKSIZE]  # header + data block of a.jpg
-    found, error = read_until_error(first + info.tobuf(format=tarfile.GNU_FORMAT) + bytes(4 * tarfile.BLOCKSIZE))
-    assert found == []
-    assert "extended header" in str(error) and error.pending == Sample("a", [("a.jpg", b"1")])
+    info.type = kind
+    return info, payload
+
+
+class Pieces(io.RawIOBase):
+    """A stream of byte strings and runs of zeros (ints), generated on the fly."""
+
+    def __init__(self, pieces: list[bytes | int]) -> None:
+        self.pieces = list(pieces)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        while self.pieces and not self.pieces[0]:
+            self.pieces.pop(0)
+        if not self.pieces:
+            return 0
+        head, n = self.pieces[0], len(buffer)
+        if isinstance(head, int):
+            chunk, self.pieces[0] = bytes(min(n, head)), head - min(n, head)
+        else:
+            chunk, self.pieces[0] = head[:n], head[n:]
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+def test_a_huge_extended_header_is_skipped_unread_and_fails_only_its_member() -> None:
+    import tracemalloc
+
+    size = 64 * 1024 * 1024
+    header, _ = pax_header(b"")
+    header.size = size
+    before = raw_tar([(member("a.jpg"), b"1")])[: 2 * tarfile.BLOCKSIZE]
+    after = raw_tar([(member("a.txt"), b"2"), (member("b.jpg"), b"3")])
+    tracemalloc.start()
+    try:
+        stream = io.BufferedReader(Pieces([before, header.tobuf(format=tarfile.GNU_FORMAT), size, after]))
+        found = list(iter_samples(stream))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert found == [
+        TarProblem("a.txt", tars.EXTENDED_HEADER, "a", f"extended header of {size} bytes, over the limit of 65536"),
+        Sample("a", [("a.jpg", b"1")]),
+        Sample("b", [("b.jpg", b"3")]),
+    ]
+    assert peak < 4 * 1024 * 1024  # the 64 MiB payload was skipped in small reads
+
+
+@pytest.mark.parametrize(
+    ("payload", "detail"),
+    [
+        (b"1" * 128 * 1024, "over the limit of 65536"),  # 25 s in tarfile's parser
+        (b"1" * 60 * 1024, "a run of more than 64 digits"),  # under the size limit: 5 s in tarfile
+        (b"30 path=" + b"7" * 60 * 1024 + b"\n", "a run of more than 64 digits"),
+        (b"12 path=a.jpg", "malformed pax record at byte 0"),
+        (b"9 path=b\n11 comment\n", "pax record without '=' at byte 9"),
+        (b"11 path=ab\n\x00\x00junk", "data after the pax records at byte 11"),
+    ],
+)
+def test_a_hostile_pax_header_costs_no_time_and_fails_only_its_member(payload: bytes, detail: str) -> None:
+    import time
+
+    data = raw_tar([pax_header(payload), (member("b.jpg"), b"1"), (member("c.jpg"), b"2")])
+    started = time.perf_counter()
+    found = read_tar(data)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 0.2, elapsed
+    assert [type(item).__name__ for item in found] == ["TarProblem", "Sample"]
+    problem = found[0]
+    assert isinstance(problem, TarProblem)
+    assert (problem.member_name, problem.reason, problem.key) == ("b.jpg", tars.EXTENDED_HEADER, "b")
+    assert detail in problem.detail
+    assert found[1] == Sample("c", [("c.jpg", b"2")])
+
+
+def test_a_valid_pax_header_still_names_its_member() -> None:
+    records = b"".join(
+        _pax_record(key, value) for key, value in [(b"path", b"renamed.seg.png"), (b"comment", b"x" * 5000)]
+    )
+    data = raw_tar([pax_header(records), (member("short.png"), b"1")])
+    assert read_tar(data) == [Sample("renamed", [("renamed.seg.png", b"1")])]
+
+
+def _pax_record(key: bytes, value: bytes) -> bytes:
+    body = b" " + key + b"=" + value + b"\n"
+    length = len(body) + 1
+    while len(str(length)) + len(body) != length:
+        length += 1
+    return str(length).encode() + body
+
+
+def test_a_refused_global_pax_header_ends_the_shard() -> None:
+    data = raw_tar([(member("a.jpg"), b"1"), pax_header(b"1" * 1000, tarfile.XGLTYPE), (member("b.jpg"), b"2")])
+    found, error = read_until_error(data)
+    assert found == [] and "a run of more than 64 digits" in str(error)
+    assert error.pending == Sample("a", [("a.jpg", b"1")])
+
+
+def test_names_with_a_nul_or_undecodable_bytes_are_problems_with_printable_keys() -> None:
+    nul = [pax_header(_pax_record(b"path", b"x.jpg\x00.txt")), (member("x.txt"), b"text")]
+    data = raw_tar([(member("x.json"), b"{}"), *nul, (member("bad\udcff.jpg"), b"2"), (member("ok.jpg"), b"3")])
+    found = read_tar(data)
+    assert found == [
+        TarProblem("x.jpg\x00.txt", tars.NUL_IN_NAME, "x"),
+        Sample("x", [("x.json", b"{}")]),
+        TarProblem("bad\udcff.jpg", tars.UNDECODABLE_NAME, "bad\\xff"),
+        Sample("ok", [("ok.jpg", b"3")]),
+    ]
+
+
+def test_audit_safe_text_escapes_what_cannot_be_stored() -> None:
+    assert tars.audit_safe("visage-é") == "visage-é"
+    assert tars.audit_safe("a\udcffb\x00c") == "a\\xffb\\x00c"
+    assert tars.audit_safe("\ud800") == "\\ud800"
 
 
 def test_a_problem_with_a_new_key_ends_the_sample_before_it() -> None:

@@ -98,3 +98,43 @@ def test_committed_samples_are_skipped_and_positions_stay_the_same(tmp_path: Pat
     everything = tasks_of(tmp_path, data)
     resumed = tasks_of(tmp_path, data, committed=frozenset({0}))
     assert [outcome(t) for t in resumed] == [outcome(t) for t in everything[1:]]
+
+
+def one_sample_tar(members: int) -> bytes:
+    """One sample of ``members`` tiny members (k.0, k.1, ...), written without tarfile's per-member cost."""
+    blocks = []
+    for index in range(members):
+        info = tarfile.TarInfo(f"k.{index}")
+        info.size = 1
+        blocks.append(info.tobuf(format=tarfile.GNU_FORMAT) + b"x" + bytes(511))
+    return b"".join(blocks) + bytes(2 * tarfile.BLOCKSIZE)
+
+
+def test_the_cost_of_a_sample_grows_linearly_with_its_member_count(tmp_path: Path) -> None:
+    import time
+
+    def seconds(members: int) -> float:
+        data = one_sample_tar(members)
+        started = time.perf_counter()
+        (task, end) = tasks_of(tmp_path, data)
+        elapsed = time.perf_counter() - started
+        assert len(task.members) == members and task.status is None and end.end_of_shard
+        return elapsed
+
+    small, large = seconds(5_000), seconds(40_000)
+    # 8x the members: about 8x the time when linear, 64x when quadratic (40,000 members took 23 s).
+    assert large < 20 * small + 0.5, (small, large)
+    assert large < 5, large
+
+
+def test_names_no_reader_agrees_on_fail_their_sample_with_a_printable_key(tmp_path: Path) -> None:
+    tasks = tasks_of(
+        tmp_path,
+        raw_tar([("a.jpg", b"1", REG), ("a.\udcff", b"2", REG), ("b\udcfe.jpg", b"3", REG), ("c.jpg", b"4", REG)]),
+    )
+    assert [outcome(t) for t in tasks[:-1]] == [
+        (0, "a", "failed", "member 'a.\\udcff' not read: undecodable_name"),
+        (1, "b\\xfe", "failed", "member 'b\\udcfe.jpg' not read: undecodable_name"),
+        (2, "c", None, None),
+    ]
+    assert tasks[0].members == [("a.jpg", b"1")] and tasks[0].input_sha256
