@@ -56,7 +56,13 @@ class OutputLayout:
         path = self.done(shard)
         if not exists(self.fs, path):
             return None
-        return dict(json.loads(read_bytes(self.fs, path)))
+        try:
+            value = json.loads(read_bytes(self.fs, path))  # a marker is small and flat; raypipe wrote it
+        except RecursionError:
+            raise ValueError(f"{shard}: the completion marker is nested too deeply") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"{shard}: the completion marker is not a JSON object")
+        return value
 
 
 def shard_stem(shard: str) -> str:

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import io
 import json
 import math
@@ -56,7 +57,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from raypipe.audit.merkle import MerkleBuilder
-from raypipe.audit.signing import Key, canonical, describe_mismatch, sign, verify
+from raypipe.audit.signing import Key, canonical, describe_mismatch, mac, sign, verify
 from raypipe.io.publish import exists, publish_bytes, read_bytes
 from raypipe.io.storage import redact
 from raypipe.layout import STATE_DIR, OutputLayout
@@ -125,7 +126,7 @@ def parse_json(data: bytes, what: str) -> Any:
     if len(data) > MAX_MANIFEST_BYTES:
         raise ValueError(f"{what}: {len(data)} bytes, over the limit of {MAX_MANIFEST_BYTES}")
     try:
-        value = json.loads(data)
+        value = json.loads(data, object_pairs_hook=_no_duplicate_keys)
     except RecursionError:
         raise ValueError(f"{what}: nested too deeply to be a raypipe file") from None
     except UnicodeDecodeError as exc:
@@ -137,6 +138,16 @@ def parse_json(data: bytes, what: str) -> Any:
             raise ValueError(f"{what}: nested deeper than {MAX_JSON_DEPTH} levels")
         children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
         stack.extend((child, depth + 1) for child in children)
+    return value
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Parsers disagree on which of two equal keys wins; a signed file must mean one thing to all of them.
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        twice = next(name for name, _ in pairs if name in seen or seen.add(name))  # type: ignore[func-returns-value]
+        raise ValueError(f"the key {twice[:80]!r} appears twice in one object")
     return value
 
 
@@ -233,20 +244,35 @@ def _utc_now() -> str:
 # ---------------------------------------------------------------------------------------------- build
 
 
+MARKER_MAC = "mac"  # completion markers carry an HMAC under the run's fragment key (see commit.py)
+
+
+def marker_mac(marker: dict[str, Any], secret: bytes) -> str:
+    """The HMAC of a completion marker (everything but its ``mac``), under the run's fragment key."""
+    return mac(secret, b"raypipe marker", canonical({k: v for k, v in marker.items() if k != MARKER_MAC}))
+
+
 def entry_from_marker(marker: dict[str, Any]) -> dict[str, Any]:
     """A shard's manifest entry: the fields of its completion marker that the manifest commits to."""
     return {name: marker.get(name) for name in ENTRY_FIELDS}
 
 
-def entry_from_files(layout: OutputLayout, shard: str) -> dict[str, Any]:
+def entry_from_files(layout: OutputLayout, shard: str, secret: bytes | None = None) -> dict[str, Any]:
     """A shard's entry from its marker, after checking the files under OUTPUT still match it.
 
     For shards finalized but not yet signed (a run that died before its manifest): reads that shard's
-    tar and audit once. Raises :class:`ManifestError` for a shard that is not finalized or changed.
+    tar and audit once. With ``secret`` (the fragment key of the job's signing key) the marker must carry
+    a valid HMAC, so a shard rewritten with a consistent marker by someone without the key is refused.
+    Raises :class:`ManifestError` for a shard that is not finalized, unauthenticated or changed.
     """
-    marker = layout.read_marker(shard)
+    try:
+        marker = layout.read_marker(shard)
+    except (ValueError, TypeError) as exc:
+        raise ManifestError(f"{shard}: unreadable completion marker ({exc})") from None
     if marker is None:
         raise ManifestError(f"{shard}: not finalized (no completion marker); finish the run first")
+    if secret is not None and not hmac.compare_digest(str(marker.get(MARKER_MAC)), marker_mac(marker, secret)):
+        raise ManifestError(f"{shard}: its completion marker is not authenticated by the audit key")
     fs = layout.fs
     audit_data = read_bytes(fs, layout.audit(shard))
     rows = audit_rows(audit_data)
@@ -374,12 +400,18 @@ def write_manifest(layout: OutputLayout, manifest: dict[str, Any], key: Key) -> 
     return signed
 
 
-def iter_history(layout: OutputLayout) -> Iterator[tuple[str, bytes]]:
-    """``(file name, bytes)`` of the stored earlier manifests, in name (= sequence) order."""
+def iter_history(layout: OutputLayout) -> Iterator[tuple[str, bytes | None]]:
+    """``(file name, bytes)`` of the stored earlier manifests, in name (= sequence) order; the bytes are
+    None for an entry that is not a regular file of at most :data:`MAX_MANIFEST_BYTES` (never read)."""
     fs, folder = layout.fs, layout.state(HISTORY_DIR)
     if not exists(fs, folder):
         return
-    for path in sorted(fs.ls(folder, detail=False)):
+    for info in sorted(fs.ls(folder, detail=True), key=lambda item: str(item["name"])):
+        path = str(info["name"])
         name = path.rstrip("/").rsplit("/", 1)[-1]
-        if name.endswith(".json") and not name.startswith("."):
-            yield name, read_bytes(fs, path)
+        if not name.endswith(".json") or name.startswith("."):
+            continue
+        regular = (
+            info.get("type") == "file" and not info.get("islink") and int(info.get("size") or 0) <= MAX_MANIFEST_BYTES
+        )
+        yield name, read_bytes(fs, path) if regular else None

@@ -54,6 +54,7 @@ MAKE_SECRET = "make one with `openssl rand -hex 32`"
 _PATH_LIKE = re.compile(r"^(?:/|~/|\./|\.\./)[^\s=]*$")
 KEY_ID_CHARS = 16  # 64 bits: enough to tell keys apart, far too little to say anything about them
 _HMAC_KEY_ID_DOMAIN = b"raypipe audit hmac key id\x00"  # the id is never the plain hash of the secret
+_DERIVE_DOMAIN = b"raypipe derived key\x00"
 
 
 class AuditKeyError(ConfigError):
@@ -75,6 +76,17 @@ class Key:
     def can_sign(self) -> bool:
         """False for an Ed25519 public key (verification only)."""
         return self.algorithm == HMAC_SHA256 or self._private is not None
+
+    def derive(self, purpose: str) -> bytes:
+        """A secret for one purpose, derived from the signing key (HMAC-SHA256 of the key material over the
+        purpose): it authenticates a run's own intermediate files without handing the signing key out."""
+        if self._secret is not None:
+            material = self._secret
+        elif self._private is not None:
+            material = self.secret_forms()[0]
+        else:
+            raise AuditKeyError(f"the key from {self.source} is an Ed25519 public key: it cannot derive secrets")
+        return hmac.new(material, _DERIVE_DOMAIN + purpose.encode(), hashlib.sha256).digest()
 
     def secret_forms(self) -> list[bytes]:
         """Encodings of the secret part of the key, to make sure none of them ends up in an output."""
@@ -216,6 +228,15 @@ def _read_key_file(path: Path, source: str, named_by_env: bool = False) -> Key:
             path,
         )
     return key
+
+
+def mac(secret: bytes, *parts: bytes) -> str:
+    """HMAC-SHA256 (hex) over length-prefixed ``parts`` (unambiguous: no two part lists share an input)."""
+    tag = hmac.new(secret, digestmod=hashlib.sha256)
+    for part in parts:
+        tag.update(len(part).to_bytes(8, "big"))
+        tag.update(part)
+    return tag.hexdigest()
 
 
 def sign(payload: bytes, key: Key) -> dict[str, str]:

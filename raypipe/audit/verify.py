@@ -78,6 +78,8 @@ KINDS = (
 # Past this many findings of one kind in one file, the rest are summed up in one line: a reordered
 # shard of a million samples should not print a million lines.
 MAX_PER_FILE = 20
+MAX_COUNT = 10**12  # no shard or manifest count is larger; bounds the work a forged number can ask for
+MAX_AUDIT_BYTES = 4 * 2**30  # an audit file of a shard is far smaller (about 1 KB a sample)
 SAFE_SHARD_NAME = re.compile(r"^[^/\\\x00-\x1f.][^/\\\x00-\x1f]*\.tar$")
 # What raypipe itself keeps under OUTPUT/_raypipe besides the manifests and fragments.
 STATE_FILES = ("manifest.json", "config.yaml", "job.json", "lease.json")
@@ -132,20 +134,35 @@ class VerifyReport:
         return "\n".join(lines)
 
 
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT
+
+
 def _malformed(manifest: dict[str, Any]) -> str | None:
-    """What makes a manifest unusable for the checks below (wrong types), or None."""
-    if not isinstance(manifest.get("sequence"), int) or manifest["sequence"] < 1:
+    """What makes a manifest unusable for the checks below (wrong types, absurd numbers), or None."""
+    if not _count(manifest.get("sequence")) or manifest["sequence"] < 1:
         return "sequence is not a positive integer"
     if not isinstance(manifest.get("records"), dict) or not isinstance(manifest.get("counts"), dict):
         return "records or counts is not an object"
+    if not all(_count(v) for v in manifest["counts"].values()):
+        return "counts are not all whole numbers"
+    overwrite = manifest.get("overwrite")
+    if overwrite is not None and (
+        not isinstance(overwrite, dict)
+        or not isinstance(overwrite.get("removed"), list)
+        or not all(isinstance(name, str) for name in overwrite["removed"])
+    ):
+        return "overwrite is not a list of removed shard names"
     shards = manifest.get("shards")
     if not isinstance(shards, dict):
         return "shards is not an object"
     for name, entry in shards.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("counts"), dict):
-            return f"the entry of {name} is not an object with counts"
-        if not isinstance(entry.get("samples"), int):
-            return f"the entry of {name} has no sample count"
+            return f"the entry of {name[:80]} is not an object with counts"
+        if not _count(entry.get("samples")) or not _count(entry.get("released", 0)):
+            return f"the entry of {name[:80]} has no usable sample count"
+        if not all(_count(v) for v in entry["counts"].values()):
+            return f"the entry of {name[:80]} has counts that are not whole numbers"
     return None
 
 
@@ -266,11 +283,17 @@ class _Verifier:
         history: dict[int, tuple[str, dict[str, Any]]] = {}
         for name, data in iter_history(self.layout):
             where = f"{STATE_DIR}/{HISTORY_DIR}/{name}"
+            if data is None:
+                self.add("modified", where, "not a regular file of bounded size (a link, device or folder); not read")
+                continue
             try:
                 earlier = parse_json(data, where)
+                malformed = _malformed(earlier) if isinstance(earlier, dict) else "not an object"
+                if malformed:
+                    raise ValueError(malformed)
                 number = int(earlier["sequence"])
             except (ValueError, KeyError, TypeError) as exc:
-                self.add("modified", where, f"not a readable manifest ({type(exc).__name__})")
+                self.add("modified", where, f"not a readable manifest ({exc})")
                 continue
             if name != f"{number:06d}.json":
                 self.add("broken_chain", where, f"holds manifest {number}, not the one its name says")
@@ -366,6 +389,9 @@ class _Verifier:
             return None
         if not self.regular(path, audit_name):
             return None
+        if self.fs.size(path) > MAX_AUDIT_BYTES:
+            self.add("modified", audit_name, f"over {MAX_AUDIT_BYTES} bytes; not read")
+            return None
         data = read_bytes(self.fs, path)
         digest = hashlib.sha256(data).hexdigest()
         if digest != entry.get("audit_sha256"):
@@ -382,9 +408,14 @@ class _Verifier:
         samples = int(entry.get("samples", 0))
         seqs: list[Any] = [row.get("seq") for row in rows]
         seen = Counter(seqs)
-        missing = [position for position in range(samples) if position not in seen]
-        for position in missing:
-            self.add("missing", f"{audit_name} seq={position}", f"record {position} of {samples} is gone")
+        missing = samples > len(rows) + MAX_PER_FILE
+        if missing:  # a claimed count is never a loop bound: past a few, the records gone are counted
+            self.add("missing", audit_name, f"{samples - len(rows)} of the entry's {samples} records are gone")
+        else:
+            for position in range(samples):
+                if position not in seen:
+                    missing = True
+                    self.add("missing", f"{audit_name} seq={position}", f"record {position} of {samples} is gone")
         extra = False
         for row in rows:
             seq = row.get("seq")
@@ -515,24 +546,33 @@ class _Verifier:
 
     def check_anchor(self, manifest: dict[str, Any], anchor: str) -> None:
         """OUTPUT descends from the anchor's checkpoint, and every input it pins is unchanged."""
-        from raypipe.audit.anchor import checkpoint_payload, latest_checkpoint, read_checkpoint
+        from raypipe.audit.anchor import checkpoint_payload, find_checkpoints, output_location, read_checkpoint
 
         options = self.layout.options
-        uri: str | None = anchor
-        if not anchor.endswith(".json"):
-            uri = latest_checkpoint(anchor, str(manifest.get("chain_id")), options)
-            if uri is None:
-                self.add("rollback", redact(anchor), "the anchor holds no checkpoint of this output's chain")
+        if anchor.endswith(".json"):
+            where = redact(anchor)
+            try:
+                checkpoint = read_checkpoint(anchor, options)
+            except (ValueError, OSError) as exc:
+                self.add("modified", where, f"unusable checkpoint ({exc})")
                 return
-        assert uri is not None
-        where = redact(uri)
-        try:
-            checkpoint = read_checkpoint(uri, options)
-        except (ValueError, FileNotFoundError) as exc:
-            self.add("modified", where, f"unusable checkpoint ({exc})")
-            return
-        if not verify(checkpoint_payload(checkpoint), checkpoint.get("signature"), self.key):
-            self.add("bad_signature", where, describe_mismatch(checkpoint.get("signature"), self.key))
+            if not verify(checkpoint_payload(checkpoint), checkpoint.get("signature"), self.key):
+                self.add("bad_signature", where, describe_mismatch(checkpoint.get("signature"), self.key))
+                return
+        else:
+            found = find_checkpoints(anchor, str(manifest.get("chain_id")), options, self.key)
+            for uri, kind, reason in found.invalid:
+                self.add(kind, redact(uri), reason)
+            if found.newest is None:
+                self.add("rollback", redact(anchor), "the anchor holds no valid checkpoint of this output's chain")
+                return
+            where, checkpoint = redact(found.newest[0]), found.newest[1]
+        if checkpoint.get("output") != output_location(self.layout.root):
+            self.add(
+                "rollback",
+                where,
+                f"the checkpoint belongs to the output at {checkpoint.get('output')}, not this one",
+            )
             return
         self.report.anchor = checkpoint["sequence"]
         if checkpoint["chain_id"] != manifest.get("chain_id"):

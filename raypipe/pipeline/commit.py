@@ -10,18 +10,20 @@ completion marker, written last. Only the marker makes a shard count as done.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import json
 import posixpath
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, Literal, overload
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raypipe.audit.manifest import audit_rows, records_root, status_counts
+from raypipe.audit.manifest import MARKER_MAC, audit_rows, marker_mac, records_root, status_counts
 from raypipe.audit.schema import records_table, sample_digest
+from raypipe.audit.signing import mac
 from raypipe.io.publish import delete, publish_bytes, read_bytes
 from raypipe.io.tars import Sample, tar_bytes
 from raypipe.layout import OutputLayout
@@ -47,6 +49,7 @@ FRAGMENT_SCHEMA = pa.schema(
         ("input", pa.string()),
     ]
 )
+FRAGMENT_TAG_CHARS = 32  # 128 bits of HMAC in each fragment's file name
 QUARANTINE_NOTE = "raypipe-quarantine.json"  # member added to each held-back sample: why it was held
 
 
@@ -58,6 +61,9 @@ class RunInfo:
     code_version: str
     method: dict[str, Any]
     quarantine: OutputLayout | None = None  # where held-back originals go; None: nowhere
+    # Authenticates fragments and markers (derived from the signing key, never the key itself): files
+    # planted under OUTPUT by someone without the key are never taken for committed work. None: no key.
+    fragment_key: bytes | None = field(default=None, repr=False)
 
 
 def audit_record(task: SampleTask, run: RunInfo) -> dict[str, Any]:
@@ -121,9 +127,29 @@ def commit_fragment(
     ends = [t.seq for t in tasks if t.end_of_shard]
     name_digest = hashlib.sha256(json.dumps([samples, ends]).encode()).hexdigest()[:16]
     first = samples[0] if samples else ends[0]
-    path = posixpath.join(layout.fragments(shard), f"{first:09d}-{name_digest}.parquet")
-    publish_bytes(layout.fs, path, fragment_bytes(tasks, run))
+    data = fragment_bytes(tasks, run)
+    tag = f"-{fragment_tag(run.fragment_key, shard, data)}" if run.fragment_key else ""
+    path = posixpath.join(layout.fragments(shard), f"{first:09d}-{name_digest}{tag}.parquet")
+    publish_bytes(layout.fs, path, data)
     return samples, (ends[0] if ends else None)
+
+
+def fragment_tag(secret: bytes, shard: str, data: bytes) -> str:
+    """The HMAC a fragment's file name carries: binds its bytes to its shard under the run's key."""
+    return mac(secret, b"raypipe fragment", shard.encode(), data)[:FRAGMENT_TAG_CHARS]
+
+
+def authentic_fragments(layout: OutputLayout, shard: str, secret: bytes | None) -> Iterator[tuple[str, bytes]]:
+    """``(path, bytes)`` of the shard's fragments; with ``secret``, only those whose tag verifies (a
+    fragment planted by someone without the key is skipped, left for ``verify`` to report)."""
+    for path in list_fragments(layout, shard):
+        data = read_bytes(layout.fs, path)
+        if secret is not None:
+            tag = path.rsplit("/", 1)[-1].removesuffix(".parquet").rsplit("-", 1)[-1]
+            if not hmac.compare_digest(tag, fragment_tag(secret, shard, data)):
+                log.warning("%s: fragment %s is not authenticated by the audit key; ignored", shard, path)
+                continue
+        yield path, data
 
 
 def list_fragments(layout: OutputLayout, shard: str) -> list[str]:
@@ -134,23 +160,27 @@ def list_fragments(layout: OutputLayout, shard: str) -> list[str]:
 
 
 @overload
-def committed_positions(layout: OutputLayout, shard: str) -> tuple[set[int], int | None]: ...
+def committed_positions(
+    layout: OutputLayout, shard: str, *, secret: bytes | None = None
+) -> tuple[set[int], int | None]: ...
 
 
 @overload
 def committed_positions(
-    layout: OutputLayout, shard: str, with_inputs: Literal[True]
+    layout: OutputLayout, shard: str, with_inputs: Literal[True], *, secret: bytes | None = None
 ) -> tuple[set[int], int | None, set[str]]: ...
 
 
-def committed_positions(layout: OutputLayout, shard: str, with_inputs: bool = False) -> Any:
-    """Sample positions committed in fragments of ``shard``, and its size if known; with ``with_inputs``
-    also the input identities (JSON) the fragments were read from."""
+def committed_positions(
+    layout: OutputLayout, shard: str, with_inputs: bool = False, *, secret: bytes | None = None
+) -> Any:
+    """Sample positions committed in (authentic) fragments of ``shard``, and its size if known; with
+    ``with_inputs`` also the input identities (JSON) the fragments were read from."""
     seqs: set[int] = set()
     inputs: set[str] = set()
     total: int | None = None
-    for path in list_fragments(layout, shard):
-        table = pq.read_table(io.BytesIO(read_bytes(layout.fs, path)), columns=["seq", "end", "input"])
+    for _, data in authentic_fragments(layout, shard, secret):
+        table = pq.read_table(io.BytesIO(data), columns=["seq", "end", "input"])
         for seq, end, source in zip(*(table.column(c).to_pylist() for c in ("seq", "end", "input"))):
             if end:
                 total = seq
@@ -165,19 +195,23 @@ def is_complete(seqs: set[int], total: int | None) -> bool:
     return total is not None and len(seqs) >= total and all(i in seqs for i in range(total))
 
 
-def finalize_shard(layout: OutputLayout, shard: str, quarantine: OutputLayout | None = None) -> dict[str, Any]:
+def finalize_shard(
+    layout: OutputLayout, shard: str, quarantine: OutputLayout | None = None, secret: bytes | None = None
+) -> dict[str, Any]:
     """Build the shard's tar and audit from its fragments, publish them, then the marker; drop fragments.
 
     With ``quarantine``, the originals of samples that were held back go to ``<quarantine>/<shard>``,
     each with a ``raypipe-quarantine.json`` member saying why (that location holds real faces: keep
-    it access-restricted).
+    it access-restricted). With ``secret`` (the run's fragment key) only authentic fragments are used,
+    and the marker carries an HMAC.
     """
     rows: dict[int, dict[str, Any]] = {}
     total: int | None = None
     end_input: str | None = None
-    paths = list_fragments(layout, shard)
-    for path in paths:
-        for row in pq.read_table(io.BytesIO(read_bytes(layout.fs, path))).to_pylist():
+    paths = []
+    for path, data in authentic_fragments(layout, shard, secret):
+        paths.append(path)
+        for row in pq.read_table(io.BytesIO(data)).to_pylist():
             if row["end"]:
                 total, end_input = row["seq"], row.get("input")
             else:
@@ -214,7 +248,13 @@ def finalize_shard(layout: OutputLayout, shard: str, quarantine: OutputLayout | 
         "records_root": records_root(written),
         "config_hash": records[0]["config_hash"] if records else None,
         "input": source,
+        # What the GPU actors recorded, for the run manifest (so the driver never reads audits back).
+        "weight_hashes": next(
+            (r["weight_hashes"] for r in records if r.get("weight_hashes") not in (None, "{}")), None
+        ),
     }
+    if secret is not None:
+        marker[MARKER_MAC] = marker_mac(marker, secret)
     publish_bytes(fs, layout.done(shard), json.dumps(marker, indent=2, sort_keys=True).encode())
     for path in paths:
         delete(fs, path)
@@ -226,8 +266,8 @@ def _input_of(shard: str, end_input: str | None, rows: list[dict[str, Any]]) -> 
     """The pinned input of a shard; every fragment must have read the same version of it."""
     end = json.loads(end_input) if end_input else None
     pinned = {k: v for k, v in end.items() if k != "sha256"} if end else None
-    seen: set[str] = {str(row["input"]) for row in rows if row.get("input")}
-    identities = [json.loads(value) for value in seen]
+    seen: set[str] = {str(row.get("input") or "") for row in rows}
+    identities = [json.loads(value) if value else None for value in seen]
     if any(identity != pinned for identity in identities):
         raise RuntimeError(
             f"{shard}: its fragments were read from different versions of the input shard; "

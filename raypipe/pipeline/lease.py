@@ -15,12 +15,13 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from raypipe.config import ConfigError
-from raypipe.io.publish import create_exclusive, delete, exists, publish_bytes, read_bytes
+from raypipe.io.publish import create_exclusive, delete, is_local, publish_bytes, read_bytes
 from raypipe.io.storage import redact
 from raypipe.layout import OutputLayout
 from raypipe.logs import get_logger
@@ -34,15 +35,31 @@ class LeaseHeldError(ConfigError):
     """Another run holds OUTPUT's lease."""
 
 
+class LeaseLostError(RuntimeError):
+    """The run's lease was taken by another run while it worked: it must not publish its evidence."""
+
+
 @dataclass(frozen=True)
 class Holder:
     host: str
     pid: int
     run_id: str
     started: int | None = None  # the process's start time (clock ticks since boot): pids are reused
+    pid_namespace: str | None = None  # pids are only comparable within one PID namespace
 
     def to_dict(self) -> dict[str, Any]:
-        return {"host": self.host, "pid": self.pid, "run_id": self.run_id, "started": self.started}
+        return {
+            "host": self.host,
+            "pid": self.pid,
+            "run_id": self.run_id,
+            "started": self.started,
+            "pid_namespace": self.pid_namespace,
+        }
+
+    @classmethod
+    def this_process(cls, run_id: str) -> Holder:
+        pid = os.getpid()
+        return cls(socket.gethostname(), pid, run_id, _process_start(pid), _pid_namespace())
 
 
 def _process_start(pid: int) -> int | None:
@@ -55,21 +72,31 @@ def _process_start(pid: int) -> int | None:
     return int(fields[19]) if len(fields) > 19 else None
 
 
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def _lease_bytes(holder: Holder, ttl_s: float) -> bytes:
     now = time.time()
     body = holder.to_dict() | {"acquired": round(now, 3), "expires": round(now + ttl_s, 3), "ttl_s": ttl_s}
     return json.dumps(body, indent=2, sort_keys=True).encode()
 
 
-def _read(layout: OutputLayout) -> dict[str, Any] | None:
+def _read(layout: OutputLayout) -> tuple[dict[str, Any], bytes] | None:
+    """The lease and its exact bytes, or None when there is none."""
     path = layout.state(LEASE_FILE)
     try:
-        value = json.loads(read_bytes(layout.fs, path))
+        data = read_bytes(layout.fs, path)
     except FileNotFoundError:
         return None
-    except (ValueError, UnicodeDecodeError):
-        return {}  # unreadable: treated as stale (a lease is only ever written whole)
-    return value if isinstance(value, dict) else {}
+    try:
+        value = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return {}, data  # unreadable: treated as stale (a lease is only ever written whole)
+    return (value if isinstance(value, dict) else {}), data
 
 
 def _stale(lease: dict[str, Any], now: float) -> str | None:
@@ -80,25 +107,56 @@ def _stale(lease: dict[str, Any], now: float) -> str | None:
     if expires < now:
         return f"expired {now - expires:.0f}s ago"
     pid = lease.get("pid")
-    if lease.get("host") == socket.gethostname() and isinstance(pid, int):
-        # Same host: the holder is alive only if a process with its pid *and* start time exists (a pid
-        # alone can be reused, e.g. by a rerun in a fresh PID namespace).
+    same_namespace = lease.get("pid_namespace") is not None and lease.get("pid_namespace") == _pid_namespace()
+    if lease.get("host") == socket.gethostname() and same_namespace and isinstance(pid, int):
+        # Same host and PID namespace: the holder is alive only if a process with its pid *and* start
+        # time exists (a pid alone can be reused). Elsewhere only the expiry can tell.
         started = _process_start(pid)
-        if started is None or (lease.get("started") is not None and started != lease["started"]):
+        if started is None or started != lease.get("started"):
             return f"its process {pid} on this host is gone"
     return None
+
+
+def _take_over(layout: OutputLayout, stale: bytes) -> None:
+    """Remove the stale lease, but only if it is still the one judged stale.
+
+    Locally the file is first renamed to a name of our own (atomic: of two drivers taking over, one
+    wins), then checked; a lease that changed meanwhile is put back. On object stores the check and the
+    delete are two requests: a takeover racing another takeover is best effort there.
+    """
+    path = layout.state(LEASE_FILE)
+    if not is_local(layout.fs):
+        current = _read(layout)
+        if current is not None and current[1] == stale:
+            delete(layout.fs, path)
+        return
+    local = layout.fs._strip_protocol(path)
+    aside = f"{local}.stale-{uuid.uuid4().hex}"
+    try:
+        os.rename(local, aside)
+    except FileNotFoundError:
+        return  # someone else took it over first
+    with open(aside, "rb") as handle:
+        taken = handle.read()
+    if taken != stale:
+        with contextlib.suppress(FileExistsError):
+            os.link(aside, local)  # not the lease we judged: give it back
+    os.unlink(aside)
 
 
 def acquire(layout: OutputLayout, holder: Holder, ttl_s: float) -> None:
     """Take OUTPUT's lease, or raise :class:`LeaseHeldError` naming the holder and its expiry."""
     path = layout.state(LEASE_FILE)
-    for _ in range(3):
+    for _ in range(5):
         if create_exclusive(layout.fs, path, _lease_bytes(holder, ttl_s)):
             log.debug("lease on %s taken by %s", redact(layout.root), holder)
             return
-        lease = _read(layout)
-        if lease is None:
+        found = _read(layout)
+        if found is None:
             continue  # given back between our attempt and the read: try again
+        lease, data = found
+        if lease.get("run_id") == holder.run_id:
+            return  # our own: a create whose answer was lost and was retried
         reason = _stale(lease, time.time())
         if reason is None:
             until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(lease["expires"])))
@@ -109,45 +167,65 @@ def acquire(layout: OutputLayout, holder: Holder, ttl_s: float) -> None:
                 "know it is dead"
             )
         log.warning("taking over a stale lease on %s (%s; was %s)", redact(layout.root), reason, lease)
-        delete(layout.fs, path)
+        _take_over(layout, data)
     raise LeaseHeldError(f"output: {redact(layout.root)}: could not take the lease (it keeps changing hands)")
 
 
 def release(layout: OutputLayout, holder: Holder) -> None:
     """Give the lease back, if it is still ours."""
-    lease = _read(layout)
-    if lease is not None and lease.get("run_id") == holder.run_id:
+    found = _read(layout)
+    if found is not None and found[0].get("run_id") == holder.run_id:
         delete(layout.fs, layout.state(LEASE_FILE))
 
 
-def _renew(layout: OutputLayout, holder: Holder, ttl_s: float, stop: threading.Event) -> None:
+@dataclass
+class HeldLease:
+    """A lease this process holds; :meth:`check` before publishing anything that must be the only copy."""
+
+    layout: OutputLayout
+    holder: Holder
+    lost: threading.Event = field(default_factory=threading.Event)
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLostError` if another run has taken the lease."""
+        found = _read(self.layout)
+        if self.lost.is_set() or found is None or found[0].get("run_id") != self.holder.run_id:
+            self.lost.set()
+            raise LeaseLostError(
+                f"output: {redact(self.layout.root)}: another run took this run's lease while it worked; "
+                "nothing more is published (rerun the same command to resume)"
+            )
+
+
+def _renew(held: HeldLease, ttl_s: float, stop: threading.Event) -> None:
     while not stop.wait(ttl_s / 3):
-        lease = _read(layout)
-        if lease is None or lease.get("run_id") != holder.run_id:
-            log.error("the lease on %s was taken by another run (%s)", redact(layout.root), lease)
+        try:
+            held.check()
+        except LeaseLostError as exc:
+            log.error("%s", exc)
             return
         with contextlib.suppress(OSError):
-            publish_bytes(layout.fs, layout.state(LEASE_FILE), _lease_bytes(holder, ttl_s))
+            publish_bytes(held.layout.fs, held.layout.state(LEASE_FILE), _lease_bytes(held.holder, ttl_s))
 
 
 @contextlib.contextmanager
-def lease(layout: OutputLayout, run_id: str, ttl_s: float) -> Iterator[Holder]:
+def lease(layout: OutputLayout, run_id: str, ttl_s: float) -> Iterator[HeldLease]:
     """Hold OUTPUT's lease for the body of the ``with``, renewing it every ``ttl_s / 3`` seconds."""
-    holder = Holder(socket.gethostname(), os.getpid(), run_id, _process_start(os.getpid()))
-    acquire(layout, holder, ttl_s)
+    held = HeldLease(layout, Holder.this_process(run_id))
+    acquire(layout, held.holder, ttl_s)
     stop = threading.Event()
-    renewer = threading.Thread(target=_renew, args=(layout, holder, ttl_s, stop), name="raypipe-lease", daemon=True)
+    renewer = threading.Thread(target=_renew, args=(held, ttl_s, stop), name="raypipe-lease", daemon=True)
     renewer.start()
     try:
-        yield holder
+        yield held
     finally:
         stop.set()
         renewer.join(timeout=5)
-        release(layout, holder)
+        if not held.lost.is_set():
+            release(layout, held.holder)
 
 
 def held_by(layout: OutputLayout) -> dict[str, Any] | None:
     """The current lease of OUTPUT (for ``status``), or None."""
-    if not exists(layout.fs, layout.state(LEASE_FILE)):
-        return None
-    return _read(layout)
+    found = _read(layout)
+    return found[0] if found else None

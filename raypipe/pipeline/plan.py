@@ -70,7 +70,11 @@ class Plan:
 
 
 def make_plan(
-    config: JobConfig, layout: OutputLayout, previous: dict[str, Any] | None = None, overwrite: bool = False
+    config: JobConfig,
+    layout: OutputLayout,
+    previous: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    secret: bytes | None = None,
 ) -> Plan:
     """List the input shards, check OUTPUT, and find what earlier runs already committed.
 
@@ -78,7 +82,8 @@ def make_plan(
     no byte of their files is read. Shards finalized after it (a run that died before signing) are
     checked against their markers once. Every input is pinned by its identity (size, ETag or mtime):
     committed work of an input that changed since is dropped and the shard restarts, and a signed
-    shard whose input changed stops the run.
+    shard whose input changed stops the run. With ``secret`` (the run's fragment key) only fragments
+    and markers it authenticates count: anything planted under OUTPUT without the key is ignored.
     """
     uris = expand_shards(list(config.input), config.storage)
     shards = [(uri, shard_name(uri)) for uri in uris]
@@ -99,12 +104,12 @@ def make_plan(
             plan.done.append(name)
             _drop_fragments(layout, name, with_fragments, "already finalized and signed")
             continue
-        if _finalized_unsigned(layout, name, plan):
+        if _finalized_unsigned(layout, name, plan, secret):
             _drop_fragments(layout, name, with_fragments, "already finalized")
             continue
         seqs: set[int] = set()
         if name in with_fragments:
-            seqs, _, inputs = committed_positions(layout, name, with_inputs=True)
+            seqs, _, inputs = committed_positions(layout, name, True, secret=secret)
             if any(not same_object(json.loads(i), identity) for i in inputs):
                 log.warning("%s: the input changed since its committed work was read; restarting that shard", name)
                 _drop_fragments(layout, name, with_fragments, "read from another version of the input")
@@ -140,13 +145,13 @@ def _check_signed_input(name: str, entry: dict[str, Any], identity: dict[str, An
         )
 
 
-def _finalized_unsigned(layout: OutputLayout, name: str, plan: Plan) -> bool:
+def _finalized_unsigned(layout: OutputLayout, name: str, plan: Plan, secret: bytes | None = None) -> bool:
     """True when ``name`` was finalized after the last signed manifest and its files still match."""
     if not exists(layout.fs, layout.done(name)):
         return False
     try:
-        plan.unsigned[name] = entry_from_files(layout, name)
-    except (ManifestError, OSError, ValueError) as exc:
+        plan.unsigned[name] = entry_from_files(layout, name, secret)
+    except (ManifestError, OSError, ValueError, TypeError) as exc:
         log.warning("%s: finalized but never signed, and %s; processing it again", name, exc)
         for path in (layout.done(name), layout.tar(name), layout.audit(name)):
             delete(layout.fs, path)

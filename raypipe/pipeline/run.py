@@ -32,6 +32,7 @@ from raypipe.pipeline.task import over_tasks, pack_batch, unpack_batch
 log = get_logger(__name__)
 
 TASK_CPUS = 0.25
+FRAGMENT_KEY_PURPOSE = "fragments and markers"  # what the run's derived key authenticates
 
 
 @dataclass
@@ -179,16 +180,17 @@ def run(config: JobConfig, overwrite: bool = False) -> RunSummary:
     key = signing_key(config)
     layout = OutputLayout(config.output, config.storage)
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + "-" + uuid.uuid4().hex[:8]
-    with lease(layout, run_id, config.pipeline.lease_ttl_s):
-        return _run_holding_lease(config, layout, key, run_id, started, overwrite)
+    with lease(layout, run_id, config.pipeline.lease_ttl_s) as held:
+        return _run_holding_lease(config, layout, key, run_id, started, overwrite, held)
 
 
 def _run_holding_lease(
-    config: JobConfig, layout: OutputLayout, key: Any, run_id: str, started: float, overwrite: bool
+    config: JobConfig, layout: OutputLayout, key: Any, run_id: str, started: float, overwrite: bool, held: Any
 ) -> RunSummary:
     previous = previous_manifest(layout, key)
-    _check_not_rolled_back(config, previous)
-    plan = make_plan(config, layout, previous, overwrite=overwrite)
+    _check_not_rolled_back(config, previous, key)
+    secret = key.derive(FRAGMENT_KEY_PURPOSE) if key is not None else None
+    plan = make_plan(config, layout, previous, overwrite=overwrite, secret=secret)
     publish_bytes(layout.fs, layout.state(CONFIG_FILE), yaml.safe_dump(_resolved(config), sort_keys=False).encode())
     run_info = RunInfo(
         config_hash=plan.config_hash,
@@ -197,6 +199,7 @@ def _run_holding_lease(
         quarantine=OutputLayout(config.audit.quarantine_output, config.storage)
         if config.audit.quarantine_output
         else None,
+        fragment_key=secret,
     )
     processed, produced = _process(config, layout, plan, run_info) if plan.pending else (0, {})
     summary = RunSummary(
@@ -216,7 +219,8 @@ def _run_holding_lease(
         added = plan.unsigned | {name: entry_from_marker(marker) for name, marker in produced.items()}
         current = previous if not plan.overwrite else None
         if added or plan.overwrite:
-            current = write_run_manifest(layout, config, plan, added, previous, run_id, started, key)
+            held.check()  # LeaseLostError: another run holds OUTPUT now; publish nothing
+            current = write_run_manifest(layout, config, plan, added, produced, previous, run_id, started, key)
             summary.manifest = int(current["sequence"])
             summary.anchor = _anchor(config, layout, current, plan, key)
         else:
@@ -264,12 +268,12 @@ def _process(
     leftovers = [w.name for w in plan.pending if w.name not in produced]
     if leftovers:
         finish = ray.remote(num_cpus=0.5)(complete_unfinalized)
-        finished: dict[str, dict[str, Any]] = ray.get(finish.remote(layout, leftovers, run_info.quarantine))
+        finished: dict[str, dict[str, Any]] = ray.get(finish.remote(layout, leftovers, run_info))
         produced |= finished
     for name in leftovers:
         if name not in produced and exists(layout.fs, layout.done(name)):
             try:
-                produced[name] = entry_from_files(layout, name)
+                produced[name] = entry_from_files(layout, name, run_info.fragment_key)
             except ManifestError as exc:
                 log.error("%s: %s; it is left out of the manifest, and the next run redoes it", name, exc)
     return processed, produced
@@ -294,17 +298,20 @@ def previous_manifest(layout: OutputLayout, key: Any) -> dict[str, Any] | None:
     return read_signed_manifest(layout, key)
 
 
-def _check_not_rolled_back(config: JobConfig, previous: dict[str, Any] | None) -> None:
+def _check_not_rolled_back(config: JobConfig, previous: dict[str, Any] | None, key: Any) -> None:
     """Refuse to extend an OUTPUT that is older than the newest checkpoint the anchor holds of it."""
-    if config.audit.anchor is None or previous is None:
+    if config.audit.anchor is None or previous is None or key is None:
         return
-    from raypipe.audit.anchor import latest_checkpoint, read_checkpoint
+    from raypipe.audit.anchor import find_checkpoints
     from raypipe.config import ConfigError
 
-    uri = latest_checkpoint(config.audit.anchor, str(previous.get("chain_id")), config.storage)
-    if uri is None:
+    found = find_checkpoints(config.audit.anchor, str(previous.get("chain_id")), config.storage, key)
+    for uri, _, reason in found.invalid:
+        log.warning("anchor: %s is not a valid checkpoint of this output (%s); ignored", redact(uri), reason)
+    if found.newest is None:
         return
-    newest = int(read_checkpoint(uri, config.storage)["sequence"])
+    uri, checkpoint = found.newest
+    newest = int(checkpoint["sequence"])
     if newest > int(previous["sequence"]):
         raise ConfigError(
             f"output: {redact(config.output)} is at manifest {previous['sequence']}, but the anchor holds "
@@ -323,7 +330,7 @@ def _anchor(config: JobConfig, layout: OutputLayout, manifest: dict[str, Any], p
         return None
     from raypipe.audit.anchor import write_checkpoint
 
-    return write_checkpoint(config.audit.anchor, manifest, key, config.storage)
+    return write_checkpoint(config.audit.anchor, manifest, key, config.storage, layout.root)
 
 
 def _tally_entries(summary: RunSummary, names: list[str], entries: dict[str, dict[str, Any]]) -> None:
@@ -377,6 +384,7 @@ def write_run_manifest(
     config: JobConfig,
     plan: Any,
     added: dict[str, dict[str, Any]],
+    produced: dict[str, dict[str, Any]],
     previous: dict[str, Any] | None,
     run_id: str,
     started: float,
@@ -393,7 +401,7 @@ def write_run_manifest(
         "finished": time.time(),
         "method": dataclasses.asdict(config.method),
         "models": _model_ids(config),
-        "weight_hashes": _weight_hashes(layout, sorted(added)),
+        "weight_hashes": _weight_hashes(produced),
         "reid": {"recognizer": config.audit.recognizer, "threshold": config.audit.reid_threshold},
     }
     reason = "--overwrite: results of another configuration were deleted" if plan.overwrite else None
@@ -411,19 +419,12 @@ def _model_ids(config: JobConfig) -> dict[str, Any]:
     return ids
 
 
-def _weight_hashes(layout: OutputLayout, shards: list[str]) -> dict[str, str]:
-    """The weight hashes the GPU actors recorded (read from the audit records, first one found)."""
-    import io
-
-    import pyarrow.parquet as pq
-
-    from raypipe.io.publish import read_bytes
-
-    for name in shards:
-        table = pq.read_table(io.BytesIO(read_bytes(layout.fs, layout.audit(name))), columns=["weight_hashes"])
-        for value in table.column("weight_hashes").to_pylist():
-            if value and value != "{}":
-                return dict(json.loads(value))
+def _weight_hashes(produced: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The weight hashes the GPU actors recorded, from the markers of the shards this run finalized."""
+    for name in sorted(produced):
+        value = produced[name].get("weight_hashes")
+        if value:
+            return dict(json.loads(value))
     return {}
 
 

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -23,6 +24,7 @@ from tests.integration.jobs import TEST_METHOD, TEST_MODELS, TEST_PIPELINE, samp
 
 pytestmark = [pytest.mark.isolated, pytest.mark.slow]
 
+LEASE_TTL_S = 3
 VOLATILE = {"timings", "node"}  # audit columns that legitimately differ between runs
 
 
@@ -44,7 +46,9 @@ def write_config(folder: Path, inputs: Path, output: Path, shards: int = 4) -> P
         "output": str(output),
         "models": TEST_MODELS,
         "method": TEST_METHOD,
-        "pipeline": TEST_PIPELINE | {"batch_size": 2},  # small batches: many fragments to crash between
+        # Small batches: many fragments to crash between. A short lease: the killed driver lived in
+        # another PID namespace, so only its lease's expiry tells the rerun that it is gone.
+        "pipeline": TEST_PIPELINE | {"batch_size": 2, "lease_ttl_s": LEASE_TTL_S},
     }
     path = folder / f"{output.name}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -79,6 +83,7 @@ def test_killed_driver_then_rerun_gives_the_uninterrupted_result(inputs: Path, t
     committed = sum(5 for _ in done) + sum(len(committed_positions(layout, n)[0]) for n in names if n not in done)
     assert committed > 0, "the crash came before anything was committed"
 
+    time.sleep(LEASE_TTL_S + 0.5)  # the killed driver's lease expires
     code, log = run_job(config)
     assert code == 0, log
     runs = sorted((crashed / "_raypipe" / "runs").glob("*.json"))

@@ -43,9 +43,10 @@ def test_checkpoints_on_s3_are_never_replaced(bucket, options: StorageOptions) -
     name, _ = bucket
     anchor = f"s3://{name}/anchor"
     manifest = build_manifest(None, {}, {"config_hash": "c"}) | {"signature": {}}
-    uri = write_checkpoint(anchor, manifest, KEY, options)
-    assert latest_checkpoint(anchor, manifest["chain_id"], options) == uri
-    assert write_checkpoint(anchor, manifest, KEY, options) == uri  # the same checkpoint again: fine
+    out = f"s3://{name}/out"
+    uri = write_checkpoint(anchor, manifest, KEY, options, out)
+    assert latest_checkpoint(anchor, manifest["chain_id"], options, KEY) == uri
+    assert write_checkpoint(anchor, manifest, KEY, options, out) == uri  # the same checkpoint again: fine
     assert read_checkpoint(uri, options)["sequence"] == 1
     with pytest.raises(Exception, match="already holds another checkpoint 1"):
-        write_checkpoint(anchor, manifest | {"created": "2030-01-01T00:00:00Z"}, KEY, options)
+        write_checkpoint(anchor, manifest | {"created": "2030-01-01T00:00:00Z"}, KEY, options, out)

@@ -73,10 +73,10 @@ def two_runs(tmp_path: Path, hmac_key: Key) -> OutputLayout:
     """OUTPUT after two runs (manifest 1: shard 0; manifest 2: adds shard 1), with a checkpoint each."""
     layout = make_output(tmp_path / "out", shards=1)
     anchor = tmp_path / "anchor"
-    write_checkpoint(str(anchor), sign_shards(layout, shard_names(1), hmac_key), hmac_key, OPTIONS)
+    write_checkpoint(str(anchor), sign_shards(layout, shard_names(1), hmac_key), hmac_key, OPTIONS, layout.root)
     records, samples = shard_contents(1)
     write_shard(Path(layout.root), "data-00001.tar", records, samples)
-    write_checkpoint(str(anchor), sign_shards(layout, shard_names(2), hmac_key), hmac_key, OPTIONS)
+    write_checkpoint(str(anchor), sign_shards(layout, shard_names(2), hmac_key), hmac_key, OPTIONS, layout.root)
     return layout
 
 
@@ -119,7 +119,8 @@ def test_a_rollback_is_invisible_without_an_anchor_and_named_with_one(
         (root / f"data-00001{suffix}").unlink()
     # What verify cannot prove alone: this is a complete, correctly signed output of run 1.
     assert verify_output(two_runs.root, hmac_key).ok
-    for anchor in (tmp_path / "anchor", latest_checkpoint(str(tmp_path / "anchor"), _chain(two_runs), OPTIONS)):
+    newest = latest_checkpoint(str(tmp_path / "anchor"), _chain(two_runs), OPTIONS, hmac_key)
+    for anchor in (tmp_path / "anchor", newest):
         report = verify_output(two_runs.root, hmac_key, anchor=str(anchor))
         problem = find(report, "rollback", "_raypipe/manifest.json")
         assert "OUTPUT is at manifest 1, but the anchor holds checkpoint 2" in problem.detail
@@ -139,11 +140,11 @@ def test_the_anchor_passes_an_untouched_output_and_names_a_replaced_history(
     report = verify_output(two_runs.root, hmac_key, anchor=str(tmp_path / "anchor"))
     assert "history was replaced" in find(report, "rollback", "_raypipe/manifest.json").detail
     with pytest.raises(ManifestError, match="already holds another checkpoint 2"):
-        write_checkpoint(str(tmp_path / "anchor"), read_manifest(two_runs) or {}, hmac_key, OPTIONS)
+        write_checkpoint(str(tmp_path / "anchor"), read_manifest(two_runs) or {}, hmac_key, OPTIONS, two_runs.root)
 
 
 def test_a_forged_checkpoint_is_refused(two_runs: OutputLayout, hmac_key: Key, tmp_path: Path) -> None:
-    path = Path(latest_checkpoint(str(tmp_path / "anchor"), _chain(two_runs), OPTIONS) or "")
+    path = Path(latest_checkpoint(str(tmp_path / "anchor"), _chain(two_runs), OPTIONS, hmac_key) or "")
     checkpoint = json.loads(path.read_text())
     checkpoint["sequence"] = 1
     path.write_text(json.dumps(checkpoint))
@@ -157,7 +158,9 @@ def test_a_changed_or_missing_input_is_named_with_the_anchor(tmp_path: Path, hma
     for shard in shard_names():  # pin real local inputs (the fixture pins made-up S3 objects)
         (inputs / shard).write_bytes(b"input bytes of " + shard.encode())
         _pin(layout, shard, inputs / shard)
-    write_checkpoint(str(tmp_path / "anchor"), sign_shards(layout, shard_names(), hmac_key), hmac_key, OPTIONS)
+    write_checkpoint(
+        str(tmp_path / "anchor"), sign_shards(layout, shard_names(), hmac_key), hmac_key, OPTIONS, layout.root
+    )
     assert verify_output(layout.root, hmac_key, anchor=str(tmp_path / "anchor")).ok
     (inputs / "data-00000.tar").write_bytes(b"another input")
     (inputs / "data-00001.tar").unlink()

@@ -13,7 +13,7 @@ import pytest
 
 from raypipe.io.publish import create_exclusive
 from raypipe.layout import OutputLayout
-from raypipe.pipeline.lease import LEASE_FILE, Holder, LeaseHeldError, acquire, lease
+from raypipe.pipeline.lease import LEASE_FILE, Holder, LeaseHeldError, LeaseLostError, acquire, lease
 
 
 def test_exclusive_creation_succeeds_once(tmp_path: Path) -> None:
@@ -44,10 +44,31 @@ def test_a_second_driver_is_refused_while_the_first_holds_the_lease(tmp_path: Pa
 def test_the_lease_of_a_dead_process_is_taken_over(tmp_path: Path) -> None:
     layout = OutputLayout(str(tmp_path / "out"))
     child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead = Holder(socket.gethostname(), int(child.stdout), "dead-run", started=1)
+    here = Holder.this_process("next-run")
+    dead = Holder(socket.gethostname(), int(child.stdout), "dead-run", started=1, pid_namespace=here.pid_namespace)
     acquire(layout, dead, ttl_s=3600)
-    acquire(layout, Holder(socket.gethostname(), 1, "next-run", started=None), ttl_s=60)  # pid 1's start differs
+    acquire(layout, here, ttl_s=60)
     assert json.loads(Path(layout.state(LEASE_FILE)).read_text())["run_id"] == "next-run"
+
+
+def test_a_live_process_of_another_pid_namespace_keeps_its_lease(tmp_path: Path) -> None:
+    # Same host name, another PID namespace (a container with the host's network): its pid means nothing
+    # here, so only the expiry can free the lease.
+    layout = OutputLayout(str(tmp_path / "out"))
+    acquire(layout, Holder(socket.gethostname(), 999_999, "elsewhere", started=1, pid_namespace="pid:[1]"), 3600)
+    with pytest.raises(LeaseHeldError, match="elsewhere"):
+        acquire(layout, Holder.this_process("here"), ttl_s=60)
+
+
+def test_a_lost_lease_stops_the_holder_from_publishing(tmp_path: Path) -> None:
+    layout = OutputLayout(str(tmp_path / "out"))
+    with lease(layout, "run-1", ttl_s=60) as held:
+        held.check()
+        lease_path = Path(layout.state(LEASE_FILE))
+        lease_path.write_text(json.dumps(json.loads(lease_path.read_text()) | {"run_id": "intruder"}))
+        with pytest.raises(LeaseLostError, match="another run took this run's lease"):
+            held.check()
+    assert json.loads(lease_path.read_text())["run_id"] == "intruder"  # not released: it is not ours
 
 
 def test_an_expired_lease_of_another_host_is_taken_over(tmp_path: Path) -> None:
