@@ -49,6 +49,19 @@ def publish_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None
 
 
 def _publish_local(path: str, data: bytes) -> None:
+    temp_path = _durable_temp(path, data)
+    try:
+        os.replace(temp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_path)
+        raise
+    _fsync_folder(os.path.dirname(path) or ".")
+    logger.debug("published %d bytes to %s", len(data), path)
+
+
+def _durable_temp(path: str, data: bytes) -> str:
+    """``data`` in a new, fsynced temporary file beside ``path`` (hidden name); returns its path."""
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
     fd, temp_path = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=TEMP_SUFFIX)
@@ -58,13 +71,11 @@ def _publish_local(path: str, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_path)
         raise
-    _fsync_folder(folder)
-    logger.debug("published %d bytes to %s", len(data), path)
+    return temp_path
 
 
 def _fsync_folder(folder: str) -> None:
@@ -114,23 +125,15 @@ def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> b
 
 
 def _create_local(path: str, data: bytes) -> bool:
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, temp_path = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=TEMP_SUFFIX)
+    temp_path = _durable_temp(path, data)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o666 & ~_umask())
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(temp_path, path)
-        except FileExistsError:
-            return False
+        os.link(temp_path, path)  # unlike a rename, a link never replaces what is there
+    except FileExistsError:
+        return False
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_path)
-    _fsync_folder(folder)
+    _fsync_folder(os.path.dirname(path) or ".")
     return True
 
 

@@ -3,14 +3,14 @@ genuine pair flagged by both of the gate's candidate rules."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
+
+from tests.helpers import load_benchmark
 
 pytest.importorskip("dlib")
 pytest.importorskip("skimage")
@@ -18,20 +18,9 @@ pytest.importorskip("skimage")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "benchmarks_reid_calibration", ROOT / "benchmarks" / "reid_calibration.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def calibration() -> ModuleType:
-    return _load()
+    return load_benchmark("reid_calibration")
 
 
 def test_quick_run_flags_every_genuine_pair_and_writes_both_distributions(
