@@ -7,9 +7,12 @@ This is the only place that turns exceptions into exit codes:
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from raypipe.config import ANALYZERS, PRESETS, ConfigError
 from raypipe.logs import configure_logging, get_logger
@@ -60,17 +63,57 @@ def cmd_anonymize_image(args: argparse.Namespace) -> int:
     out_format = image_format_for(args.output)
     if out_format is None:
         raise ConfigError(f"OUT: cannot tell the image format from {args.output!r}; use .jpg, .png or .webp")
-    decoded = decode_image(Path(args.input).read_bytes(), max_pixels=config.limits.max_image_pixels)
-    anonymizer = ReversePersonalization.from_pretrained(config.models, config.method)
+    data = Path(args.input).read_bytes()
+    decoded = decode_image(data, max_pixels=config.limits.max_image_pixels)
+    anonymizer = ReversePersonalization.from_pretrained(config.models, config.method, audit=config.audit)
     result = anonymizer.anonymize(decoded.rgb, key=Path(args.input).stem)
     for face in result.faces:
-        log.info("face %d at %s: %s", face.index, [round(v) for v in face.box], face.status.value)
-    if result.image is None:
-        log.error("%s: %s, nothing written: %s", args.input, result.status.value, result.error)
+        print(face_verdict(face))
+    encoded = encode_image(result.image, out_format) if result.image is not None else None
+    if args.record:
+        record = image_record(args.input, data, result, anonymizer) | {
+            "output": args.output if encoded is not None else None,
+            "output_sha256": hashlib.sha256(encoded).hexdigest() if encoded is not None else None,
+        }
+        Path(args.record).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    if encoded is None:
+        print(f"{args.input}: {result.status.value}, nothing written: {result.error}")
         return EXIT_SAMPLES
-    Path(args.output).write_bytes(encode_image(result.image, out_format))
+    Path(args.output).write_bytes(encoded)
     log.info("%s -> %s: %s, %d face(s)", args.input, args.output, result.status.value, len(result.faces))
     return EXIT_OK
+
+
+def face_verdict(face: Any) -> str:
+    """One line per face: where, what happened, and the gate's score against its threshold."""
+    box = [round(v) for v in face.box]
+    line = f"face {face.index} at {box}: {face.status.value}"
+    if face.similarity is not None:
+        relation = ">=" if face.similarity >= (face.threshold or 0.0) else "<"
+        line += f" (similarity {face.similarity:.3f} {relation} {face.threshold:.2f})"
+    return line + (f": {face.error}" if face.error else "")
+
+
+def image_record(path: str, data: bytes, result: Any, anonymizer: Any) -> dict[str, Any]:
+    """The record of one ``anonymize-image`` run, with the face fields of the job's audit records."""
+    import raypipe
+
+    described = anonymizer.describe()
+    return {
+        "input": path,
+        "input_sha256": hashlib.sha256(data).hexdigest(),
+        "status": result.status.value,
+        "error": result.error,
+        "error_step": result.step,
+        "faces_count": len(result.faces),
+        "faces": [face.to_dict() for face in result.faces],
+        "missed_faces": result.missed_faces,
+        "recognizer": anonymizer.gate.recognizer_name,
+        "method": described["method"],
+        "models": described["models"],
+        "weight_hashes": described["weight_hashes"],
+        "code_version": raypipe.__version__,
+    }
 
 
 def cmd_anonymize(args: argparse.Namespace) -> int:
@@ -149,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("anonymize-image", help="anonymize every face in one image, without Ray")
     p.add_argument("input", metavar="IN", help="input image file")
     p.add_argument("output", metavar="OUT", help="output image file (format from its extension)")
+    p.add_argument(
+        "--record",
+        metavar="FILE.json",
+        help="write the image's record (status, and per face the fields of the job's audit) to this file",
+    )
     add_method_flags(p)
     p.set_defaults(func=cmd_anonymize_image)
 

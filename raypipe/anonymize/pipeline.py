@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from raypipe.anonymize.faces import DetectedFace, Paste, align_face, face_seed, paste_faces
-from raypipe.config import TINY_FACE_SIZE, MethodConfig, ModelsConfig
+from raypipe.config import TINY_FACE_SIZE, AuditConfig, MethodConfig, ModelsConfig
 from raypipe.logs import get_logger
 from raypipe.records import FaceRecord, FaceStatus, Status
 
@@ -58,6 +58,8 @@ class AnonymizationResult:
     image: np.ndarray | None
     faces: list[FaceRecord] = field(default_factory=list)
     error: str | None = None
+    step: str | None = None  # where a quarantine was decided: "anonymize" or "verify"
+    missed_faces: int = 0  # faces found again in the released image where none was anonymized
 
 
 def prepare_faces(
@@ -119,9 +121,67 @@ def compose(
     undone = [r for r in records if r.status is not FaceStatus.ANONYMIZED]
     if undone:
         reasons = "; ".join(f"face {r.index}: {r.status.value} ({r.error})" for r in undone)
-        return AnonymizationResult(status=Status.QUARANTINED, image=None, faces=records, error=reasons)
+        return AnonymizationResult(
+            status=Status.QUARANTINED, image=None, faces=records, error=reasons, step="anonymize"
+        )
     pastes = [Paste(crop=out, matrix=face.matrix, box=face.box) for face, out in zip(faces, outputs) if out is not None]
     return AnonymizationResult(status=Status.ANONYMIZED, image=paste_faces(image, pastes), faces=records)
+
+
+class Gate:
+    """Verification, the last step of every path that releases an image (the API, ``anonymize-image``
+    and the job's compose stage run this same code).
+
+    Each face is compared with its original by the independent recognizer (``audit.recognizer``); then
+    the released image is searched again for faces that nothing anonymized. A face that still
+    re-identifies, cannot be checked, or was missed quarantines the image: it is never released.
+    """
+
+    def __init__(self, audit: AuditConfig | None = None, analyzer: str | None = None, recognizer: Any = None) -> None:
+        from raypipe.audit.reid import ReidGate
+
+        audit = audit or AuditConfig()
+        self.reid = ReidGate(recognizer, threshold=audit.reid_threshold)
+        self.check_missed = audit.check_missed_faces
+        # With the same (deterministic) detector on both sides, searching an unchanged image again can
+        # only repeat the first answer: re-detect only images that were changed.
+        self.recheck_unchanged = (analyzer or "").split("-", 1)[0] != audit.recognizer
+
+    @property
+    def recognizer_name(self) -> str:
+        return self.reid.name
+
+    def __call__(self, original: np.ndarray, result: AnonymizationResult) -> AnonymizationResult:
+        """``result`` with each face's verdict; quarantined (no image) when a face fails."""
+        from dataclasses import replace
+
+        from raypipe.audit.reid import missed_faces
+
+        if result.status is Status.QUARANTINED:
+            return result
+        released = result.image if result.image is not None else original
+        checks = self.reid.check(original, released, [f.box for f in result.faces])
+        faces = [
+            replace(
+                face,
+                similarity=check.similarity,
+                threshold=check.threshold,
+                status=check.face_status or face.status,
+                error=face.error if check.passed else check.reason,
+            )
+            for face, check in zip(result.faces, checks)
+        ]
+        refused = [f for f in faces if f.status is not FaceStatus.ANONYMIZED]
+        if refused:
+            reasons = "; ".join(f"face {f.index}: {f.error}" for f in refused)
+            return AnonymizationResult(Status.QUARANTINED, None, faces, reasons, step="verify")
+        missed = 0
+        if self.check_missed and (result.status is Status.ANONYMIZED or self.recheck_unchanged):
+            missed = missed_faces(released, [f.box for f in faces], self.reid.recognizer)  # type: ignore[arg-type]
+            if missed:
+                error = f"{missed} face(s) found in the output that were not anonymized"
+                return AnonymizationResult(Status.QUARANTINED, None, faces, error, step="verify", missed_faces=missed)
+        return AnonymizationResult(result.status, result.image, faces, result.error, result.step, missed)
 
 
 def load_analyzer_from_config(models: ModelsConfig) -> FaceAnalyzer:
@@ -147,13 +207,21 @@ class ReversePersonalization:
     >>> result.status, result.image, result.faces
     """
 
-    def __init__(self, models: Models, analyzer: FaceAnalyzer | None, method: MethodConfig | None = None) -> None:
+    def __init__(
+        self,
+        models: Models,
+        analyzer: FaceAnalyzer | None,
+        method: MethodConfig | None = None,
+        audit: AuditConfig | None = None,
+    ) -> None:
         from raypipe.anonymize.guidance import TextEncoder
         from raypipe.anonymize.schedule import NoiseSchedule, make_timesteps
 
         self.models = models
         self.analyzer = analyzer
         self.method = method or MethodConfig()
+        self.audit = audit or AuditConfig()
+        self._gate: Gate | None = None  # built on first use: the job verifies in its compose stage instead
         if analyzer is not None and analyzer.embedding_dim != models.id_embed_dim:
             raise ValueError(
                 f"the {analyzer.name} analyzer gives {analyzer.embedding_dim}-d identity embeddings but the "
@@ -173,6 +241,7 @@ class ReversePersonalization:
         method: MethodConfig | None = None,
         analyzer: FaceAnalyzer | None = None,
         load_analyzer: bool = True,
+        audit: AuditConfig | None = None,
     ) -> ReversePersonalization:
         """Models named by :class:`ModelsConfig`: production weights from hub ids, local folders or
         object-store URIs (``preset: sdxl``), or tiny random ones (``preset: tiny``).
@@ -196,11 +265,15 @@ class ReversePersonalization:
         optimize_for_inference(
             loaded, channels_last=models.channels_last, fuse_lora=models.fuse_lora, compile=models.compile
         )
-        return cls(loaded, analyzer, method)
+        return cls(loaded, analyzer, method, audit)
 
     @classmethod
     def tiny(
-        cls, method: MethodConfig | None = None, analyzer: FaceAnalyzer | str | None = "dlib", seed: int = 0
+        cls,
+        method: MethodConfig | None = None,
+        analyzer: FaceAnalyzer | str | None = "dlib",
+        seed: int = 0,
+        audit: AuditConfig | None = None,
     ) -> ReversePersonalization:
         """Tiny random models (offline, CPU, seconds): every code path of production, no real weights.
 
@@ -214,7 +287,7 @@ class ReversePersonalization:
         method = method or MethodConfig(face_size=TINY_FACE_SIZE)
         id_dim = analyzer.embedding_dim if analyzer is not None else 512
         models = build_tiny_models(id_embed_dim=id_dim, seed=seed, ip_adapter_scale=method.ip_adapter_scale)
-        return cls(models, analyzer, method)
+        return cls(models, analyzer, method, audit)
 
     # ------------------------------------------------------------------ the method on crops
 
@@ -318,7 +391,16 @@ class ReversePersonalization:
         crops = self.anonymize_faces(ready)
         by_face: dict[int, np.ndarray | None] = {id(f): c for f, c in zip(ready, crops)}
         # 4. Paste back, one status per image.
-        return [compose(image, faces, [by_face.get(id(f)) for f in faces]) for image, faces in zip(images, prepared)]
+        results = [compose(image, faces, [by_face.get(id(f)) for f in faces]) for image, faces in zip(images, prepared)]
+        # 5. Verify: the gate decides what may be released.
+        return [self.gate(image, result) for image, result in zip(images, results)]
+
+    @property
+    def gate(self) -> Gate:
+        """The re-identification gate that :meth:`anonymize` runs on every result."""
+        if self._gate is None:
+            self._gate = Gate(self.audit, self.analyzer.name if self.analyzer is not None else None)
+        return self._gate
 
     def describe(self) -> dict[str, Any]:
         """Method parameters and model provenance, for records and audit (no secrets, no biometrics)."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from raypipe.config import AuditConfig, LimitsConfig, MethodConfig, ModelsConfig
@@ -31,7 +30,7 @@ from raypipe.images import (
 )
 from raypipe.logs import get_logger
 from raypipe.pipeline.task import ImageWork, SampleTask
-from raypipe.records import FaceRecord, FaceStatus, Status
+from raypipe.records import Status
 
 if TYPE_CHECKING:
     import numpy as np
@@ -294,22 +293,18 @@ def _device_name(device: Any) -> str:
 
 
 class Compose:
-    """Paste faces back, verify them with the independent re-identification gate, re-encode only the
-    images that changed, and settle each sample's status.
+    """Paste faces back, verify them with the anonymizer's gate (:class:`raypipe.anonymize.pipeline.Gate`,
+    the same code the API and ``anonymize-image`` run), re-encode only the images that changed, and
+    settle each sample's status.
 
     A face that still re-identifies (or cannot be checked), or a face found in a released image where
     nothing was anonymized, quarantines the sample: it is never released.
     """
 
     def __init__(self, audit: AuditConfig | None = None, analyzer: str = "insightface") -> None:
-        from raypipe.audit.reid import ReidGate
+        from raypipe.anonymize.pipeline import Gate
 
-        audit = audit or AuditConfig()
-        self.gate = ReidGate(threshold=audit.reid_threshold)  # dlib's recognizer: independent of ArcFace
-        self.check_missed = audit.check_missed_faces
-        # With the same (deterministic) detector on both sides, searching an unchanged image again can
-        # only repeat the first answer: re-detect only images that were changed.
-        self.recheck_unchanged = analyzer != audit.recognizer
+        self.gate = Gate(audit, analyzer)  # dlib's recognizer: independent of ArcFace
 
     def __call__(self, tasks: list[SampleTask]) -> list[SampleTask]:
         with timed(tasks, "compose"):
@@ -326,50 +321,16 @@ class Compose:
         for work in task.images:
             assert work.rgb is not None
             name = task.members[work.member][0]
-            result = compose(work.rgb, work.faces, work.outputs)
+            result = self.gate(work.rgb, compose(work.rgb, work.faces, work.outputs))
+            task.faces.extend(result.faces)
+            task.missed_faces += result.missed_faces
             if result.status is Status.QUARANTINED:
-                task.faces.extend(result.faces)
-                task.fail("anonymize", f"{name}: {result.error}", Status.QUARANTINED)
+                task.fail(result.step or "verify", f"{name}: {result.error}", Status.QUARANTINED)
                 return
-            released = result.image if result.image is not None else work.rgb
-            faces = self._verify(work.rgb, released, result.faces)
-            task.faces.extend(faces)
-            refused = [f for f in faces if f.status is not FaceStatus.ANONYMIZED]
-            if refused:
-                reasons = "; ".join(f"face {f.index}: {f.error}" for f in refused)
-                task.fail("verify", f"{name}: {reasons}", Status.QUARANTINED)
-                return
-            if self.check_missed and (result.status is Status.ANONYMIZED or self.recheck_unchanged):
-                missed = self._missed(released, faces)
-                task.missed_faces += missed
-                if missed:
-                    task.fail(
-                        "verify",
-                        f"{name}: {missed} face(s) found in the output that were not anonymized",
-                        Status.QUARANTINED,
-                    )
-                    return
             if result.status is Status.ANONYMIZED:
-                out_members[work.member] = (name, encode_image(released, work.format))
+                assert result.image is not None
+                out_members[work.member] = (name, encode_image(result.image, work.format))
             elif work.release is not None:  # a format whose other bytes cannot be vouched for
                 out_members[work.member] = (name, work.release)
         task.status = Status.ANONYMIZED if task.faces else Status.NO_FACE
         task.out_members = out_members
-
-    def _verify(self, original: np.ndarray, released: np.ndarray, faces: list[FaceRecord]) -> list[FaceRecord]:
-        checks = self.gate.check(original, released, [f.box for f in faces])
-        return [
-            replace(
-                face,
-                similarity=check.similarity,
-                threshold=check.threshold,
-                status=check.face_status or face.status,
-                error=face.error if check.passed else check.reason,
-            )
-            for face, check in zip(faces, checks)
-        ]
-
-    def _missed(self, released: np.ndarray, faces: list[FaceRecord]) -> int:
-        from raypipe.audit.reid import missed_faces
-
-        return missed_faces(released, [f.box for f in faces], self.gate.recognizer)  # type: ignore[arg-type]

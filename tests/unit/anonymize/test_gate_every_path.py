@@ -1,0 +1,91 @@
+"""One gate on every path that releases an image: the API, ``anonymize-image`` and the job's compose
+stage run the same verification, so an anonymizer that hands back the original face is quarantined on
+each of them. (Test double: ``anonymize_crops`` returns its input crops, standing in for a broken
+anonymizer; everything else is real: tiny diffusion models, dlib detection and dlib's recognizer.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from raypipe.anonymize.pipeline import Gate, ReversePersonalization
+from raypipe.config import MethodConfig
+from raypipe.records import FaceStatus, Status
+
+METHOD = MethodConfig(num_steps=4, face_size=128, seed=7)
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    from skimage import data
+
+    return np.ascontiguousarray(data.astronaut())
+
+
+def _identity(crops, embeddings, seeds):  # type: ignore[no-untyped-def]
+    return [np.array(crop, copy=True) for crop in crops]
+
+
+def test_the_api_quarantines_an_anonymizer_that_returns_the_original(astronaut, monkeypatch) -> None:
+    rp = ReversePersonalization.tiny(method=METHOD, analyzer="dlib")
+    monkeypatch.setattr(rp, "anonymize_crops", _identity)
+    result = rp.anonymize(astronaut, key="astronaut")
+    assert result.status is Status.QUARANTINED and result.image is None and result.step == "verify"
+    (face,) = result.faces
+    assert face.status is FaceStatus.REIDENTIFIED and face.similarity is not None
+    assert face.similarity >= face.threshold  # type: ignore[operator]
+    for batch_result in rp.anonymize_batch([astronaut, astronaut], ["a", "b"]):
+        assert batch_result.status is Status.QUARANTINED and batch_result.image is None
+
+
+def test_the_api_releases_a_real_anonymization_with_each_faces_verdict(astronaut) -> None:
+    rp = ReversePersonalization.tiny(method=METHOD, analyzer="dlib")
+    result = rp.anonymize(astronaut, key="astronaut")
+    assert result.status is Status.ANONYMIZED and result.image is not None
+    (face,) = result.faces
+    assert face.status is FaceStatus.ANONYMIZED
+    assert face.similarity is not None and face.similarity < face.threshold  # type: ignore[operator]
+
+
+def test_anonymize_image_prints_the_verdict_and_writes_nothing_for_a_failing_face(
+    tmp_path: Path, astronaut: np.ndarray, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from raypipe.cli import main
+
+    monkeypatch.setattr(ReversePersonalization, "anonymize_crops", lambda self, c, e, s: _identity(c, e, s))
+    src, dst, record = tmp_path / "in.png", tmp_path / "out.png", tmp_path / "in.json"
+    Image.fromarray(astronaut).save(src)
+    args = ["anonymize-image", str(src), str(dst), "--record", str(record), "--preset", "tiny"]
+    code = main([*args, "--analyzer", "dlib", "--steps", "4", "--face-size", "128"])
+    out = capsys.readouterr().out
+    assert code == 1 and not dst.exists()
+    assert "face 0 at [" in out and "reidentified (similarity" in out and "nothing written" in out
+    written = json.loads(record.read_text())
+    assert written["status"] == "quarantined" and written["error_step"] == "verify"
+    assert written["output"] is None and written["faces"][0]["status"] == "reidentified"
+    assert set(written["faces"][0]) == {"index", "box", "score", "status", "seed", "error", "similarity", "threshold"}
+
+
+def test_anonymize_image_record_of_a_released_image(tmp_path: Path, astronaut: np.ndarray) -> None:
+    import hashlib
+
+    from raypipe.cli import main
+
+    src, dst, record = tmp_path / "in.png", tmp_path / "out.png", tmp_path / "in.json"
+    Image.fromarray(astronaut).save(src)
+    args = ["anonymize-image", str(src), str(dst), "--record", str(record), "--preset", "tiny"]
+    assert main([*args, "--analyzer", "dlib", "--steps", "4", "--face-size", "128"]) == 0
+    written = json.loads(record.read_text())
+    assert written["status"] == "anonymized" and written["faces"][0]["similarity"] < 0.9
+    assert written["output_sha256"] == hashlib.sha256(dst.read_bytes()).hexdigest()
+    assert written["recognizer"].startswith("dlib")
+
+
+def test_the_job_compose_stage_runs_the_same_gate() -> None:
+    from raypipe.pipeline.stages import Compose
+
+    assert isinstance(Compose().gate, Gate)
