@@ -212,20 +212,26 @@ class DlibAnalyzer:
             faces.append(DetectedFace(_rect_to_box(rect), score, landmarks, embedding, reason))
         return _sort_faces(faces)
 
-    def embed(self, image_rgb_uint8: np.ndarray, box: Box) -> np.ndarray | None:
+    def detect_boxes(self, image_rgb_uint8: np.ndarray) -> list[Box]:
+        """The boxes of every face the detector finds (one full-image detection, no landmarks)."""
+        return [_rect_to_box(rect) for rect, _ in self._detect(_check_image(image_rgb_uint8))]
+
+    def embed(self, image_rgb_uint8: np.ndarray, box: Box, detections: list[Box] | None = None) -> np.ndarray | None:
         """Embedding of the face near ``box``.
 
-        Uses the best-overlapping detection; when the detector finds nothing there, the landmark model
-        is fitted to ``box`` itself, so a face that became hard to detect is still compared (the
-        conservative choice for a re-identification check). None only when ``box`` misses the image.
+        Uses the best-overlapping of ``detections`` (the boxes :meth:`detect_boxes` found in this image;
+        detected here when not given); when none overlaps, the landmark model is fitted to ``box``
+        itself, so a face that became hard to detect is still compared (the conservative choice for a
+        re-identification check). None only when ``box`` misses the image.
         """
         import dlib
 
         image = _check_image(image_rgb_uint8)
-        detections = self._detect(image)
-        match = _best_match([_rect_to_box(rect) for rect, _ in detections], box)
+        found = detections if detections is not None else self.detect_boxes(image)
+        match = _best_match(found, box)
         if match is not None:
-            rect = detections[match][0]
+            x1, y1, x2, y2 = (round(v) for v in found[match])
+            rect = dlib.rectangle(int(x1), int(y1), int(x2) - 1, int(y2) - 1)
         else:
             height, width = image.shape[:2]
             x1, y1 = max(0, round(box[0])), max(0, round(box[1]))

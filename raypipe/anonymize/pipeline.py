@@ -160,7 +160,13 @@ class Gate:
         if result.status is Status.QUARANTINED:
             return result
         released = result.image if result.image is not None else original
-        checks = self.reid.check(original, released, [f.box for f in result.faces])
+        boxes = [f.box for f in result.faces]
+        search = self.check_missed and (result.status is Status.ANONYMIZED or self.recheck_unchanged)
+        # At most two full-image detections per image, whatever the number of faces: one of the original
+        # (to frame each face for its embedding) and one of the released image (framing and missed faces).
+        before = self.reid.detect(original) if boxes else None
+        after = self.reid.detect(released) if boxes or search else None
+        checks = self.reid.check(original, released, boxes, (before, after))
         faces = [
             replace(
                 face,
@@ -176,8 +182,8 @@ class Gate:
             reasons = "; ".join(f"face {f.index}: {f.error}" for f in refused)
             return AnonymizationResult(Status.QUARANTINED, None, faces, reasons, step="verify")
         missed = 0
-        if self.check_missed and (result.status is Status.ANONYMIZED or self.recheck_unchanged):
-            missed = missed_faces(released, [f.box for f in faces], self.reid.recognizer)  # type: ignore[arg-type]
+        if search:
+            missed = missed_faces(released, boxes, found=after)
             if missed:
                 error = f"{missed} face(s) found in the output that were not anonymized"
                 return AnonymizationResult(Status.QUARANTINED, None, faces, error, step="verify", missed_faces=missed)

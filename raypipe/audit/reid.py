@@ -51,11 +51,16 @@ UNCHECKED = "could not be checked"
 
 
 class Recognizer(Protocol):
-    """What the gate needs from a recognizer: a name and an embedding of the face at a box."""
+    """What the gate needs from a recognizer: a name, its detector's boxes of one image, and an
+    embedding of the face at a box (framed by the best-overlapping of those boxes, when given)."""
 
     name: str
 
-    def embed(self, image_rgb_uint8: np.ndarray, box: Box) -> np.ndarray | None: ...
+    def detect_boxes(self, image_rgb_uint8: np.ndarray) -> list[Box]: ...
+
+    def embed(
+        self, image_rgb_uint8: np.ndarray, box: Box, detections: list[Box] | None = None
+    ) -> np.ndarray | None: ...
 
 
 @dataclass(frozen=True)
@@ -112,19 +117,29 @@ class ReidGate:
         """The recognizer's name, for the audit and the manifest."""
         return str(getattr(self.recognizer, "name", type(self.recognizer).__name__))
 
-    def _embed(self, image: np.ndarray, box: Box) -> tuple[np.ndarray | None, str | None]:
+    def detect(self, image: np.ndarray) -> list[Box]:
+        """The recognizer's own detections in ``image`` (one full-image detection)."""
+        return list(self.recognizer.detect_boxes(image))
+
+    def _embed(self, image: np.ndarray, box: Box, detections: list[Box] | None) -> tuple[np.ndarray | None, str | None]:
         try:
-            embedding = self.recognizer.embed(image, box)
+            embedding = self.recognizer.embed(image, box, detections)
         except Exception as error:  # a recognizer failure on one face is a verdict, not a crash
             return None, f"{type(error).__name__}: {error}"
         return embedding, None if embedding is not None else "no embedding"
 
-    def check_face(self, original_rgb: np.ndarray, anonymized_rgb: np.ndarray, box: Box) -> FaceCheck:
+    def check_face(
+        self,
+        original_rgb: np.ndarray,
+        anonymized_rgb: np.ndarray,
+        box: Box,
+        detections: tuple[list[Box] | None, list[Box] | None] = (None, None),
+    ) -> FaceCheck:
         """The verdict on the face at ``box`` (see :meth:`check`)."""
-        before, error = self._embed(original_rgb, box)
+        before, error = self._embed(original_rgb, box, detections[0])
         if before is None:
             return FaceCheck(None, False, f"{UNCHECKED}: original face ({error})", self.threshold)
-        after, error = self._embed(anonymized_rgb, box)
+        after, error = self._embed(anonymized_rgb, box, detections[1])
         if after is None:
             return FaceCheck(None, False, f"{UNCHECKED}: anonymized face ({error})", self.threshold)
         similarity = cosine(before, after)
@@ -134,9 +149,19 @@ class ReidGate:
             return FaceCheck(similarity, False, REIDENTIFIES, self.threshold)
         return FaceCheck(similarity, True, PASSED, self.threshold)
 
-    def check(self, original_rgb: np.ndarray, anonymized_rgb: np.ndarray, boxes: Sequence[Box]) -> list[FaceCheck]:
+    def check(
+        self,
+        original_rgb: np.ndarray,
+        anonymized_rgb: np.ndarray,
+        boxes: Sequence[Box],
+        detections: tuple[list[Box] | None, list[Box] | None] = (None, None),
+    ) -> list[FaceCheck]:
         """One :class:`FaceCheck` per box, in order: cosine similarity of the recognizer's embeddings of
         the face at the box before and after anonymization.
+
+        ``detections``: the recognizer's boxes in the original and in the anonymized image, when the
+        caller already has them (:meth:`detect`); each face is then framed by its best-overlapping box,
+        with no detection per face. Given or not, the embeddings are the same.
 
         Not passed when the similarity is at or above the threshold ("still re-identifies") or when
         either embedding cannot be made or compared ("could not be checked"). Both images must have the
@@ -146,7 +171,7 @@ class ReidGate:
             raise ValueError(
                 f"original {np.shape(original_rgb)} and anonymized {np.shape(anonymized_rgb)} images differ in shape"
             )
-        results = [self.check_face(original_rgb, anonymized_rgb, box) for box in boxes]
+        results = [self.check_face(original_rgb, anonymized_rgb, box, detections) for box in boxes]
         failed = sum(not r.passed for r in results)
         if failed:
             log.debug("re-identification gate: %d of %d faces not passed", failed, len(results))
@@ -156,16 +181,20 @@ class ReidGate:
 def missed_faces(
     anonymized_rgb: np.ndarray,
     anonymized_boxes: Sequence[Box],
-    detector: FaceAnalyzer,
+    detector: FaceAnalyzer | None = None,
     min_iou: float = MISSED_IOU,
+    found: Sequence[Box] | None = None,
 ) -> int:
     """How many faces ``detector`` finds in the output image that overlap no anonymized face box.
 
     A detection counts as one of the anonymized faces when its IoU with one of ``anonymized_boxes`` is at
     least ``min_iou`` (default :data:`MISSED_IOU`); any other detection is a face that was never
-    anonymized. Only boxes are used: the detector's landmarks and embeddings are dropped here.
+    anonymized. Only boxes are used. ``found``: the detector's boxes in the output, when the caller
+    already has them (then ``detector`` is not needed).
     """
-    found = [face.box for face in detector.analyze(anonymized_rgb)]
+    if found is None:
+        assert detector is not None, "missed_faces needs a detector or the boxes it found"
+        found = [face.box for face in detector.analyze(anonymized_rgb)]
     missed = sum(1 for box in found if not any(iou(box, done) >= min_iou for done in anonymized_boxes))
     if missed:
         log.debug("%d face(s) found in the output where none was anonymized", missed)

@@ -89,3 +89,41 @@ def test_the_job_compose_stage_runs_the_same_gate() -> None:
     from raypipe.pipeline.stages import Compose
 
     assert isinstance(Compose().gate, Gate)
+
+
+@pytest.mark.parametrize("faces", [1, 6])
+def test_the_gate_runs_at_most_two_detections_per_image(faces: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real photos: the astronaut (1 face), insightface's group photo (6): the same verdicts as one
+    detection per face, from two full-image detections."""
+    from raypipe.anonymize.pipeline import AnonymizationResult
+    from raypipe.records import FaceRecord
+
+    image = _group_photo() if faces == 6 else _astronaut_image()
+    gate = Gate()
+    recognizer = gate.reid.recognizer
+    boxes = recognizer.detect_boxes(image)
+    assert len(boxes) == faces
+    released = image.copy()
+    released[::2, ::2] //= 2  # a changed image, so the released one is searched again
+    records = [FaceRecord(i, box, 1.0, FaceStatus.ANONYMIZED) for i, box in enumerate(boxes)]
+    calls: list[int] = []
+    real = recognizer._detect
+    monkeypatch.setattr(recognizer, "_detect", lambda img: calls.append(1) or real(img))
+    result = gate(image, AnonymizationResult(Status.ANONYMIZED, released, records))
+    assert len(calls) == 2
+    per_face = gate.reid.check(image, released, boxes)  # the old way: detections for every face
+    assert len(calls) == 2 + 2 * faces
+    assert [f.similarity for f in result.faces] == [c.similarity for c in per_face]
+
+
+def _astronaut_image() -> np.ndarray:
+    from skimage import data
+
+    return np.ascontiguousarray(data.astronaut())
+
+
+def _group_photo() -> np.ndarray:
+    import insightface
+
+    path = Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"
+    return np.asarray(Image.open(path).convert("RGB"))

@@ -84,7 +84,10 @@ class _Recognizer:
     def __init__(self, result: np.ndarray | None = None, error: Exception | None = None) -> None:
         self.result, self.error = result, error
 
-    def embed(self, image: np.ndarray, box: Box) -> np.ndarray | None:
+    def detect_boxes(self, image: np.ndarray) -> list[Box]:
+        return []
+
+    def embed(self, image: np.ndarray, box: Box, detections: list[Box] | None = None) -> np.ndarray | None:
         if self.error is not None:
             raise self.error
         return self.result

@@ -112,9 +112,9 @@ def test_unchanged_images_are_searched_again_only_by_another_detector(shard: Pat
     calls: list[int] = []
     for analyzer, expected in (("dlib", 0), ("insightface", 2)):
         compose = Compose(AuditConfig(), analyzer=analyzer)
-        real = compose.gate.reid.recognizer.analyze
+        real = compose.gate.reid.recognizer.detect_boxes
         monkeypatch.setattr(
-            compose.gate.reid.recognizer, "analyze", lambda image, real=real: calls.append(1) or real(image)
+            compose.gate.reid.recognizer, "detect_boxes", lambda image, real=real: calls.append(1) or real(image)
         )
         tasks = list(shard_tasks(ShardWork(str(shard), shard.name), StorageOptions(), LimitsConfig()))
         faceless = [t for t in Decode(LimitsConfig())(tasks)[1:] if not t.end_of_shard]
