@@ -88,3 +88,12 @@ def test_fast_profile_is_the_production_profile_with_fewer_steps_and_the_equival
         reference.models.dtype,
     )
     assert fast.audit == reference.audit  # the re-identification gate is not relaxed
+
+
+def test_compose_gate_quick_gives_the_same_verdicts_from_fewer_detections(tmp_path: Path) -> None:
+    pytest.importorskip("dlib")
+    out = tmp_path / "gate.json"
+    assert load_benchmark("compose_gate").main(["--quick", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["faces_found"] == 1 and row["same_verdicts"]
+    assert row["per-face_s"] > 0 and row["shared_s"] > 0
