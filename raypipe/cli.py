@@ -55,9 +55,12 @@ def method_overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
 
 
 def cmd_anonymize_image(args: argparse.Namespace) -> int:
+    from fsspec.implementations.local import LocalFileSystem
+
     from raypipe.anonymize.pipeline import ReversePersonalization
     from raypipe.config import load_config
     from raypipe.images import decode_image, encode_image, image_format_for
+    from raypipe.io.publish import publish_bytes
 
     config = load_config(args.config, overrides=method_overrides(args), require_io=False)
     out_format = image_format_for(args.output)
@@ -70,16 +73,18 @@ def cmd_anonymize_image(args: argparse.Namespace) -> int:
     for face in result.faces:
         print(face_verdict(face))
     encoded = encode_image(result.image, out_format) if result.image is not None else None
+    if encoded is not None:  # the image first: a record never names an output that was not written
+        publish_bytes(LocalFileSystem(), str(Path(args.output).resolve()), encoded)
     if args.record:
         record = image_record(args.input, data, result, anonymizer) | {
             "output": args.output if encoded is not None else None,
             "output_sha256": hashlib.sha256(encoded).hexdigest() if encoded is not None else None,
         }
-        Path(args.record).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        text = json.dumps(record, indent=2, sort_keys=True) + "\n"
+        publish_bytes(LocalFileSystem(), str(Path(args.record).resolve()), text.encode())
     if encoded is None:
-        print(f"{args.input}: {result.status.value}, nothing written: {result.error}")
+        log.error("%s: %s, nothing written: %s", args.input, result.status.value, result.error)
         return EXIT_SAMPLES
-    Path(args.output).write_bytes(encoded)
     log.info("%s -> %s: %s, %d face(s)", args.input, args.output, result.status.value, len(result.faces))
     return EXIT_OK
 
@@ -88,8 +93,8 @@ def face_verdict(face: Any) -> str:
     """One line per face: where, what happened, and the gate's score against its threshold."""
     box = [round(v) for v in face.box]
     line = f"face {face.index} at {box}: {face.status.value}"
-    if face.similarity is not None:
-        relation = ">=" if face.similarity >= (face.threshold or 0.0) else "<"
+    if face.similarity is not None and face.threshold is not None:
+        relation = ">=" if face.similarity >= face.threshold else "<"
         line += f" (similarity {face.similarity:.3f} {relation} {face.threshold:.2f})"
     return line + (f": {face.error}" if face.error else "")
 
@@ -111,6 +116,8 @@ def image_record(path: str, data: bytes, result: Any, anonymizer: Any) -> dict[s
         "recognizer": anonymizer.gate.recognizer_name,
         "method": described["method"],
         "models": described["models"],
+        "optimizations": described["optimizations"],
+        "analyzer": described["analyzer"],
         "weight_hashes": described["weight_hashes"],
         "code_version": raypipe.__version__,
     }

@@ -145,7 +145,9 @@ class Gate:
         self.check_missed = audit.check_missed_faces
         # With the same (deterministic) detector on both sides, searching an unchanged image again can
         # only repeat the first answer: re-detect only images that were changed.
-        self.recheck_unchanged = (analyzer or "").split("-", 1)[0] != audit.recognizer
+        # ``analyzer`` is the job's ``models.analyzer`` name, whose dlib analyzer is built with the same
+        # settings as the gate's; anything else (an analyzer object of the API, None) is searched again.
+        self.recheck_unchanged = analyzer != audit.recognizer
 
     @property
     def recognizer_name(self) -> str:
@@ -164,8 +166,11 @@ class Gate:
         search = self.check_missed and (result.status is Status.ANONYMIZED or self.recheck_unchanged)
         # At most two full-image detections per image, whatever the number of faces: one of the original
         # (to frame each face for its embedding) and one of the released image (framing and missed faces).
-        before = self.reid.detect(original) if boxes else None
-        after = self.reid.detect(released) if boxes or search else None
+        try:
+            before = self.reid.detect(original) if boxes else None
+            after = self.reid.detect(released) if boxes or search else None
+        except Exception as failure:  # the recognizer failing is a verdict (nothing verified), never a release
+            return _unverified(result, f"{type(failure).__name__}: {failure}")
         checks = self.reid.check(original, released, boxes, (before, after))
         faces = [
             replace(
@@ -185,9 +190,19 @@ class Gate:
         if search:
             missed = missed_faces(released, boxes, found=after)
             if missed:
-                error = f"{missed} face(s) found in the output that were not anonymized"
-                return AnonymizationResult(Status.QUARANTINED, None, faces, error, step="verify", missed_faces=missed)
+                why = f"{missed} face(s) found in the output that were not anonymized"
+                return AnonymizationResult(Status.QUARANTINED, None, faces, why, step="verify", missed_faces=missed)
         return AnonymizationResult(result.status, result.image, faces, result.error, result.step, missed)
+
+
+def _unverified(result: AnonymizationResult, cause: str) -> AnonymizationResult:
+    from dataclasses import replace
+
+    from raypipe.audit.reid import UNCHECKED
+
+    error = f"{UNCHECKED}: the recognizer's detection failed ({cause})"
+    faces = [replace(face, status=FaceStatus.UNCHECKED, error=error) for face in result.faces]
+    return AnonymizationResult(Status.QUARANTINED, None, faces, error, step="verify")
 
 
 def load_analyzer_from_config(models: ModelsConfig) -> FaceAnalyzer:
@@ -405,7 +420,7 @@ class ReversePersonalization:
     def gate(self) -> Gate:
         """The re-identification gate that :meth:`anonymize` runs on every result."""
         if self._gate is None:
-            self._gate = Gate(self.audit, self.analyzer.name if self.analyzer is not None else None)
+            self._gate = Gate(self.audit)  # the analyzer's settings are unknown here: always search again
         return self._gate
 
     def describe(self) -> dict[str, Any]:

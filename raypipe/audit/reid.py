@@ -96,7 +96,8 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float | None:
 class ReidGate:
     """Compares each anonymized face with its original under an independent recognizer.
 
-    ``recognizer``: anything with ``name`` and ``embed(image, box)`` (default: a HOG
+    ``recognizer``: anything with ``name``, ``detect_boxes(image)`` and ``embed(image, box, detections)``
+    (see :class:`Recognizer`; default: a HOG
     :class:`~raypipe.anonymize.analyzers.DlibAnalyzer`, built on first use). ``threshold``: cosine
     similarity at or above which a face still re-identifies (default :data:`DEFAULT_THRESHOLD`, derived
     for dlib; choose another one for another recognizer).

@@ -63,7 +63,7 @@ def test_anonymize_image_prints_the_verdict_and_writes_nothing_for_a_failing_fac
     code = main([*args, "--analyzer", "dlib", "--steps", "4", "--face-size", "128"])
     out = capsys.readouterr().out
     assert code == 1 and not dst.exists()
-    assert "face 0 at [" in out and "reidentified (similarity" in out and "nothing written" in out
+    assert "face 0 at [" in out and "reidentified (similarity" in out
     written = json.loads(record.read_text())
     assert written["status"] == "quarantined" and written["error_step"] == "verify"
     assert written["output"] is None and written["faces"][0]["status"] == "reidentified"
@@ -85,10 +85,30 @@ def test_anonymize_image_record_of_a_released_image(tmp_path: Path, astronaut: n
     assert written["recognizer"].startswith("dlib")
 
 
-def test_the_job_compose_stage_runs_the_same_gate() -> None:
+def test_the_job_compose_stage_quarantines_the_original_face(astronaut: np.ndarray) -> None:
+    from raypipe.anonymize.analyzers import DlibAnalyzer
+    from raypipe.anonymize.pipeline import prepare_faces
     from raypipe.pipeline.stages import Compose
+    from raypipe.pipeline.task import ImageWork, SampleTask
 
-    assert isinstance(Compose().gate, Gate)
+    faces = prepare_faces(astronaut, DlibAnalyzer().analyze(astronaut), 128, 7, "astronaut")
+    work = ImageWork(member=0, format="PNG", rgb=astronaut, faces=faces, outputs=[f.crop for f in faces])
+    task = SampleTask("in.tar", "in.tar", 0, "astronaut", [("astronaut.png", b"...")], "", images=[work])
+    (done,) = Compose()([task])
+    assert done.status is Status.QUARANTINED and done.error_step == "verify" and done.out_members is None
+    assert done.faces[0].status is FaceStatus.REIDENTIFIED
+
+
+def test_a_recognizer_that_fails_quarantines_instead_of_crashing(astronaut: np.ndarray, monkeypatch) -> None:
+    rp = ReversePersonalization.tiny(method=METHOD, analyzer="dlib")
+
+    def broken(image: np.ndarray) -> list:  # type: ignore[type-arg]
+        raise RuntimeError("detector crashed")
+
+    monkeypatch.setattr(rp.gate.reid.recognizer, "detect_boxes", broken)
+    result = rp.anonymize(astronaut, key="astronaut")
+    assert result.status is Status.QUARANTINED and result.image is None and result.step == "verify"
+    assert result.faces[0].status is FaceStatus.UNCHECKED and "detector crashed" in (result.faces[0].error or "")
 
 
 @pytest.mark.parametrize("faces", [1, 6])
