@@ -4,6 +4,7 @@ import gzip
 import hashlib
 import io
 import tarfile
+from typing import Any
 
 import pytest
 
@@ -297,16 +298,21 @@ class HugeMemberTar(io.RawIOBase):
         return len(chunk)
 
 
-def test_a_member_over_the_size_limit_is_reported_without_being_read_into_memory() -> None:
+def _read_measuring_peak(stream: Any, **options: Any) -> tuple[list[Any], int]:
+    """Everything iter_samples yields for ``stream``, and the peak of Python memory while reading it."""
     import tracemalloc
 
-    size = 64 * 1024 * 1024
     tracemalloc.start()
     try:
-        found = list(iter_samples(io.BufferedReader(HugeMemberTar(size)), max_member_bytes=1024))
-        peak = tracemalloc.get_traced_memory()[1]
+        found = list(iter_samples(stream, **options))
+        return found, tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+
+
+def test_a_member_over_the_size_limit_is_reported_without_being_read_into_memory() -> None:
+    size = 64 * 1024 * 1024
+    found, peak = _read_measuring_peak(io.BufferedReader(HugeMemberTar(size)), max_member_bytes=1024)
     assert found == [
         TarProblem("big.bin", tars.OVER_LIMIT, "big", f"{size} bytes, over the limit of 1024"),
         Sample("small", [("small.txt", b"ok")]),
@@ -350,20 +356,13 @@ class Pieces(io.RawIOBase):
 
 
 def test_a_huge_extended_header_is_skipped_unread_and_fails_only_its_member() -> None:
-    import tracemalloc
-
     size = 64 * 1024 * 1024
     header, _ = pax_header(b"")
     header.size = size
     before = raw_tar([(member("a.jpg"), b"1")])[: 2 * tarfile.BLOCKSIZE]
     after = raw_tar([(member("a.txt"), b"2"), (member("b.jpg"), b"3")])
-    tracemalloc.start()
-    try:
-        stream = io.BufferedReader(Pieces([before, header.tobuf(format=tarfile.GNU_FORMAT), size, after]))
-        found = list(iter_samples(stream))
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    stream = io.BufferedReader(Pieces([before, header.tobuf(format=tarfile.GNU_FORMAT), size, after]))
+    found, peak = _read_measuring_peak(stream)
     assert found == [
         TarProblem("a.txt", tars.EXTENDED_HEADER, "a", f"extended header of {size} bytes, over the limit of 65536"),
         Sample("a", [("a.jpg", b"1")]),
