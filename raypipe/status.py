@@ -5,7 +5,9 @@ Reads only committed objects: the stored configuration, completion markers and f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import yaml
 
@@ -47,9 +49,16 @@ class Tally:
 
 
 def tally(layout: OutputLayout, names: list[str]) -> Tally:
+    """What the completion markers of ``names`` say (one small read per shard)."""
+    return tally_from(names, layout.read_marker)
+
+
+def tally_from(names: list[str], lookup: Callable[[str], dict[str, Any] | None]) -> Tally:
+    """Done shards and samples per status, from whatever ``lookup`` gives per shard (a completion
+    marker or a manifest entry, both with ``counts``; None: not done)."""
     result = Tally()
     for name in names:
-        marker = layout.read_marker(name)
+        marker = lookup(name)
         if marker is None:
             result.incomplete.append(name)
             continue

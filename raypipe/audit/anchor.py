@@ -127,13 +127,9 @@ def find_checkpoints(anchor: str, chain_id: str, options: StorageOptions, key: K
         if not match or match["chain"] != chain_id:
             continue
         uri = join(anchor, name)
-        try:
-            checkpoint = read_checkpoint(uri, options)
-        except (ValueError, OSError) as exc:
-            found.invalid.append((uri, "modified", f"unreadable checkpoint ({exc})"))
-            continue
-        if not verify(checkpoint_payload(checkpoint), checkpoint.get("signature"), key):
-            found.invalid.append((uri, "bad_signature", describe_mismatch(checkpoint.get("signature"), key)))
+        checkpoint, kind, reason = verified_checkpoint(uri, options, key)
+        if checkpoint is None:
+            found.invalid.append((uri, kind, reason))
         elif checkpoint["chain_id"] != chain_id or checkpoint["sequence"] != int(match["sequence"]):
             found.invalid.append((uri, "modified", "its content names another chain or sequence than its file name"))
         else:
@@ -166,6 +162,13 @@ def read_checkpoint(uri: str, options: StorageOptions) -> dict[str, Any]:
     return value
 
 
-def checkpoint_payload(checkpoint: dict[str, Any]) -> bytes:
-    """The bytes a checkpoint's signature covers."""
-    return signed_payload(checkpoint)
+def verified_checkpoint(uri: str, options: StorageOptions, key: Key) -> tuple[dict[str, Any] | None, str, str]:
+    """``(checkpoint, "", "")`` when the file reads and its signature verifies under ``key``; else
+    ``(None, kind, reason)`` with the problem kind ``verify`` reports."""
+    try:
+        checkpoint = read_checkpoint(uri, options)
+    except (ValueError, OSError) as exc:
+        return None, "modified", f"unusable checkpoint ({exc})"
+    if not verify(signed_payload(checkpoint), checkpoint.get("signature"), key):
+        return None, "bad_signature", describe_mismatch(checkpoint.get("signature"), key)
+    return checkpoint, "", ""

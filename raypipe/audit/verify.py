@@ -546,19 +546,16 @@ class _Verifier:
 
     def check_anchor(self, manifest: dict[str, Any], anchor: str) -> None:
         """OUTPUT descends from the anchor's checkpoint, and every input it pins is unchanged."""
-        from raypipe.audit.anchor import checkpoint_payload, find_checkpoints, output_location, read_checkpoint
+        from raypipe.audit.anchor import find_checkpoints, output_location, verified_checkpoint
 
         options = self.layout.options
         if anchor.endswith(".json"):
             where = redact(anchor)
-            try:
-                checkpoint = read_checkpoint(anchor, options)
-            except (ValueError, OSError) as exc:
-                self.add("modified", where, f"unusable checkpoint ({exc})")
+            single, kind, reason = verified_checkpoint(anchor, options, self.key)
+            if single is None:
+                self.add(kind, where, reason)
                 return
-            if not verify(checkpoint_payload(checkpoint), checkpoint.get("signature"), self.key):
-                self.add("bad_signature", where, describe_mismatch(checkpoint.get("signature"), self.key))
-                return
+            checkpoint = single
         else:
             found = find_checkpoints(anchor, str(manifest.get("chain_id")), options, self.key)
             for uri, kind, reason in found.invalid:
@@ -598,7 +595,7 @@ class _Verifier:
                 self.check_input(shard, pinned)
 
     def check_input(self, shard: str, pinned: dict[str, Any]) -> None:
-        from raypipe.io.identity import HashingReader, object_identity, same_object
+        from raypipe.io.identity import object_identity, same_object
         from raypipe.io.storage import filesystem
 
         uri = str(pinned.get("uri"))

@@ -223,9 +223,3 @@ def lease(layout: OutputLayout, run_id: str, ttl_s: float) -> Iterator[HeldLease
         renewer.join(timeout=5)
         if not held.lost.is_set():
             release(layout, held.holder)
-
-
-def held_by(layout: OutputLayout) -> dict[str, Any] | None:
-    """The current lease of OUTPUT (for ``status``), or None."""
-    found = _read(layout)
-    return found[0] if found else None

@@ -212,7 +212,7 @@ def _run_holding_lease(
     )
     if key is None:
         log.warning("no audit key (RAYPIPE_AUDIT_KEY or audit.key_file): the run manifest was not signed or written")
-        _tally_markers(summary, layout, plan.names)
+        _tally(summary, plan.names, layout.read_marker)
     else:
         from raypipe.audit.manifest import entry_from_marker
 
@@ -222,11 +222,11 @@ def _run_holding_lease(
             held.check()  # LeaseLostError: another run holds OUTPUT now; publish nothing
             current = write_run_manifest(layout, config, plan, added, produced, previous, run_id, started, key)
             summary.manifest = int(current["sequence"])
-            summary.anchor = _anchor(config, layout, current, plan, key)
+            summary.anchor = _anchor(config, layout, current, key)
         else:
             log.info("nothing new was produced: no new manifest (the current one still covers OUTPUT)")
         summary.covered_by = int(current["sequence"]) if current else None
-        _tally_entries(summary, plan.names, (current or {}).get("shards", {}))
+        _tally(summary, plan.names, dict((current or {}).get("shards", {})).get)
     summary.elapsed_s = round(time.time() - started, 3)
     record = {
         "run_id": run_id,
@@ -320,7 +320,7 @@ def _check_not_rolled_back(config: JobConfig, previous: dict[str, Any] | None, k
         )
 
 
-def _anchor(config: JobConfig, layout: OutputLayout, manifest: dict[str, Any], plan: Any, key: Any) -> str | None:
+def _anchor(config: JobConfig, layout: OutputLayout, manifest: dict[str, Any], key: Any) -> str | None:
     """Write the run's signed checkpoint to ``audit.anchor``; its location, or None without an anchor."""
     if config.audit.anchor is None:
         log.warning(
@@ -333,28 +333,12 @@ def _anchor(config: JobConfig, layout: OutputLayout, manifest: dict[str, Any], p
     return write_checkpoint(config.audit.anchor, manifest, key, config.storage, layout.root)
 
 
-def _tally_entries(summary: RunSummary, names: list[str], entries: dict[str, dict[str, Any]]) -> None:
-    counts: dict[str, int] = {}
-    for name in names:
-        entry = entries.get(name)
-        if entry is None:
-            summary.incomplete_shards.append(name)
-            continue
-        summary.shards_done += 1
-        for status, n in entry["counts"].items():
-            counts[status] = counts.get(status, 0) + n
-    summary.counts = dict(sorted(counts.items()))
+def _tally(summary: RunSummary, names: list[str], lookup: Any) -> None:
+    """Done and incomplete shards and samples per status, from the manifest's entries or the markers."""
+    from raypipe.status import tally_from
 
-
-def _tally_markers(summary: RunSummary, layout: OutputLayout, names: list[str]) -> None:
-    from raypipe.status import tally
-
-    markers = tally(layout, names)
-    summary.shards_done, summary.counts, summary.incomplete_shards = (
-        len(markers.done),
-        markers.counts,
-        markers.incomplete,
-    )
+    found = tally_from(names, lookup)
+    summary.shards_done, summary.counts, summary.incomplete_shards = len(found.done), found.counts, found.incomplete
 
 
 def signing_key(config: JobConfig) -> Any:
