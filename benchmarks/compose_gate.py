@@ -84,13 +84,13 @@ def scene(faces: int, size: tuple[int, int], gate: Gate) -> np.ndarray:
 def per_face(gate: Gate, original: np.ndarray, released: np.ndarray, boxes: list[Any]) -> list[float | None]:
     checks = gate.reid.check(original, released, boxes)  # detections inside every embedding
     missed_faces(released, boxes, gate.reid.recognizer)  # type: ignore[arg-type]
-    return [c.similarity for c in checks]
+    return [c.distance for c in checks]
 
 
 def shared(gate: Gate, original: np.ndarray, released: np.ndarray, boxes: list[Any]) -> list[float | None]:
     records = [FaceRecord(i, box, 1.0, FaceStatus.ANONYMIZED) for i, box in enumerate(boxes)]
     result = gate(original, AnonymizationResult(Status.ANONYMIZED, released, records))
-    return [f.similarity for f in result.faces]
+    return [f.distance for f in result.faces]
 
 
 def measure(faces: int, size_name: str, gate: Gate) -> dict[str, Any]:

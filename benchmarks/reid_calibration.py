@@ -4,19 +4,19 @@ The gate (``raypipe/audit/reid.py``) compares an anonymized face with its origin
 recognizer. This benchmark measures, on real faces, the two ways of scoring such a pair:
 
 - ``euclidean``: distance of dlib's raw 128-d descriptors; same person when < 0.6 (dlib's documented
-  rule, :data:`~raypipe.audit.reid.DLIB_SAME_PERSON_DISTANCE`);
-- ``cosine``: what the gate does today, :func:`~raypipe.audit.reid.cosine` of the unit vectors that
-  :class:`~raypipe.anonymize.analyzers.DlibAnalyzer` hands out; same person when >= 0.90
-  (:data:`~raypipe.audit.reid.DEFAULT_THRESHOLD`).
+  rule, the gate's :data:`~raypipe.audit.reid.DEFAULT_THRESHOLD`);
+- ``cosine``: the gate's previous rule, cosine of the unit vectors that
+  :class:`~raypipe.anonymize.analyzers.DlibAnalyzer` hands the diffusion model; same person when
+  >= 0.90 (:data:`COSINE_THRESHOLD`).
 
 Pairs. Genuine: each face against itself after one transform (JPEG q 50/65/80/95; resize 0.5/0.75/1.5/2x;
 two crops that never cut into the face box; mirror; Gaussian blur sigma 0.5/1/2; seven lighting
 changes), the box mapped through the geometry: 21 per face. The gate must flag every one ("still
 re-identifies"). Impostor: every pair of different people, original against original;
 ``impostor_variants``: every transformed face against every other person's original. Descriptors come
-from raypipe's own code path, ``DlibAnalyzer.embed(image, box)`` with the gate's defaults (HOG, upsample
-1; the face re-found by overlap, else the landmarks fitted to the box); the raw descriptor is read off
-on its way to normalisation, the cosine is :func:`~raypipe.audit.reid.cosine` of the unit vectors.
+from the gate's own code path, ``DlibAnalyzer.descriptor(image, box)`` with the gate's defaults (HOG,
+upsample 1; the face re-found by overlap, else the landmarks fitted to the box); the cosine is that of
+the same descriptors made unit vectors.
 
 Faces. 10 people: ``skimage.data.astronaut()``; insightface's ``t1.jpg`` (six people) and
 ``Tom_Hanks_54745.png``; matplotlib's ``grace_hopper.jpg``; ``skimage.data.camera()`` (HOG finds nothing
@@ -86,7 +86,10 @@ if str(ROOT) not in sys.path:
 
 from raypipe.anonymize.analyzers import DlibAnalyzer  # noqa: E402
 from raypipe.anonymize.faces import Box  # noqa: E402
-from raypipe.audit.reid import DEFAULT_THRESHOLD, DLIB_SAME_PERSON_DISTANCE, cosine  # noqa: E402
+from raypipe.audit.reid import DEFAULT_THRESHOLD  # noqa: E402
+
+COSINE_THRESHOLD = 0.90  # the gate's previous rule, on unit vectors
+CALIBRATION = ROOT / "raypipe" / "audit" / "calibration.json"
 
 RESULTS = ROOT / "benchmarks" / "results"
 # skimage.data.camera(): dlib's HOG detector finds nothing (the face is half behind the camera, turned
@@ -311,26 +314,11 @@ QUICK_TRANSFORMS = ("jpeg q50", "resize 0.5x", "mirror", "blur sigma 2.0")
 # ------------------------------------------------------------------------------------- descriptors
 
 
-class _RecordingRecognizer:
-    """dlib's recognizer, keeping the raw descriptor that DlibAnalyzer then normalises."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.last: np.ndarray | None = None
-
-    def compute_face_descriptor(self, *args: Any) -> Any:
-        descriptor = self.inner.compute_face_descriptor(*args)
-        self.last = np.asarray(descriptor, dtype=np.float64)
-        return descriptor
-
-
 class MeasuredDlib(DlibAnalyzer):
     """The gate's default analyzer, which also reports raw descriptors and detects once per image."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._recording = _RecordingRecognizer(self._recognizer)
-        self._recognizer = self._recording
         self._detections: dict[tuple, list] = {}
 
     def _detect(self, image: np.ndarray) -> list:
@@ -341,12 +329,12 @@ class MeasuredDlib(DlibAnalyzer):
         return self._detections[key]
 
     def descriptors(self, image: np.ndarray, box: Box) -> tuple[np.ndarray, np.ndarray]:
-        """(raw descriptor, the unit vector the gate compares) of the face at ``box``, via ``embed``."""
-        self._recording.last = None
-        unit = self.embed(image, box)
-        if unit is None or self._recording.last is None:
+        """(raw descriptor the gate compares, its unit vector) of the face at ``box``."""
+        raw = self.descriptor(image, box)
+        if raw is None:
             raise RuntimeError(f"dlib gave no descriptor for the face at {box}")
-        return self._recording.last, unit
+        raw = np.asarray(raw, dtype=np.float64)
+        return raw, raw / np.linalg.norm(raw)
 
 
 Descriptor = tuple[np.ndarray, np.ndarray]
@@ -354,9 +342,7 @@ Descriptor = tuple[np.ndarray, np.ndarray]
 
 def pair_scores(a: Descriptor, b: Descriptor) -> dict[str, float]:
     """Both metrics for one pair: raw Euclidean distance and the gate's cosine of the unit vectors."""
-    similarity = cosine(a[1], b[1])
-    if similarity is None:
-        raise RuntimeError("descriptors cannot be compared")
+    similarity = float(a[1] @ b[1])
     return {"euclidean": round(float(np.linalg.norm(a[0] - b[0])), 5), "cosine": round(similarity, 5)}
 
 
@@ -380,8 +366,8 @@ class Rule:
 
 
 RULES = (
-    Rule("euclidean", DLIB_SAME_PERSON_DISTANCE, lower_is_same=True),
-    Rule("cosine", DEFAULT_THRESHOLD, lower_is_same=False),
+    Rule("euclidean", DEFAULT_THRESHOLD, lower_is_same=True),
+    Rule("cosine", COSINE_THRESHOLD, lower_is_same=False),
 )
 
 
@@ -574,7 +560,7 @@ def run(quick: bool) -> dict[str, Any]:
         "descriptor_norms": {"faces": _norms(raws), "thumbnails": _norms(thumb_raws)},
         # the cosine at or above which every pair at raw distance < 0.6 lies, at the smallest norm measured
         # (raypipe.audit.reid derives its 0.90 from the same bound with a smallest norm of 1.35)
-        "cosine_bound_for_distance_0.6": round(1 - DLIB_SAME_PERSON_DISTANCE**2 / (2 * smallest**2), 4),
+        "cosine_bound_for_distance_0.6": round(1 - DEFAULT_THRESHOLD**2 / (2 * smallest**2), 4),
         "metrics": metrics,
         "verdict": verdict(metrics),
         "rules_disagree": disagreements(
@@ -641,6 +627,21 @@ def _print_summary(report: dict[str, Any]) -> None:
     print(f"verdict: {report['verdict']}; runtime {report['runtime_s']} s")
 
 
+def packaged_calibration(report: dict[str, Any]) -> dict[str, Any]:
+    """What raypipe ships of a full run (``raypipe/audit/calibration.json``): the gate's metric, its
+    threshold, and the distances of every pair of different people, for the report."""
+    euclidean = report["metrics"]["euclidean"]
+    return {
+        "source": "benchmarks/reid_calibration.py",
+        "date": report["date"],
+        "recognizer": report["settings"]["recognizer"],
+        "metric": "euclidean",
+        "threshold": euclidean["threshold"],
+        "genuine": {"n": euclidean["genuine"]["n"], "max": euclidean["genuine"]["max"]},
+        "impostor_distances": report["impostor_scores"]["euclidean"],
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="two faces and four transforms, for tests")
@@ -652,6 +653,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {out}")
+    if not args.quick and args.out is None:
+        CALIBRATION.write_text(json.dumps(packaged_calibration(report), indent=1) + "\n")
+        print(f"wrote {CALIBRATION} (the impostor distribution the audit report plots faces against)")
     return 0
 
 

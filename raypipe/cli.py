@@ -93,9 +93,11 @@ def face_verdict(face: Any) -> str:
     """One line per face: where, what happened, and the gate's score against its threshold."""
     box = [round(v) for v in face.box]
     line = f"face {face.index} at {box}: {face.status.value}"
-    if face.similarity is not None and face.threshold is not None:
-        relation = ">=" if face.similarity >= face.threshold else "<"
-        line += f" (similarity {face.similarity:.3f} {relation} {face.threshold:.2f})"
+    if face.distance is not None and face.threshold is not None:
+        relation = ">=" if face.distance >= face.threshold else "<"
+        line += f" (distance {face.distance:.3f} {relation} {face.threshold:.2f})"
+    if face.attempts and face.attempts > 1:
+        line += f", {face.attempts} attempts, guidance {face.guidance_scale:g}"
     return line + (f": {face.error}" if face.error else "")
 
 
@@ -154,6 +156,9 @@ def print_summary(summary: object) -> None:
     ]
     for status, count in summary.counts.items():
         lines.append(f"    {status:<12} {count}")
+    if summary.faces:
+        faces = ", ".join(f"{status} {count}" for status, count in summary.faces.items())
+        lines.append(f"  faces in the shards of this run: {faces}")
     if summary.incomplete_shards:
         lines.append(
             f"  incomplete shards: {', '.join(summary.incomplete_shards[:10])}"

@@ -150,7 +150,7 @@ class PipelineConfig:
     batch_size: int = 8  # samples per batch handed to an actor
     detect: str = "cpu"  # "cpu": a CPU stage before the GPU pool; "gpu_actor": inside the GPU actors
     detect_actors: int = 1
-    compose_actors: int = 1
+    compose_actors: int | str = "auto"  # "auto": from 1 up to what the cluster's CPUs allow (Ray Data scales it)
     progress: bool = True
     stall_timeout_s: float = 3600.0  # no commit for this long ends the job (raypipe.pipeline.watchdog)
     lease_ttl_s: float = 300.0  # OUTPUT's writer lease lasts this long unless renewed (raypipe.pipeline.lease)
@@ -174,7 +174,6 @@ class PipelineConfig:
             "anonymize_actors_max",
             "batch_size",
             "detect_actors",
-            "compose_actors",
         ):
             value = getattr(self, name)
             _check(
@@ -183,6 +182,16 @@ class PipelineConfig:
                 "an integer >= 1",
                 value,
             )
+        _check(
+            self.compose_actors == "auto"
+            or (
+                (isinstance(self.compose_actors, int) and not isinstance(self.compose_actors, bool))
+                and self.compose_actors >= 1
+            ),
+            p + "compose_actors",
+            '"auto" or an integer >= 1',
+            self.compose_actors,
+        )
         _check(
             self.anonymize_actors_max >= self.anonymize_actors_min,
             p + "anonymize_actors_max",
@@ -238,6 +247,7 @@ class LimitsConfig:
 
 
 RECOGNIZERS = ("dlib",)
+FALLBACKS = ("none", "blur", "pixelate", "mask")
 
 
 @dataclass(frozen=True)
@@ -245,8 +255,15 @@ class AuditConfig:
     """Compliance checks and evidence (the signing key itself never goes in a config file)."""
 
     recognizer: str = "dlib"  # the independent recognizer of the re-identification gate
-    reid_threshold: float = 0.90  # cosine similarity at or above which a face still re-identifies
+    reid_threshold: float = 0.6  # Euclidean distance below which a face still re-identifies (dlib's rule)
     check_missed_faces: bool = True  # re-detect faces in released images; a missed one quarantines
+    # A detection the gate's own detector does not see in the original and whose analyzer score is
+    # below this is "not a face" and does not withhold its image (None: the analyzer's default,
+    # raypipe.audit.reid.NON_FACE_SCORES).
+    non_face_score: float | None = None
+    retries: int = 2  # diffusion attempts after the first for a face that fails the gate
+    retry_guidance_step: float = -2.5  # each retry moves the guidance scale this much (and takes a new seed)
+    fallback: str = "none"  # then: "none" quarantines; "blur", "pixelate" or "mask" obscure that face
     quarantine_output: str | None = None  # where to keep quarantined originals (path/URI); None: nowhere
     key_file: str | None = None  # signing key file (else the RAYPIPE_AUDIT_KEY environment variable)
     # Where each run's signed checkpoint goes (folder path/URI kept apart from OUTPUT, e.g. a bucket
@@ -257,11 +274,30 @@ class AuditConfig:
         p = "audit."
         _check(self.recognizer in RECOGNIZERS, p + "recognizer", f"one of {list(RECOGNIZERS)}", self.recognizer)
         _check(
-            _is_number(self.reid_threshold) and -1.0 < self.reid_threshold <= 1.0,
+            _is_number(self.reid_threshold) and 0.0 < self.reid_threshold <= 2.0,
             p + "reid_threshold",
-            "a cosine similarity in (-1, 1]",
+            "a Euclidean distance in (0, 2] (dlib: 0.6)",
             self.reid_threshold,
         )
+        _check(
+            self.non_face_score is None or _is_number(self.non_face_score),
+            p + "non_face_score",
+            "a detector score or null",
+            self.non_face_score,
+        )
+        _check(
+            isinstance(self.retries, int) and not isinstance(self.retries, bool) and 0 <= self.retries <= 10,
+            p + "retries",
+            "an integer in [0, 10]",
+            self.retries,
+        )
+        _check(
+            _is_number(self.retry_guidance_step) and self.retry_guidance_step <= 0,
+            p + "retry_guidance_step",
+            "a number <= 0 (more negative guidance pushes further from the identity)",
+            self.retry_guidance_step,
+        )
+        _check(self.fallback in FALLBACKS, p + "fallback", f"one of {list(FALLBACKS)}", self.fallback)
         _check(
             isinstance(self.check_missed_faces, bool),
             p + "check_missed_faces",

@@ -34,6 +34,13 @@ class FaceStatus(str, enum.Enum):
     ANONYMIZE_ERROR = "anonymize_error"  # the diffusion step raised or produced non-finite values
     REIDENTIFIED = "reidentified"  # the independent recognizer still matches the original identity
     UNCHECKED = "unchecked"  # the independent recognizer could not check the result
+    OBSCURED = "obscured"  # diffusion kept failing the gate; a classic method (audit.fallback) hid it
+    NOT_A_FACE = "not_a_face"  # a weak detection the independent detector does not see as a face
+
+    @property
+    def released(self) -> bool:
+        """Whether a face in this state lets its image be released."""
+        return self in (FaceStatus.ANONYMIZED, FaceStatus.OBSCURED, FaceStatus.NOT_A_FACE)
 
 
 @dataclass(frozen=True)
@@ -45,9 +52,11 @@ class FaceRecord:
     score: float
     status: FaceStatus
     seed: int | None = None
-    error: str | None = None
-    similarity: float | None = None  # original vs anonymized, independent recognizer
-    threshold: float | None = None
+    error: str | None = None  # why a face was not anonymized, or why it counts as not a face
+    distance: float | None = None  # original vs released, independent recognizer (lower: more alike)
+    threshold: float | None = None  # the face passed at a distance >= this
+    attempts: int | None = None  # diffusion attempts (1 + retries) before the verdict
+    guidance_scale: float | None = None  # the guidance scale of the last attempt
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -57,6 +66,8 @@ class FaceRecord:
             "status": self.status.value,
             "seed": self.seed,
             "error": self.error,
-            "similarity": self.similarity,
+            "distance": self.distance,
             "threshold": self.threshold,
+            "attempts": self.attempts,
+            "guidance_scale": self.guidance_scale,
         }

@@ -190,8 +190,11 @@ class DlibAnalyzer:
         assert self._cnn is not None
         return [(found.rect, float(found.confidence)) for found in self._cnn(image, self.upsample)]
 
-    def _describe(self, image: np.ndarray, rect: Any) -> tuple[np.ndarray, np.ndarray | None, str | None]:
-        """Landmarks and embedding of the face in ``rect``; an embedding failure becomes a reason."""
+    def _describe(
+        self, image: np.ndarray, rect: Any, normalise: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None, str | None]:
+        """Landmarks and embedding of the face in ``rect`` (unit vector, or dlib's raw descriptor with
+        ``normalise=False``); an embedding failure becomes a reason."""
         shape = self._predictor(image, rect)
         landmarks = _five_points_from_68(shape)
         try:
@@ -199,7 +202,9 @@ class DlibAnalyzer:
         except Exception as error:  # one bad face becomes audit data, never a failed image
             return landmarks, None, _describe_error(error)
         embedding, reason = _normalised(descriptor, self.embedding_dim)
-        return landmarks, embedding, reason
+        if embedding is None or normalise:
+            return landmarks, embedding, reason
+        return landmarks, np.asarray(descriptor, dtype=np.float32).reshape(-1), None
 
     def analyze(self, image_rgb_uint8: np.ndarray) -> list[DetectedFace]:
         """All faces with 5 landmarks and a unit 128-d embedding (see :class:`FaceAnalyzer`)."""
@@ -217,13 +222,25 @@ class DlibAnalyzer:
         return [_rect_to_box(rect) for rect, _ in self._detect(_check_image(image_rgb_uint8))]
 
     def embed(self, image_rgb_uint8: np.ndarray, box: Box, detections: list[Box] | None = None) -> np.ndarray | None:
-        """Embedding of the face near ``box``.
+        """Unit embedding of the face near ``box`` (see :meth:`descriptor`)."""
+        return self._at_box(image_rgb_uint8, box, detections, normalise=True)
+
+    def descriptor(
+        self, image_rgb_uint8: np.ndarray, box: Box, detections: list[Box] | None = None
+    ) -> np.ndarray | None:
+        """dlib's raw 128-d descriptor of the face near ``box``: the vector whose Euclidean distance dlib
+        calibrated (< 0.6: same person), which the re-identification gate compares.
 
         Uses the best-overlapping of ``detections`` (the boxes :meth:`detect_boxes` found in this image;
         detected here when not given); when none overlaps, the landmark model is fitted to ``box``
         itself, so a face that became hard to detect is still compared (the conservative choice for a
-        re-identification check). None only when ``box`` misses the image.
+        re-identification check). None only when ``box`` misses the image or dlib fails.
         """
+        return self._at_box(image_rgb_uint8, box, detections, normalise=False)
+
+    def _at_box(
+        self, image_rgb_uint8: np.ndarray, box: Box, detections: list[Box] | None, normalise: bool
+    ) -> np.ndarray | None:
         import dlib
 
         image = _check_image(image_rgb_uint8)
@@ -239,7 +256,7 @@ class DlibAnalyzer:
             if x2 - x1 < 2 or y2 - y1 < 2:
                 return None
             rect = dlib.rectangle(int(x1), int(y1), int(x2) - 1, int(y2) - 1)
-        _, embedding, reason = self._describe(image, rect)
+        _, embedding, reason = self._describe(image, rect, normalise)
         if reason is not None:
             logger.warning("dlib could not embed the face near a box: %s", reason)
         return embedding

@@ -352,3 +352,10 @@ def face_seed(run_seed: int, key: str, face_index: int) -> int:
     payload = json.dumps([int(run_seed), str(key), int(face_index)], separators=(",", ":")).encode("utf-8")
     digest = hashlib.sha256(payload).digest()
     return int.from_bytes(digest[:8], "big") >> 1
+
+
+def retry_seed(seed: int, attempt: int) -> int:
+    """The seed of a face's ``attempt``-th retry (1, 2, ...), derived from its first seed like
+    :func:`face_seed`: deterministic, and new for every attempt."""
+    payload = json.dumps(["retry", int(seed), int(attempt)], separators=(",", ":")).encode("utf-8")
+    return int.from_bytes(hashlib.sha256(payload).digest()[:8], "big") >> 1

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from raypipe.anonymize.faces import DetectedFace, Paste, align_face, face_seed, paste_faces
+from raypipe.anonymize.faces import Box, DetectedFace, Paste, align_face, face_seed, paste_faces, retry_seed
 from raypipe.config import TINY_FACE_SIZE, AuditConfig, MethodConfig, ModelsConfig
 from raypipe.logs import get_logger
 from raypipe.records import FaceRecord, FaceStatus, Status
@@ -44,6 +44,8 @@ class PreparedFace:
     crop: np.ndarray | None  # face_size x face_size x 3 uint8; None when the face is not anonymizable
     embedding: np.ndarray | None
     error: str | None = None
+    attempts: int = 0  # diffusion attempts made (set by ReversePersonalization.anonymize_faces)
+    guidance_scale: float | None = None  # the guidance scale of the last attempt
 
     @property
     def ready(self) -> bool:
@@ -116,7 +118,16 @@ def compose(
         else:
             status, error = FaceStatus.ANONYMIZED, None
         records.append(
-            FaceRecord(index=face.index, box=face.box, score=face.score, status=status, seed=face.seed, error=error)
+            FaceRecord(
+                index=face.index,
+                box=face.box,
+                score=face.score,
+                status=status,
+                seed=face.seed,
+                error=error,
+                attempts=face.attempts or None,
+                guidance_scale=face.guidance_scale,
+            )
         )
     undone = [r for r in records if r.status is not FaceStatus.ANONYMIZED]
     if undone:
@@ -135,28 +146,52 @@ class Gate:
     Each face is compared with its original by the independent recognizer (``audit.recognizer``); then
     the released image is searched again for faces that nothing anonymized. A face that still
     re-identifies, cannot be checked, or was missed quarantines the image: it is never released.
+
+    Before that verdict, two things can save an image (see :mod:`raypipe.audit.reid`):
+
+    - a weak detection that the recognizer's own detector does not see in the original is not a face
+      (``not_a_face``) and does not withhold the image;
+    - a face that fails can be hidden by a classic method (``audit.fallback``), checked again, and
+      released as ``obscured``.
+
+    :meth:`screen` is the cheap check on one anonymized crop that the anonymizer runs to decide its
+    retries (``audit.retries``), where the GPU is.
     """
 
     def __init__(self, audit: AuditConfig | None = None, analyzer: str | None = None, recognizer: Any = None) -> None:
-        from raypipe.audit.reid import ReidGate
+        from raypipe.audit.reid import ReidGate, non_face_score
 
         audit = audit or AuditConfig()
         self.reid = ReidGate(recognizer, threshold=audit.reid_threshold)
         self.check_missed = audit.check_missed_faces
+        self.fallback = audit.fallback
+        self.non_face_score = non_face_score(analyzer, audit.non_face_score)
         # With the same (deterministic) detector on both sides, searching an unchanged image again can
         # only repeat the first answer: re-detect only images that were changed.
         # ``analyzer`` is the job's ``models.analyzer`` name, whose dlib analyzer is built with the same
-        # settings as the gate's; anything else (an analyzer object of the API, None) is searched again.
+        # settings as the gate's; anything else (an analyzer's own name, None) is searched again.
         self.recheck_unchanged = analyzer != audit.recognizer
 
     @property
     def recognizer_name(self) -> str:
         return self.reid.name
 
+    def worth_retrying(self, face: PreparedFace) -> bool:
+        """Whether a failing face deserves another diffusion attempt: not a weak detection, which may
+        not be a face at all (the image-level verdict decides; retrying it would only spend the GPU)."""
+        return self.non_face_score is None or face.score >= self.non_face_score
+
+    def screen(self, face: PreparedFace, output: np.ndarray | None) -> bool:
+        """Whether the anonymized crop ``output`` of ``face`` passes the recognizer, compared with the
+        original crop at the face's box (landmarks fitted to that box: no detection). The image-level
+        verdict (:meth:`__call__`) stays the one that decides what is released."""
+        if output is None or face.crop is None:
+            return False
+        box = crop_box(face)
+        return self.reid.check_face(face.crop, output, box, ([], [])).passed
+
     def __call__(self, original: np.ndarray, result: AnonymizationResult) -> AnonymizationResult:
         """``result`` with each face's verdict; quarantined (no image) when a face fails."""
-        from dataclasses import replace
-
         from raypipe.audit.reid import missed_faces
 
         if result.status is Status.QUARANTINED:
@@ -165,24 +200,18 @@ class Gate:
         boxes = [f.box for f in result.faces]
         search = self.check_missed and (result.status is Status.ANONYMIZED or self.recheck_unchanged)
         # At most two full-image detections per image, whatever the number of faces: one of the original
-        # (to frame each face for its embedding) and one of the released image (framing and missed faces).
+        # (to frame each face, and to confirm it is a face) and one of the released image (framing and
+        # missed faces).
         try:
-            before = self.reid.detect(original) if boxes else None
-            after = self.reid.detect(released) if boxes or search else None
+            before = self.reid.detect(original) if boxes else []
+            after = self.reid.detect(released) if boxes or search else []
         except Exception as failure:  # the recognizer failing is a verdict (nothing verified), never a release
             return _unverified(result, f"{type(failure).__name__}: {failure}")
-        checks = self.reid.check(original, released, boxes, (before, after))
-        faces = [
-            replace(
-                face,
-                similarity=check.similarity,
-                threshold=check.threshold,
-                status=check.face_status or face.status,
-                error=face.error if check.passed else check.reason,
-            )
-            for face, check in zip(result.faces, checks)
-        ]
-        refused = [f for f in faces if f.status is not FaceStatus.ANONYMIZED]
+        faces = [self._verdict(original, released, face, (before, after)) for face in result.faces]
+        failing = [i for i, face in enumerate(faces) if not face.status.released]
+        if failing and self.fallback != "none":
+            released, faces = self._fall_back(original, released, faces, failing, before)
+        refused = [f for f in faces if not f.status.released]
         if refused:
             reasons = "; ".join(f"face {f.index}: {f.error}" for f in refused)
             return AnonymizationResult(Status.QUARANTINED, None, faces, reasons, step="verify")
@@ -192,7 +221,65 @@ class Gate:
             if missed:
                 why = f"{missed} face(s) found in the output that were not anonymized"
                 return AnonymizationResult(Status.QUARANTINED, None, faces, why, step="verify", missed_faces=missed)
-        return AnonymizationResult(result.status, result.image, faces, result.error, result.step, missed)
+        image = released if result.image is not None else result.image
+        return AnonymizationResult(result.status, image, faces, result.error, result.step, missed)
+
+    def _verdict(
+        self,
+        original: np.ndarray,
+        released: np.ndarray,
+        face: FaceRecord,
+        detections: tuple[list[Box], list[Box]],
+    ) -> FaceRecord:
+        from dataclasses import replace
+
+        from raypipe.audit.reid import confirmed
+
+        if (
+            self.non_face_score is not None
+            and face.score < self.non_face_score
+            and not confirmed(face.box, detections[0])
+        ):
+            why = (
+                f"not a face: the detector's score {face.score:.2f} is below {self.non_face_score} and"
+                f" the gate's own detector ({self.reid.name}) finds no face there in the original"
+            )
+            return replace(face, status=FaceStatus.NOT_A_FACE, error=why)
+        check = self.reid.check_face(original, released, face.box, detections)
+        return replace(
+            face,
+            distance=check.distance,
+            threshold=check.threshold,
+            status=check.face_status or face.status,
+            error=face.error if check.passed else _attempted(check.reason, face.attempts),
+        )
+
+    def _fall_back(
+        self,
+        original: np.ndarray,
+        released: np.ndarray,
+        faces: list[FaceRecord],
+        failing: list[int],
+        before: list[Box],
+    ) -> tuple[np.ndarray, list[FaceRecord]]:
+        """Hide the failing faces with ``audit.fallback`` and check each of them again."""
+        from dataclasses import replace
+
+        from raypipe.anonymize.classic import obscure
+
+        hidden = obscure(released, [faces[i].box for i in failing], self.fallback)
+        faces = list(faces)
+        for i in failing:
+            face = faces[i]
+            # The landmarks are fitted to the face's own box: the detector may no longer find anything there.
+            check = self.reid.check_face(original, hidden, face.box, (before, []))
+            if check.passed:
+                why = f"{face.error}; hidden by {self.fallback} (audit.fallback)"
+                faces[i] = replace(face, status=FaceStatus.OBSCURED, distance=check.distance, error=why)
+            else:
+                why = f"{face.error}; still {check.reason} after {self.fallback} (audit.fallback)"
+                faces[i] = replace(face, status=check.face_status or face.status, distance=check.distance, error=why)
+        return hidden, faces
 
 
 def _unverified(result: AnonymizationResult, cause: str) -> AnonymizationResult:
@@ -203,6 +290,19 @@ def _unverified(result: AnonymizationResult, cause: str) -> AnonymizationResult:
     error = f"{UNCHECKED}: the recognizer's detection failed ({cause})"
     faces = [replace(face, status=FaceStatus.UNCHECKED, error=error) for face in result.faces]
     return AnonymizationResult(Status.QUARANTINED, None, faces, error, step="verify")
+
+
+def _attempted(reason: str, attempts: int | None) -> str:
+    return f"{reason} after {attempts} attempts" if attempts and attempts > 1 else reason
+
+
+def crop_box(face: PreparedFace) -> Box:
+    """The face's detection box in its aligned crop's pixels (the box's corners through ``matrix``)."""
+    x1, y1, x2, y2 = face.box
+    corners = np.array([[x1, y1, 1.0], [x2, y1, 1.0], [x1, y2, 1.0], [x2, y2, 1.0]])
+    mapped = corners @ np.asarray(face.matrix, dtype=np.float64).T
+    low, high = mapped.min(axis=0), mapped.max(axis=0)
+    return (float(low[0]), float(low[1]), float(high[0]), float(high[1]))
 
 
 def load_analyzer_from_config(models: ModelsConfig) -> FaceAnalyzer:
@@ -313,33 +413,70 @@ class ReversePersonalization:
     # ------------------------------------------------------------------ the method on crops
 
     def anonymize_crops(
-        self, crops: Sequence[np.ndarray], embeddings: Sequence[np.ndarray], seeds: Sequence[int]
+        self,
+        crops: Sequence[np.ndarray],
+        embeddings: Sequence[np.ndarray],
+        seeds: Sequence[int],
+        guidance_scale: float | None = None,
     ) -> list[np.ndarray | None]:
         """Anonymize aligned face crops, ``method.face_batch_size`` faces per UNet batch.
 
-        Returns one uint8 crop per face, or None where the result was not finite (fail closed).
+        ``guidance_scale``: None for ``method.guidance_scale`` (retries step it, see
+        :meth:`anonymize_faces`). Returns one uint8 crop per face, or None where the result was not
+        finite (fail closed).
         """
         if not (len(crops) == len(embeddings) == len(seeds)):
             raise ValueError(f"{len(crops)} crops, {len(embeddings)} embeddings, {len(seeds)} seeds")
+        guidance = self.method.guidance_scale if guidance_scale is None else float(guidance_scale)
         out: list[np.ndarray | None] = []
         size = self.method.face_batch_size
         for start in range(0, len(crops), size):
             stop = start + size
-            out.extend(self._anonymize_batch(crops[start:stop], embeddings[start:stop], seeds[start:stop]))
+            out.extend(self._anonymize_batch(crops[start:stop], embeddings[start:stop], seeds[start:stop], guidance))
         return out
 
     def anonymize_faces(self, faces: Sequence[PreparedFace]) -> list[np.ndarray | None]:
-        """:meth:`anonymize_crops` over prepared faces (all must be ready)."""
+        """:meth:`anonymize_crops` over prepared faces (all must be ready), escalating before giving up.
+
+        A face whose crop fails the gate's :meth:`Gate.screen` is anonymized again, up to
+        ``audit.retries`` times, each time with a new seed (:func:`~raypipe.anonymize.faces.retry_seed`)
+        and the guidance scale moved by ``audit.retry_guidance_step``. Each face records its attempts
+        and last guidance scale. Weak detections are not retried (:meth:`Gate.worth_retrying`).
+        """
         crops, embeddings = [], []
         for face in faces:
             if face.crop is None or face.embedding is None:
                 raise ValueError(f"face {face.index} is not ready to anonymize: {face.error}")
             crops.append(face.crop)
             embeddings.append(face.embedding)
-        return self.anonymize_crops(crops, embeddings, [f.seed for f in faces]) if faces else []
+        if not faces:
+            return []
+        outputs = self.anonymize_crops(crops, embeddings, [f.seed for f in faces])
+        for face in faces:
+            face.attempts, face.guidance_scale = 1, self.method.guidance_scale
+        for attempt in range(1, self.audit.retries + 1):
+            failing = [
+                i
+                for i, (face, out) in enumerate(zip(faces, outputs))
+                if self.gate.worth_retrying(face) and not self.gate.screen(face, out)
+            ]
+            if not failing:
+                break
+            guidance = self.method.guidance_scale + attempt * self.audit.retry_guidance_step
+            log.info("retrying %d face(s), attempt %d, guidance scale %.2f", len(failing), attempt + 1, guidance)
+            again = self.anonymize_crops(
+                [crops[i] for i in failing],
+                [embeddings[i] for i in failing],
+                [retry_seed(faces[i].seed, attempt) for i in failing],
+                guidance,
+            )
+            for i, out in zip(failing, again):
+                outputs[i] = out
+                faces[i].attempts, faces[i].guidance_scale = attempt + 1, guidance
+        return outputs
 
     def _anonymize_batch(
-        self, crops: Sequence[np.ndarray], embeddings: Sequence[np.ndarray], seeds: Sequence[int]
+        self, crops: Sequence[np.ndarray], embeddings: Sequence[np.ndarray], seeds: Sequence[int], guidance: float
     ) -> list[np.ndarray | None]:
         import torch
 
@@ -358,12 +495,12 @@ class ReversePersonalization:
         x0 = encode_crops(models.vae, torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2))
         # 2. Invert with the null identity in both branches.
         unconditional, conditional = inversion_branches(self.text, len(crops), models.id_embed_dim)
-        denoise = GuidedUNet(models, unconditional, conditional, method.guidance_scale, time_ids)
+        denoise = GuidedUNet(models, unconditional, conditional, guidance, time_ids)
         inversion = invert(x0, self.timesteps, denoise, solver, seeds)
         # 3. Replay the noise maps, pushed away from each face's identity.
         identity = torch.from_numpy(np.stack(embeddings).astype(np.float32))
         unconditional, conditional = sampling_branches(self.text, identity, method.id_scale, method.attribute_prompt)
-        denoise = GuidedUNet(models, unconditional, conditional, method.guidance_scale, time_ids)
+        denoise = GuidedUNet(models, unconditional, conditional, guidance, time_ids)
         latents = replay(inversion, self.timesteps, denoise, solver)
         # 4. Decode; a non-finite face is reported as None, never clamped into a plausible image.
         pixels = decode_latents(models.vae, latents).permute(0, 2, 3, 1).cpu().numpy()
@@ -418,10 +555,16 @@ class ReversePersonalization:
 
     @property
     def gate(self) -> Gate:
-        """The re-identification gate that :meth:`anonymize` runs on every result."""
+        """The re-identification gate that :meth:`anonymize` runs on every result (and whose screen
+        decides :meth:`anonymize_faces`'s retries)."""
         if self._gate is None:
-            self._gate = Gate(self.audit)  # the analyzer's settings are unknown here: always search again
+            # An analyzer object's settings are unknown here: its own name makes the gate always search again.
+            self._gate = Gate(self.audit, self.analyzer.name if self.analyzer is not None else None)
         return self._gate
+
+    @gate.setter
+    def gate(self, gate: Gate) -> None:
+        self._gate = gate
 
     def describe(self) -> dict[str, Any]:
         """Method parameters and model provenance, for records and audit (no secrets, no biometrics)."""

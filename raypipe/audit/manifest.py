@@ -228,6 +228,16 @@ def status_counts(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
     return dict(sorted(Counter(str(row.get("status")) for row in rows).items()))
 
 
+def face_counts(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """Faces per status over audit records, and ``retried``: faces that took more than one attempt."""
+    counts: Counter[str] = Counter()
+    for row in rows:
+        for face in row.get("faces") or []:
+            counts[str(face.get("status"))] += 1
+            counts["retried"] += (face.get("attempts") or 0) > 1
+    return dict(sorted((name, n) for name, n in counts.items() if n))
+
+
 def _check_run(run: dict[str, Any], where: str = "run") -> None:
     for name, value in run.items():
         if _SECRET_NAME.search(str(name)):

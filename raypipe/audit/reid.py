@@ -2,24 +2,33 @@
 
 After anonymization, every face is compared with its original under a recognizer *other* than the one
 that conditioned the diffusion model (production conditions on ArcFace; the default here is dlib's
-ResNet from face-recognition-models). A face whose similarity is at or above the threshold still
-re-identifies; a face that cannot be compared cannot be vouched for. Either way the sample is
-``quarantined`` and never released. Only the similarity score leaves this module: embeddings are
-computed, compared and dropped inside :meth:`ReidGate.check`.
+ResNet from face-recognition-models). A face whose distance to its original is below the threshold
+still re-identifies; a face that cannot be compared cannot be vouched for. Either way the sample is
+``quarantined`` and never released. Only the distance leaves this module: descriptors are computed,
+compared and dropped inside :meth:`ReidGate.check`.
 
-Default threshold. dlib documents that two of its 128-d descriptors closer than 0.6 (Euclidean) are
-the same person. Those raw descriptors are *not* unit vectors: their norms measured 1.36 to 1.57 on
-the seven real faces available offline (insightface's ``t1.jpg`` and ``skimage.data.astronaut()``),
-while :class:`~raypipe.anonymize.analyzers.DlibAnalyzer` hands out unit vectors. So the unit-vector
-conversion cos = 1 - 0.6²/2 = 0.82 does not apply: on those faces, *different* people score 0.81 to
-0.91 after normalisation, and a 0.82 bar would quarantine almost every anonymized face. For raw norms
-n1, n2 at distance d, cos = (n1² + n2² - d²) / (2·n1·n2) >= 1 - d² / (2·min(n1, n2)²); with d = 0.6 and
-the smallest measured norm 1.35 that is 0.90. :data:`DEFAULT_THRESHOLD` = 0.90 therefore flags every
-pair dlib's own rule calls the same person (at the mean norm, 1.49, the equivalent would be 0.92) and
-errs towards quarantine for the few distinct-person pairs between 0.90 and 0.92. Measured on the
-astronaut's face against itself: identical 1.00, mirrored 0.99, Gaussian blur sigma 2 / 4 / 8 / 16 of
-the face box 0.97 / 0.93 / 0.88 / 0.84, box painted flat 0.85 (dlib's face chip still holds hair,
-ears and background, so even an erased face scores like a stranger, not like nothing).
+The metric is the recognizer's own calibrated one: dlib documents that two of its raw 128-d descriptors
+closer than 0.6 (Euclidean) are the same person, so :data:`DEFAULT_THRESHOLD` is 0.6 and a face passes
+only at a distance of 0.6 or more. ``benchmarks/reid_calibration.py`` measured it on every real face
+reachable offline (ten faces; 210 genuine pairs: re-encoded, resized, cropped, mirrored, blurred,
+relit; 45 pairs of different people): genuine pairs 0.002-0.538, every one below 0.6 (all flagged);
+different people 0.629-0.925, none flagged. Cosine on unit-normalised descriptors (the previous rule,
+0.90) flagged one pair of different people and separated the two groups 4.4 times worse, because
+normalising drops the descriptor's norm. The margin on the impostor side is thin (0.029), so the report
+plots each face's distance against that impostor distribution (:data:`IMPOSTOR_DISTANCES`).
+
+Faces below about 35 px are not protected by any threshold (on 25 px thumbnails genuine distances reach
+0.78): ``audit.min_face_px`` keeps such faces from being vouched for.
+
+Not a face. A detector may fire on clothing, a logo or a texture. A recognizer's descriptors of such a
+region look alike before and after anonymization, so the region would "still re-identify" and withhold
+the image, although no identity can leak from a region that is not a face. The gate therefore asks the
+recognizer's own detector, on the *original* image, whether it sees a face there (:func:`confirmed`,
+from the full-image detection the gate makes anyway). A region that it does not see *and* that the
+face analyzer itself found only weakly (score below ``audit.non_face_score``) is recorded as
+``not_a_face``, with the reason, and does not withhold the image (its pixels were replaced all the
+same). Any other face is verified: a face the analyzer is sure of is compared at its box even when the
+recognizer's detector misses it, so a real face is never released unverified.
 """
 
 from __future__ import annotations
@@ -37,37 +46,45 @@ from raypipe.records import FaceStatus
 
 log = get_logger(__name__)
 
-DLIB_SAME_PERSON_DISTANCE = 0.6  # dlib's documented threshold on its raw face descriptors
-DLIB_MIN_DESCRIPTOR_NORM = 1.35  # smallest raw descriptor norm measured on real faces (see module doc)
-DEFAULT_THRESHOLD = 0.90  # = 1 - 0.6² / (2 · 1.35²), rounded to two decimals
+DEFAULT_THRESHOLD = 0.6  # dlib's documented same-person distance on its raw face descriptors
 # A face found again in the output counts as one of the anonymized faces when its box overlaps one of
-# theirs this much: the bar embed() uses to re-find a face, since the detector that looks at the output
+# theirs this much: the bar descriptor() uses to re-find a face, since the detector that looks at the output
 # may frame faces differently from the one that found them.
 MISSED_IOU = MATCH_IOU
 
-PASSED = "below threshold"
+# The analyzer score below which a detection that the gate's own detector does not see is not a face,
+# by the analyzer's name (its prefix). dlib HOG scores are SVM margins: the weakest real face of the
+# reference photos scores 0.37 (insightface's t1.jpg), a false hit on the astronaut's suit 0.12.
+# insightface's SCRFD scores are probabilities: 0.5 is insightface's own default cut-off (FaceAnalysis
+# det_thresh), which raypipe lowers to models.det_thresh so that weak faces are anonymized too. An
+# analyzer not listed here gets no such rule: every one of its detections is verified.
+NON_FACE_SCORES = {"dlib": 0.3, "insightface": 0.5}
+
+PASSED = "at or above the threshold"
 REIDENTIFIES = "still re-identifies"
 UNCHECKED = "could not be checked"
 
 
 class Recognizer(Protocol):
-    """What the gate needs from a recognizer: a name, its detector's boxes of one image, and an
-    embedding of the face at a box (framed by the best-overlapping of those boxes, when given)."""
+    """What the gate needs from a recognizer: a name, its detector's boxes of one image, and the raw
+    descriptor of the face at a box (framed by the best-overlapping of those boxes, when given), in the
+    space where its Euclidean distance is calibrated."""
 
     name: str
 
     def detect_boxes(self, image_rgb_uint8: np.ndarray) -> list[Box]: ...
 
-    def embed(
+    def descriptor(
         self, image_rgb_uint8: np.ndarray, box: Box, detections: list[Box] | None = None
     ) -> np.ndarray | None: ...
 
 
 @dataclass(frozen=True)
 class FaceCheck:
-    """The verdict on one face: the cosine similarity (None when it could not be computed) and why."""
+    """The verdict on one face: the Euclidean distance to the original (None when it could not be
+    computed) and why."""
 
-    similarity: float | None
+    distance: float | None
     passed: bool
     reason: str  # PASSED, REIDENTIFIES, or UNCHECKED followed by the cause
     threshold: float
@@ -77,35 +94,33 @@ class FaceCheck:
         """The audit status of a face that failed the gate, None for one that passed."""
         if self.passed:
             return None
-        return FaceStatus.REIDENTIFIED if self.similarity is not None else FaceStatus.UNCHECKED
+        return FaceStatus.REIDENTIFIED if self.distance is not None else FaceStatus.UNCHECKED
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Cosine similarity, or None for vectors that cannot be compared (shape, zero, not finite)."""
+def euclidean(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Euclidean distance, or None for vectors that cannot be compared (shape, all zero, not finite)."""
     x = np.asarray(a, dtype=np.float64).reshape(-1)
     y = np.asarray(b, dtype=np.float64).reshape(-1)
-    if x.shape != y.shape:
+    if x.shape != y.shape or not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
         return None
-    norms = float(np.linalg.norm(x) * np.linalg.norm(y))
-    if not np.isfinite(norms) or norms <= 1e-12:
+    if not (np.any(x) and np.any(y)):  # an all-zero descriptor is a failure, not a face
         return None
-    value = float(x @ y) / norms
-    return value if np.isfinite(value) else None
+    return float(np.linalg.norm(x - y))
 
 
 class ReidGate:
     """Compares each anonymized face with its original under an independent recognizer.
 
-    ``recognizer``: anything with ``name``, ``detect_boxes(image)`` and ``embed(image, box, detections)``
-    (see :class:`Recognizer`; default: a HOG
-    :class:`~raypipe.anonymize.analyzers.DlibAnalyzer`, built on first use). ``threshold``: cosine
-    similarity at or above which a face still re-identifies (default :data:`DEFAULT_THRESHOLD`, derived
-    for dlib; choose another one for another recognizer).
+    ``recognizer``: anything with ``name``, ``detect_boxes(image)`` and
+    ``descriptor(image, box, detections)`` (see :class:`Recognizer`; default: a HOG
+    :class:`~raypipe.anonymize.analyzers.DlibAnalyzer`, built on first use). ``threshold``: Euclidean
+    distance below which a face still re-identifies (default :data:`DEFAULT_THRESHOLD`, dlib's; measure
+    another one for another recognizer with ``benchmarks/reid_calibration.py``).
     """
 
     def __init__(self, recognizer: Recognizer | None = None, threshold: float = DEFAULT_THRESHOLD) -> None:
-        if not -1.0 < threshold <= 1.0:
-            raise ValueError(f"threshold must be a cosine similarity in (-1, 1], got {threshold}")
+        if not 0.0 < threshold <= 2.0:
+            raise ValueError(f"threshold must be a Euclidean distance in (0, 2], got {threshold}")
         if recognizer is None:
             from raypipe.anonymize.analyzers import DlibAnalyzer
 
@@ -122,12 +137,14 @@ class ReidGate:
         """The recognizer's own detections in ``image`` (one full-image detection)."""
         return list(self.recognizer.detect_boxes(image))
 
-    def _embed(self, image: np.ndarray, box: Box, detections: list[Box] | None) -> tuple[np.ndarray | None, str | None]:
+    def _describe(
+        self, image: np.ndarray, box: Box, detections: list[Box] | None
+    ) -> tuple[np.ndarray | None, str | None]:
         try:
-            embedding = self.recognizer.embed(image, box, detections)
+            descriptor = self.recognizer.descriptor(image, box, detections)
         except Exception as error:  # a recognizer failure on one face is a verdict, not a crash
             return None, f"{type(error).__name__}: {error}"
-        return embedding, None if embedding is not None else "no embedding"
+        return descriptor, None if descriptor is not None else "no descriptor"
 
     def check_face(
         self,
@@ -137,18 +154,18 @@ class ReidGate:
         detections: tuple[list[Box] | None, list[Box] | None] = (None, None),
     ) -> FaceCheck:
         """The verdict on the face at ``box`` (see :meth:`check`)."""
-        before, error = self._embed(original_rgb, box, detections[0])
+        before, error = self._describe(original_rgb, box, detections[0])
         if before is None:
             return FaceCheck(None, False, f"{UNCHECKED}: original face ({error})", self.threshold)
-        after, error = self._embed(anonymized_rgb, box, detections[1])
+        after, error = self._describe(anonymized_rgb, box, detections[1])
         if after is None:
             return FaceCheck(None, False, f"{UNCHECKED}: anonymized face ({error})", self.threshold)
-        similarity = cosine(before, after)
-        if similarity is None:
-            return FaceCheck(None, False, f"{UNCHECKED}: embeddings cannot be compared", self.threshold)
-        if similarity >= self.threshold:
-            return FaceCheck(similarity, False, REIDENTIFIES, self.threshold)
-        return FaceCheck(similarity, True, PASSED, self.threshold)
+        distance = euclidean(before, after)
+        if distance is None:
+            return FaceCheck(None, False, f"{UNCHECKED}: descriptors cannot be compared", self.threshold)
+        if distance < self.threshold:
+            return FaceCheck(distance, False, REIDENTIFIES, self.threshold)
+        return FaceCheck(distance, True, PASSED, self.threshold)
 
     def check(
         self,
@@ -157,15 +174,15 @@ class ReidGate:
         boxes: Sequence[Box],
         detections: tuple[list[Box] | None, list[Box] | None] = (None, None),
     ) -> list[FaceCheck]:
-        """One :class:`FaceCheck` per box, in order: cosine similarity of the recognizer's embeddings of
-        the face at the box before and after anonymization.
+        """One :class:`FaceCheck` per box, in order: Euclidean distance between the recognizer's
+        descriptors of the face at the box before and after anonymization.
 
         ``detections``: the recognizer's boxes in the original and in the anonymized image, when the
         caller already has them (:meth:`detect`); each face is then framed by its best-overlapping box,
-        with no detection per face. Given or not, the embeddings are the same.
+        with no detection per face. Given or not, the descriptors are the same.
 
-        Not passed when the similarity is at or above the threshold ("still re-identifies") or when
-        either embedding cannot be made or compared ("could not be checked"). Both images must have the
+        Not passed when the distance is below the threshold ("still re-identifies") or when either
+        descriptor cannot be made or compared ("could not be checked"). Both images must have the
         same shape (the anonymized image is the original with faces replaced in place).
         """
         if np.shape(original_rgb) != np.shape(anonymized_rgb):
@@ -177,6 +194,31 @@ class ReidGate:
         if failed:
             log.debug("re-identification gate: %d of %d faces not passed", failed, len(results))
         return results
+
+
+def calibration() -> dict:
+    """The calibration that raypipe ships (``calibration.json``, written by a full run of
+    ``benchmarks/reid_calibration.py``): metric, threshold and the impostor distances."""
+    import json
+    from importlib import resources
+
+    return dict(json.loads(resources.files("raypipe.audit").joinpath("calibration.json").read_text("utf-8")))
+
+
+def non_face_score(analyzer: str | None, configured: float | None = None) -> float | None:
+    """The score bar of the not-a-face rule: ``configured`` (``audit.non_face_score``), else the default
+    for the analyzer named ``analyzer`` (see :data:`NON_FACE_SCORES`), else None (no such rule)."""
+    if configured is not None:
+        return float(configured)
+    for prefix, score in NON_FACE_SCORES.items():
+        if analyzer is not None and analyzer.startswith(prefix):
+            return score
+    return None
+
+
+def confirmed(box: Box, detections: Sequence[Box]) -> bool:
+    """Whether the recognizer's own detector saw a face at ``box`` (one of ``detections`` overlaps it)."""
+    return any(iou(box, found) >= MATCH_IOU for found in detections)
 
 
 def missed_faces(

@@ -1,6 +1,7 @@
 """``raypipe audit report``: a human-readable account of a run, as one HTML file plus two PNG plots.
 
-Shows counts per status, the histogram of re-identification similarities against the threshold, a
+Shows counts per status, the histogram of re-identification distances against the threshold and the
+distances between different people, the faces per outcome (retried, obscured, not a face), a
 table per shard, the parameters and models used, and every quarantined or failed sample with its
 reason. It reads the manifest when there is one (else the completion markers) and the audit files;
 it states what was recorded, and does not check it: ``raypipe audit verify`` does that.
@@ -38,6 +39,10 @@ METHOD_COLUMNS = ("guidance_scale", "skip", "num_steps", "seed", "attribute_prom
 PROVENANCE_COLUMNS = ("models", "weight_hashes", "config_hash", "code_version")
 
 
+# Face outcomes, in the order the report lists them ("retried": faces that took more than one attempt).
+FACE_OUTCOMES = ("anonymized", "retried", "obscured", "not_a_face", "reidentified", "unchecked")
+
+
 @dataclass
 class ReportData:
     """What the report shows, gathered from OUTPUT."""
@@ -46,8 +51,16 @@ class ReportData:
     manifest: dict[str, Any] | None = None
     shards: list[dict[str, Any]] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
-    similarities: list[float] = field(default_factory=list)
+    distances: list[float] = field(default_factory=list)  # the gate's, one per verified face
     thresholds: Counter[float] = field(default_factory=Counter)
+    face_counts: Counter[str] = field(default_factory=Counter)  # faces per status, and "retried"
+
+    @property
+    def recognizer(self) -> str | None:
+        """The gate's recognizer, as the run recorded it."""
+        reid = self.parameters.get("reid")
+        return str(reid["recognizer"]) if isinstance(reid, dict) and reid.get("recognizer") else None
+
     held_back: list[dict[str, str]] = field(default_factory=list)  # quarantined and failed samples
     held_back_total: int = 0
     missed_faces: int = 0
@@ -72,9 +85,9 @@ def _reason(row: dict[str, Any]) -> str:
         if face.get("status") == "anonymized":
             continue
         text = f"face {face.get('index')}: {face.get('status')}"
-        if face.get("similarity") is not None:
-            text += f" (similarity {face['similarity']:.3f}"
-            text += f" >= {face['threshold']:.3f})" if face.get("threshold") is not None else ")"
+        if face.get("distance") is not None:
+            text += f" (distance {face['distance']:.3f}"
+            text += f" < {face['threshold']:.3f})" if face.get("threshold") is not None else ")"
         if face.get("error"):
             text += f": {face['error']}"
         parts.append(text)
@@ -86,9 +99,12 @@ def _add_rows(data: ReportData, shard: str, rows: list[dict[str, Any]]) -> None:
         data.counts[str(row.get("status"))] += 1
         data.missed_faces += int(row.get("missed_faces") or 0)
         for face in row.get("faces") or []:
-            similarity = face.get("similarity")
-            if similarity is not None and math.isfinite(similarity):
-                data.similarities.append(float(similarity))
+            data.face_counts[str(face.get("status"))] += 1
+            if (face.get("attempts") or 0) > 1:
+                data.face_counts["retried"] += 1
+            distance = face.get("distance")
+            if distance is not None and math.isfinite(distance):
+                data.distances.append(float(distance))
             if face.get("threshold") is not None:
                 data.thresholds[round(float(face["threshold"]), 4)] += 1
         if row.get("status") in (Status.QUARANTINED.value, Status.FAILED.value):
@@ -169,27 +185,39 @@ def plot_counts(data: ReportData, path: Path) -> None:
     _save(figure, path)
 
 
-def plot_similarity(data: ReportData, path: Path) -> None:
-    """Histogram of original-vs-anonymized similarities with the threshold(s) as vertical lines."""
+def plot_distance(data: ReportData, path: Path) -> None:
+    """Histogram of the gate's original-vs-released distances, the threshold(s) as vertical lines, and
+    the distances between photos of *different* people (the calibration's impostor pairs) beside them:
+    a face to the left of that distribution looks more like its original than strangers do."""
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
 
-    figure = Figure(figsize=(6, 3.2), layout="constrained")
+    from raypipe.audit.reid import calibration
+
+    impostors = calibration()["impostor_distances"]
+    figure = Figure(figsize=(6, 3.4), layout="constrained")
     axes = figure.add_subplot()
-    if data.similarities:
-        low = min(0.0, min(data.similarities))
-        axes.hist(data.similarities, bins=40, range=(low, 1.0), color="#546e7a")
+    top = max([1.2, *data.distances, *impostors])
+    bins = [top * i / 48 for i in range(49)]
+    if data.distances:
+        axes.hist(data.distances, bins=bins, density=True, color="#546e7a", alpha=0.8, label="faces of this output")
     else:
-        axes.text(0.5, 0.5, "no similarity scores recorded", ha="center", va="center", transform=axes.transAxes)
-        axes.set_xlim(0.0, 1.0)
+        axes.text(0.5, 0.6, "no distances recorded", ha="center", va="center", transform=axes.transAxes)
+    axes.hist(
+        impostors,
+        bins=bins,
+        density=True,
+        histtype="step",
+        color="#ef6c00",
+        linewidth=1.5,
+        label=f"different people ({len(impostors)} calibration pairs)",
+    )
     for threshold in sorted(data.thresholds):
         axes.axvline(threshold, color="#c62828", linestyle="--", label=f"threshold {threshold:g}")
-    if data.thresholds:
-        axes.legend(loc="upper left")
-    axes.set_xlabel("cosine similarity, original vs anonymized (independent recognizer)")
-    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_ylabel("faces")
-    axes.set_title("Re-identification similarity")
+    axes.legend(loc="upper left", fontsize="small")
+    axes.set_xlim(0.0, top)
+    axes.set_xlabel(f"distance, original vs released ({data.recognizer or 'independent recognizer'})")
+    axes.set_ylabel("density")
+    axes.set_title("Re-identification distance (below the threshold: still re-identifies)")
     _save(figure, path)
 
 
@@ -215,14 +243,14 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _html(data: ReportData, counts_png: str, similarity_png: str) -> str:
+def _html(data: ReportData, counts_png: str, distance_png: str) -> str:
     manifest = data.manifest or {}
     records = manifest.get("records") or {}
     signature = manifest.get("signature") or {}
     statuses = STATUS_ORDER + sorted(set(data.counts) - set(STATUS_ORDER))
     total = sum(data.counts.values())
     thresholds = ", ".join(f"{t:g}" for t in sorted(data.thresholds)) or "none recorded"
-    above = sum(1 for s in data.similarities if data.thresholds and s >= min(data.thresholds))
+    below = sum(1 for d in data.distances if data.thresholds and d < max(data.thresholds))
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>raypipe audit report: {_e(data.output)}</title><style>{_CSS}</style></head><body>",
@@ -257,12 +285,22 @@ def _html(data: ReportData, counts_png: str, similarity_png: str) -> str:
     parts.append(
         f"<p>Faces found again in released images where none was anonymized (missed faces): {data.missed_faces}</p>"
     )
-    parts.append("<h2>Re-identification similarity</h2>")
+    parts.append("<h2>Faces</h2>")
     parts.append(
-        f"<p>{len(data.similarities)} faces scored; threshold(s): {_e(thresholds)}; "
-        f"{above} at or above the threshold (held back).</p>"
+        _table(
+            ["outcome", "faces"],
+            [[name, data.face_counts.get(name, 0)] for name in FACE_OUTCOMES]
+            + [[name, n] for name, n in sorted(data.face_counts.items()) if name not in FACE_OUTCOMES],
+        )
     )
-    parts.append(f"<img src='{_e(similarity_png)}' alt='histogram of similarities with the threshold'>")
+    parts.append("<h2>Re-identification distance</h2>")
+    parts.append(
+        f"<p>{len(data.distances)} faces scored by {_e(data.recognizer or 'the independent recognizer')}; "
+        f"threshold(s): {_e(thresholds)}; {below} below the threshold (still re-identify: held back, or "
+        "obscured by the fallback). The outline is the distance between photos of different people "
+        "(benchmarks/reid_calibration.py): a released face should sit among them, not to their left.</p>"
+    )
+    parts.append(f"<img src='{_e(distance_png)}' alt='histogram of distances with the threshold and strangers'>")
     parts.append("<h2>Shards</h2>")
     parts.append(
         _table(
@@ -302,16 +340,16 @@ def render_report(root: str, out: str | Path, options: StorageOptions | None = N
     """Write the report of OUTPUT ``root``; returns the HTML file's path.
 
     ``out`` is a local ``.html`` file (the plots go next to it as ``<name>-counts.png`` and
-    ``<name>-similarity.png``) or a folder (then ``report.html`` inside it).
+    ``<name>-distance.png``) or a folder (then ``report.html`` inside it).
     """
     target = Path(out)
     html_path = target if target.suffix.lower() in (".html", ".htm") else target / "report.html"
     html_path.parent.mkdir(parents=True, exist_ok=True)
     data = gather(root, options)
     counts_png = html_path.with_name(f"{html_path.stem}-counts.png")
-    similarity_png = html_path.with_name(f"{html_path.stem}-similarity.png")
+    distance_png = html_path.with_name(f"{html_path.stem}-distance.png")
     plot_counts(data, counts_png)
-    plot_similarity(data, similarity_png)
-    html_path.write_text(_html(data, counts_png.name, similarity_png.name), encoding="utf-8")
+    plot_distance(data, distance_png)
+    html_path.write_text(_html(data, counts_png.name, distance_png.name), encoding="utf-8")
     log.info("audit report of %s written to %s", data.output, html_path)
     return html_path

@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 FACE_TYPE = pa.struct(
     [
@@ -21,8 +21,10 @@ FACE_TYPE = pa.struct(
         ("score", pa.float32()),
         ("status", pa.string()),
         ("seed", pa.uint64()),
-        ("similarity", pa.float32()),
+        ("distance", pa.float32()),  # Euclidean, original vs released, independent recognizer
         ("threshold", pa.float32()),
+        ("attempts", pa.int32()),
+        ("guidance_scale", pa.float32()),
         ("error", pa.string()),
     ]
 )

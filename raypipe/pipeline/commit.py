@@ -21,7 +21,7 @@ from typing import Any, Literal, overload
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raypipe.audit.manifest import MARKER_MAC, audit_rows, marker_mac, records_root, status_counts
+from raypipe.audit.manifest import MARKER_MAC, audit_rows, face_counts, marker_mac, records_root, status_counts
 from raypipe.audit.schema import records_table, sample_digest
 from raypipe.audit.signing import mac
 from raypipe.io.publish import delete, publish_bytes, read_bytes
@@ -243,6 +243,7 @@ def finalize_shard(
         "samples": total,
         "released": len(samples),
         "counts": status_counts(written),
+        "face_counts": face_counts(written),  # for the run summary (the records are the evidence)
         "tar_sha256": hashlib.sha256(tar).hexdigest(),
         "audit_sha256": hashlib.sha256(audit).hexdigest(),
         "records_root": records_root(written),

@@ -32,6 +32,7 @@ from raypipe.pipeline.task import over_tasks, pack_batch, unpack_batch
 log = get_logger(__name__)
 
 TASK_CPUS = 0.25
+COMPOSE_CPUS = 0.5  # each compose actor (the gate's dlib runs on one core)
 FRAGMENT_KEY_PURPOSE = "fragments and markers"  # what the run's derived key authenticates
 
 
@@ -49,6 +50,7 @@ class RunSummary:
     manifest: int | None = None  # sequence number of the signed manifest written, None if none
     anchor: str | None = None  # where the run's signed checkpoint went (audit.anchor), None if nowhere
     covered_by: int | None = None  # sequence of the signed manifest that covers OUTPUT after the run
+    faces: dict[str, int] = field(default_factory=dict)  # faces per status (and "retried") in this run's shards
 
     @property
     def samples_total(self) -> int:
@@ -78,13 +80,15 @@ class DetectActor:
 class AnonymizeActor:
     """Ray Data actor wrapping :class:`raypipe.pipeline.stages.Anonymize` (loads the models once)."""
 
-    def __init__(self, models: ModelsConfig, method: MethodConfig, limits: LimitsConfig, detect: bool) -> None:
+    def __init__(
+        self, models: ModelsConfig, method: MethodConfig, limits: LimitsConfig, detect: bool, audit: AuditConfig
+    ) -> None:
         import ray
 
         from raypipe.pipeline.stages import Anonymize
 
         node = ray.get_runtime_context().get_node_id()
-        self.stage = Anonymize(models, method, limits, detect=detect, node=node)
+        self.stage = Anonymize(models, method, limits, detect=detect, node=node, audit=audit)
 
     def __call__(self, batch: Any) -> dict[str, list[Any]]:
         return pack_batch(self.stage(unpack_batch(batch)))
@@ -124,6 +128,19 @@ def gpus_per_actor(config: JobConfig) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
+def compose_pool(config: JobConfig, cluster_cpus: float) -> tuple[int, int]:
+    """(min, max) compose actors. A number in ``pipeline.compose_actors`` is both; ``auto`` starts one
+    and lets Ray Data add actors while batches queue for them, up to the CPUs that the other pools and
+    the read and write tasks leave (one CPU kept for those tasks), so the gate never limits the GPUs
+    and the job can never wait for a CPU that an idle actor holds."""
+    p = config.pipeline
+    if p.compose_actors != "auto":
+        return int(p.compose_actors), int(p.compose_actors)
+    held = p.anonymize_actors_max * p.num_cpus_per_actor + (0 if p.detect == "gpu_actor" else p.detect_actors * 0.5)
+    room = cluster_cpus - held - 1.0
+    return 1, max(1, int(room // COMPOSE_CPUS))
+
+
 def build_dataset(config: JobConfig, plan_pending: list[Any], layout: OutputLayout, run: RunInfo, tracker: Any) -> Any:
     import ray
     from ray.data import ActorPoolStrategy
@@ -151,18 +168,19 @@ def build_dataset(config: JobConfig, plan_pending: list[Any], layout: OutputLayo
         )
     ds = ds.map_batches(
         AnonymizeActor,
-        fn_constructor_args=(config.models, config.method, config.limits, detect_in_actor),
+        fn_constructor_args=(config.models, config.method, config.limits, detect_in_actor, config.audit),
         compute=ActorPoolStrategy(min_size=p.anonymize_actors_min, max_size=p.anonymize_actors_max),
         num_gpus=gpus_per_actor(config),
         num_cpus=p.num_cpus_per_actor,
         resources=p.anonymize_actor_resources,
         **common,
     )
+    low, high = compose_pool(config, float(ray.cluster_resources().get("CPU", 1)))
     ds = ds.map_batches(
         ComposeActor,
         fn_constructor_args=(config.audit, config.models.analyzer),
-        compute=ActorPoolStrategy(size=p.compose_actors),
-        num_cpus=0.5,
+        compute=ActorPoolStrategy(min_size=low, max_size=high),
+        num_cpus=COMPOSE_CPUS,
         **common,
     )
     return ds, make_datasink(layout, run, tracker)
@@ -209,6 +227,7 @@ def _run_holding_lease(
         shards_done=0,
         shards_skipped=len(plan.done),
         samples_processed=processed,
+        faces=_sum_counts(marker.get("face_counts") or {} for marker in produced.values()),
     )
     if key is None:
         log.warning("no audit key (RAYPIPE_AUDIT_KEY or audit.key_file): the run manifest was not signed or written")
@@ -333,6 +352,14 @@ def _anchor(config: JobConfig, layout: OutputLayout, manifest: dict[str, Any], k
     return write_checkpoint(config.audit.anchor, manifest, key, config.storage, layout.root)
 
 
+def _sum_counts(counts: Any) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for one in counts:
+        for name, n in one.items():
+            total[name] = total.get(name, 0) + int(n)
+    return dict(sorted(total.items()))
+
+
 def _tally(summary: RunSummary, names: list[str], lookup: Any) -> None:
     """Done and incomplete shards and samples per status, from the manifest's entries or the markers."""
     from raypipe.status import tally_from
@@ -386,7 +413,15 @@ def write_run_manifest(
         "method": dataclasses.asdict(config.method),
         "models": _model_ids(config),
         "weight_hashes": _weight_hashes(produced),
-        "reid": {"recognizer": config.audit.recognizer, "threshold": config.audit.reid_threshold},
+        "reid": {
+            "recognizer": config.audit.recognizer,
+            "metric": "euclidean",
+            "threshold": config.audit.reid_threshold,
+            "non_face_score": config.audit.non_face_score,
+            "retries": config.audit.retries,
+            "retry_guidance_step": config.audit.retry_guidance_step,
+            "fallback": config.audit.fallback,
+        },
     }
     reason = "--overwrite: results of another configuration were deleted" if plan.overwrite else None
     return write_manifest(layout, build_manifest(previous, added, run_info, overwrite=reason), key)

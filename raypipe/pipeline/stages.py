@@ -245,14 +245,25 @@ class Detect:
 
 
 class Anonymize:
-    """GPU actor: loads the models once; anonymizes the faces of many samples in shared UNet batches."""
+    """GPU actor: loads the models once; anonymizes the faces of many samples in shared UNet batches,
+    and anonymizes again the faces whose result fails the gate's screen (``audit.retries``)."""
 
     def __init__(
-        self, models: ModelsConfig, method: MethodConfig, limits: LimitsConfig, detect: bool, node: str = ""
+        self,
+        models: ModelsConfig,
+        method: MethodConfig,
+        limits: LimitsConfig,
+        detect: bool,
+        node: str = "",
+        audit: AuditConfig | None = None,
     ) -> None:
-        from raypipe.anonymize.pipeline import ReversePersonalization
+        from raypipe.anonymize.pipeline import Gate, ReversePersonalization
 
-        self.rp = ReversePersonalization.from_pretrained(models, method, load_analyzer=detect)
+        audit = audit or AuditConfig()
+        self.rp = ReversePersonalization.from_pretrained(models, method, load_analyzer=detect, audit=audit)
+        # Retries are decided here, where the GPU is, with the gate the compose stage runs (its analyzer
+        # named as the job's, so its not-a-face rule is the same).
+        self.rp.gate = Gate(audit, models.analyzer)
         self.detect, self.method, self.limits = detect, method, limits
         self.batches = 0
         optimizations = self.rp.models.optimizations

@@ -46,6 +46,7 @@ def test_every_shard_comes_out_with_the_same_name_keys_and_order(finished, input
     summary, out, _ = finished
     assert summary.ok and summary.shards_done == 3 and summary.samples_processed == 15
     assert summary.counts == {"anonymized": 3, "no_face": 12}
+    assert summary.faces.get("anonymized") == 3 and summary.faces.get("reidentified") is None
     names = sorted(p.name for p in inputs.glob("*.tar"))
     assert sorted(p.name for p in out.glob("*.tar")) == names
     for name in names:

@@ -77,3 +77,23 @@ def test_the_check_also_guards_configs_built_in_python() -> None:
 )
 def test_input_folder_is_the_folder_of_the_fixed_prefix(spec: str, folder: str) -> None:
     assert input_folder(spec) == folder
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "allowed"),
+    [
+        ("reid_threshold", 0.9 - 0.9, "Euclidean distance"),
+        ("reid_threshold", 3, "Euclidean distance"),
+        ("retries", -1, "integer in [0, 10]"),
+        ("retries", True, "integer in [0, 10]"),
+        ("retry_guidance_step", 2.5, "<= 0"),
+        ("fallback", "swirl", "'blur'"),
+        ("non_face_score", "high", "detector score"),
+    ],
+)
+def test_a_bad_gate_setting_is_named(key: str, value: object, allowed: str) -> None:
+    from raypipe.config import AuditConfig
+
+    with pytest.raises(ValueError, match=f"audit.{key}") as raised:
+        AuditConfig(**{key: value})  # type: ignore[arg-type]
+    assert allowed in str(raised.value)

@@ -38,3 +38,18 @@ def test_every_limit_is_documented_with_its_default(section: str, cls: type, nam
 def test_every_fault_hook_is_documented() -> None:
     for name in faults.HOOKS:
         assert f"`{name}=" in DOC, name
+
+
+def test_every_test_the_doc_names_exists() -> None:
+    """A row of FAULTS.md is a claim; the test it names must exist (a name ending in ``...`` is a prefix)."""
+    import re
+
+    tests = Path(__file__).parents[1]
+    named = re.findall(r"`((?:tests/[\w/]+/)?(test_\w+\.py))::(test_\w+)(\.\.\.)?`", DOC)
+    assert len(named) > 20
+    for path, file, name, prefix in named:
+        candidates = [tests.parent / path] if path.startswith("tests/") else list(tests.rglob(file))
+        assert candidates and all(c.is_file() for c in candidates), path
+        sources = "".join(c.read_text() for c in candidates)
+        pattern = rf"def {name}" + ("" if prefix else r"\(")
+        assert re.search(pattern, sources), f"{path}::{name} is not a test"

@@ -26,7 +26,7 @@ def astronaut() -> np.ndarray:
     return np.ascontiguousarray(data.astronaut())
 
 
-def _identity(crops, embeddings, seeds):  # type: ignore[no-untyped-def]
+def _identity(crops, embeddings, seeds, guidance_scale=None):  # type: ignore[no-untyped-def]
     return [np.array(crop, copy=True) for crop in crops]
 
 
@@ -36,8 +36,11 @@ def test_the_api_quarantines_an_anonymizer_that_returns_the_original(astronaut, 
     result = rp.anonymize(astronaut, key="astronaut")
     assert result.status is Status.QUARANTINED and result.image is None and result.step == "verify"
     (face,) = result.faces
-    assert face.status is FaceStatus.REIDENTIFIED and face.similarity is not None
-    assert face.similarity >= face.threshold  # type: ignore[operator]
+    assert face.status is FaceStatus.REIDENTIFIED and face.distance is not None
+    assert face.distance < face.threshold  # type: ignore[operator]
+    # It was retried first (audit.retries: 2), each time pushed harder from the identity.
+    assert face.attempts == 3 and face.guidance_scale == METHOD.guidance_scale - 2 * 2.5
+    assert "after 3 attempts" in (face.error or "")
     for batch_result in rp.anonymize_batch([astronaut, astronaut], ["a", "b"]):
         assert batch_result.status is Status.QUARANTINED and batch_result.image is None
 
@@ -48,7 +51,7 @@ def test_the_api_releases_a_real_anonymization_with_each_faces_verdict(astronaut
     assert result.status is Status.ANONYMIZED and result.image is not None
     (face,) = result.faces
     assert face.status is FaceStatus.ANONYMIZED
-    assert face.similarity is not None and face.similarity < face.threshold  # type: ignore[operator]
+    assert face.distance is not None and face.distance >= face.threshold  # type: ignore[operator]
 
 
 def test_anonymize_image_prints_the_verdict_and_writes_nothing_for_a_failing_face(
@@ -56,18 +59,29 @@ def test_anonymize_image_prints_the_verdict_and_writes_nothing_for_a_failing_fac
 ) -> None:
     from raypipe.cli import main
 
-    monkeypatch.setattr(ReversePersonalization, "anonymize_crops", lambda self, c, e, s: _identity(c, e, s))
+    monkeypatch.setattr(ReversePersonalization, "anonymize_crops", lambda self, c, e, s, g=None: _identity(c, e, s))
     src, dst, record = tmp_path / "in.png", tmp_path / "out.png", tmp_path / "in.json"
     Image.fromarray(astronaut).save(src)
     args = ["anonymize-image", str(src), str(dst), "--record", str(record), "--preset", "tiny"]
     code = main([*args, "--analyzer", "dlib", "--steps", "4", "--face-size", "128"])
     out = capsys.readouterr().out
     assert code == 1 and not dst.exists()
-    assert "face 0 at [" in out and "reidentified (similarity" in out
+    assert "face 0 at [" in out and "reidentified (distance" in out
     written = json.loads(record.read_text())
     assert written["status"] == "quarantined" and written["error_step"] == "verify"
     assert written["output"] is None and written["faces"][0]["status"] == "reidentified"
-    assert set(written["faces"][0]) == {"index", "box", "score", "status", "seed", "error", "similarity", "threshold"}
+    assert set(written["faces"][0]) == {
+        "index",
+        "box",
+        "score",
+        "status",
+        "seed",
+        "error",
+        "distance",
+        "threshold",
+        "attempts",
+        "guidance_scale",
+    }
 
 
 def test_anonymize_image_record_of_a_released_image(tmp_path: Path, astronaut: np.ndarray) -> None:
@@ -80,7 +94,7 @@ def test_anonymize_image_record_of_a_released_image(tmp_path: Path, astronaut: n
     args = ["anonymize-image", str(src), str(dst), "--record", str(record), "--preset", "tiny"]
     assert main([*args, "--analyzer", "dlib", "--steps", "4", "--face-size", "128"]) == 0
     written = json.loads(record.read_text())
-    assert written["status"] == "anonymized" and written["faces"][0]["similarity"] < 0.9
+    assert written["status"] == "anonymized" and written["faces"][0]["distance"] >= 0.6
     assert written["output_sha256"] == hashlib.sha256(dst.read_bytes()).hexdigest()
     assert written["recognizer"].startswith("dlib")
 
@@ -133,7 +147,7 @@ def test_the_gate_runs_at_most_two_detections_per_image(faces: int, monkeypatch:
     assert len(calls) == 2
     per_face = gate.reid.check(image, released, boxes)  # the old way: detections for every face
     assert len(calls) == 2 + 2 * faces
-    assert [f.similarity for f in result.faces] == [c.similarity for c in per_face]
+    assert [f.distance for f in result.faces] == [c.distance for c in per_face]
 
 
 def _astronaut_image() -> np.ndarray:

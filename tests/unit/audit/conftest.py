@@ -33,7 +33,7 @@ from raypipe.layout import OutputLayout
 
 SHARDS = ("data-00000.tar", "data-00001.tar")
 STATUSES = ("anonymized", "no_face", "quarantined")
-THRESHOLD = 0.9
+THRESHOLD = 0.6
 HMAC_SECRET = b"correct horse battery staple 0123456789"
 RUN = {
     "config_hash": "c0ffee",
@@ -51,15 +51,17 @@ def sample_key(shard_index: int, seq: int) -> str:
     return f"img{shard_index}{seq:03d}"
 
 
-def _face(status: str, similarity: float) -> dict[str, Any]:
+def _face(status: str, distance: float) -> dict[str, Any]:
     return {
         "index": 0,
         "box": [10.0, 20.0, 60.0, 80.0],
         "score": 1.25,
         "status": status,
         "seed": 1234,
-        "similarity": similarity,
+        "distance": distance,
         "threshold": THRESHOLD,
+        "attempts": 1,
+        "guidance_scale": -10.0,
         "error": None,
     }
 
@@ -70,12 +72,12 @@ def _record(shard: str, shard_index: int, seq: int, status: str) -> tuple[dict[s
     faces: list[dict[str, Any]] = []
     out: list[tuple[str, bytes]] | None = None
     if status == "anonymized":
-        faces = [_face("anonymized", 0.41)]
+        faces = [_face("anonymized", 0.81)]
         out = [(f"{key}.jpg", f"anonymized jpeg of {key}".encode()), members[1]]
     elif status == "no_face":
         out = list(members)
     else:
-        faces = [_face("reidentified", 0.95)]
+        faces = [_face("reidentified", 0.25)]
     record = {
         "key": key,
         "seq": seq,

@@ -14,7 +14,7 @@ from .conftest import RUN, make_output, sample_key, shard_names, sign_shards
 
 
 def plots_of(html_path: Path) -> list[Path]:
-    return [html_path.with_name(f"{html_path.stem}-{name}.png") for name in ("counts", "similarity")]
+    return [html_path.with_name(f"{html_path.stem}-{name}.png") for name in ("counts", "distance")]
 
 
 def assert_png(path: Path) -> None:
@@ -34,14 +34,15 @@ def test_report_of_a_signed_run(tmp_path: Path, hmac_key: Key) -> None:
     for png in plots_of(html_path):
         assert_png(png)
     text = html_path.read_text(encoding="utf-8")
-    for heading in ("Samples per status", "Re-identification similarity", "Shards", "Parameters and models"):
+    for heading in ("Samples per status", "Faces", "Re-identification distance", "Shards", "Parameters and models"):
         assert heading in text
     assert "Quarantined and failed samples (2)" in text
     for shard_index in range(2):
         assert sample_key(shard_index, 2) in text  # each quarantined sample, with its reason
-    assert "reidentified (similarity 0.950 &gt;= 0.900)" in text
-    assert "4 faces scored; threshold(s): 0.9; 2 at or above" in text
-    assert "audit-counts.png" in text and "audit-similarity.png" in text
+    assert "reidentified (distance 0.250 &lt; 0.600)" in text
+    assert "4 faces scored by dlib-hog; threshold(s): 0.6; 2 below the threshold" in text
+    assert "<tr><td>anonymized</td><td>2</td></tr>" in text and "<tr><td>reidentified</td><td>2</td></tr>" in text
+    assert "audit-counts.png" in text and "audit-distance.png" in text
     assert "<script>" not in text and "&lt;script&gt;" in text
     assert hmac_key.key_id in text
     assert json.loads(Path(layout.state("manifest.json")).read_text())["records"]["merkle_root"] in text
@@ -59,4 +60,4 @@ def test_report_without_manifest_or_scores_still_renders(tmp_path: Path) -> None
     empty = tmp_path / "empty"
     empty.mkdir()
     for png in plots_of(render_report(str(empty), tmp_path / "empty.html")):
-        assert_png(png)  # "no similarity scores recorded" is still a picture
+        assert_png(png)  # "no distances recorded" (beside the strangers) is still a picture

@@ -54,10 +54,10 @@ def test_a_fresh_run_verifies(output: OutputLayout, key: Key) -> None:
 
 
 def test_a_changed_audit_value_is_named(output: OutputLayout, key: Key) -> None:
-    # Hide a re-identification: lower the quarantined face's similarity in shard 0.
+    # Hide a re-identification: raise the quarantined face's distance in shard 0.
     path = Path(output.root, "data-00000.audit.parquet")
     rows = rows_of(path)
-    rows[2]["faces"][0]["similarity"] = 0.2
+    rows[2]["faces"][0]["distance"] = 0.9
     rewrite_audit(output, "data-00000", rows)
     report = verify_output(output.root, key)
     assert "Merkle root" in find(report, "modified", "data-00000.audit.parquet").detail

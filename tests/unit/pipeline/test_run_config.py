@@ -104,3 +104,22 @@ def test_a_resume_with_another_batch_size_is_refused(inputs: Path, tmp_path: Pat
     make_plan(config(progress=False, anonymize_actors_max=3, compose_actors=2), layout)  # same bytes: resumes
     with pytest.raises(OutputConflictError, match="different configuration"):
         make_plan(config(batch_size=2), layout)
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "cpus", "pool"),
+    [
+        ({}, 2.0, (1, 1)),  # this machine: one compose actor, one CPU kept for read and write tasks
+        ({}, 16.0, (1, 28)),  # 16 - 0.5 (anonymize) - 0.5 (detect) - 1 = 14 CPUs, 0.5 each
+        ({"anonymize_actors_max": 4, "detect": "gpu_actor"}, 64.0, (1, 122)),
+        ({"compose_actors": 3}, 64.0, (3, 3)),  # a number is exactly that many
+    ],
+)
+def test_the_compose_pool_grows_with_the_cluster(pipeline: dict, cpus: float, pool: tuple[int, int]) -> None:
+    config = build_config({"input": "/in/a.tar", "output": "/out", "pipeline": pipeline}, {})
+    assert run_module.compose_pool(config, cpus) == pool
+
+
+def test_a_bad_compose_pool_is_named() -> None:
+    with pytest.raises(ValueError, match=r"pipeline\.compose_actors"):
+        build_config({"input": "/in/a.tar", "output": "/out", "pipeline": {"compose_actors": "many"}}, {})

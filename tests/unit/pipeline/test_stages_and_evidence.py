@@ -3,6 +3,7 @@ re-identification gate, fragments, finalize, signed manifest, verify and report.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,7 @@ def test_a_real_run_of_the_stages_verifies(shard: Path, anonymize: Anonymize, tm
     records = read_audit((tmp_path / "part-00000.audit.parquet").read_bytes())
     assert [r["status"] for r in records] == ["anonymized", "no_face", "no_face"]
     face = records[0]["faces"][0]
-    assert face["similarity"] is not None and face["similarity"] < face["threshold"] == pytest.approx(0.90)
+    assert face["distance"] is not None and face["distance"] >= face["threshold"] == pytest.approx(0.6)
     assert verify_output(str(tmp_path), KEY).ok
 
 
@@ -65,13 +66,17 @@ def test_an_anonymizer_that_returns_the_original_face_is_quarantined(
     shard: Path, anonymize: Anonymize, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Test double: the "anonymized" crop is the original crop. The gate must catch it.
-    monkeypatch.setattr(anonymize.rp, "anonymize_crops", lambda crops, embeddings, seeds: [c.copy() for c in crops])
+    monkeypatch.setattr(
+        anonymize.rp, "anonymize_crops", lambda crops, embeddings, seeds, guidance=None: [c.copy() for c in crops]
+    )
     held_at = tmp_path.with_name(tmp_path.name + "-held")  # outside OUTPUT, as the config requires
     run_stages(shard, tmp_path, anonymize, quarantine=held_at)
     records = read_audit((tmp_path / "part-00000.audit.parquet").read_bytes())
     assert records[0]["status"] == "quarantined" and records[0]["error_step"] == "verify"
     assert records[0]["faces"][0]["status"] == "reidentified"
-    assert records[0]["faces"][0]["similarity"] >= 0.90
+    assert records[0]["faces"][0]["distance"] < 0.6 and records[0]["faces"][0]["attempts"] == 3
+    marker = json.loads((tmp_path / "part-00000.done.json").read_text())
+    assert marker["face_counts"] == {"reidentified": 1, "retried": 1}  # what the run summary prints
     released = read_tar((tmp_path / "part-00000.tar").read_bytes())
     assert [s.key for s in released] == [r["key"] for r in records[1:]]  # never released
     assert verify_output(str(tmp_path), KEY).ok
