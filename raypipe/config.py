@@ -261,6 +261,9 @@ class AuditConfig:
     # below this is "not a face" and does not withhold its image (None: the analyzer's default,
     # raypipe.audit.reid.NON_FACE_SCORES).
     non_face_score: float | None = None
+    # Faces smaller than this (the box's shorter side, in pixels) cannot be vouched for by the recognizer:
+    # they are held back unless audit.fallback is "mask" (raypipe.audit.reid).
+    min_face_px: int = 35
     retries: int = 2  # diffusion attempts after the first for a face that fails the gate
     retry_guidance_step: float = -2.5  # each retry moves the guidance scale this much (and takes a new seed)
     fallback: str = "none"  # then: "none" quarantines; "blur", "pixelate" or "mask" obscure that face
@@ -284,6 +287,12 @@ class AuditConfig:
             p + "non_face_score",
             "a detector score or null",
             self.non_face_score,
+        )
+        _check(
+            isinstance(self.min_face_px, int) and not isinstance(self.min_face_px, bool) and self.min_face_px >= 0,
+            p + "min_face_px",
+            "an integer number of pixels >= 0",
+            self.min_face_px,
         )
         _check(
             isinstance(self.retries, int) and not isinstance(self.retries, bool) and 0 <= self.retries <= 10,

@@ -165,6 +165,7 @@ class Gate:
         self.reid = ReidGate(recognizer, threshold=audit.reid_threshold)
         self.check_missed = audit.check_missed_faces
         self.fallback = audit.fallback
+        self.min_face_px = audit.min_face_px
         self.non_face_score = non_face_score(analyzer, audit.non_face_score)
         # With the same (deterministic) detector on both sides, searching an unchanged image again can
         # only repeat the first answer: re-detect only images that were changed.
@@ -233,7 +234,7 @@ class Gate:
     ) -> FaceRecord:
         from dataclasses import replace
 
-        from raypipe.audit.reid import confirmed
+        from raypipe.audit.reid import UNCHECKED, confirmed
 
         if (
             self.non_face_score is not None
@@ -245,6 +246,13 @@ class Gate:
                 f" the gate's own detector ({self.reid.name}) finds no face there in the original"
             )
             return replace(face, status=FaceStatus.NOT_A_FACE, error=why)
+        side = _shorter_side(face.box)
+        if side < self.min_face_px:
+            why = (
+                f"{UNCHECKED}: the face is {side:.0f} px, below audit.min_face_px ({self.min_face_px}); the"
+                " recognizer cannot vouch for faces this small"
+            )
+            return replace(face, status=FaceStatus.UNCHECKED, error=why)
         check = self.reid.check_face(original, released, face.box, detections)
         return replace(
             face,
@@ -271,6 +279,14 @@ class Gate:
         faces = list(faces)
         for i in failing:
             face = faces[i]
+            if _shorter_side(face.box) < self.min_face_px:
+                # Too small to check: only a mask, which leaves no pixel of the face, releases it.
+                if self.fallback == "mask":
+                    faces[i] = replace(face, status=FaceStatus.OBSCURED, error=f"{face.error}; masked (audit.fallback)")
+                else:
+                    why = f"{face.error}; {self.fallback} cannot be verified on a face this small (use mask)"
+                    faces[i] = replace(face, error=why)
+                continue
             # The landmarks are fitted to the face's own box: the detector may no longer find anything there.
             check = self.reid.check_face(original, hidden, face.box, (before, []))
             if check.passed:
@@ -290,6 +306,10 @@ def _unverified(result: AnonymizationResult, cause: str) -> AnonymizationResult:
     error = f"{UNCHECKED}: the recognizer's detection failed ({cause})"
     faces = [replace(face, status=FaceStatus.UNCHECKED, error=error) for face in result.faces]
     return AnonymizationResult(Status.QUARANTINED, None, faces, error, step="verify")
+
+
+def _shorter_side(box: Box) -> float:
+    return min(box[2] - box[0], box[3] - box[1])
 
 
 def _attempted(reason: str, attempts: int | None) -> str:

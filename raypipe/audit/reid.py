@@ -17,8 +17,11 @@ different people 0.629-0.925, none flagged. Cosine on unit-normalised descriptor
 normalising drops the descriptor's norm. The margin on the impostor side is thin (0.029), so the report
 plots each face's distance against that impostor distribution (:data:`IMPOSTOR_DISTANCES`).
 
-Faces below about 35 px are not protected by any threshold (on 25 px thumbnails genuine distances reach
-0.78): ``audit.min_face_px`` keeps such faces from being vouched for.
+Small faces. No threshold protects faces of 25 px: on such thumbnails genuine distances reach 0.78,
+beyond the closest different people, while every real face of 35 px or more was flagged. So a face
+whose box is smaller than ``audit.min_face_px`` (35) on its shorter side is ``unchecked``: it is not
+released, unless ``audit.fallback`` is ``mask``, which leaves no pixel of it (blur and pixelation of a
+face that small cannot be verified either).
 
 Not a face. A detector may fire on clothing, a logo or a texture. A recognizer's descriptors of such a
 region look alike before and after anonymization, so the region would "still re-identify" and withhold

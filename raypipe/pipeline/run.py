@@ -418,6 +418,7 @@ def write_run_manifest(
             "metric": "euclidean",
             "threshold": config.audit.reid_threshold,
             "non_face_score": config.audit.non_face_score,
+            "min_face_px": config.audit.min_face_px,
             "retries": config.audit.retries,
             "retry_guidance_step": config.audit.retry_guidance_step,
             "fallback": config.audit.fallback,

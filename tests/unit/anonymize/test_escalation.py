@@ -195,3 +195,46 @@ def test_a_confident_face_the_gate_cannot_detect_is_still_verified(
     monkeypatch.setattr(rp, "anonymize_crops", Recording(None))
     broken = rp.anonymize(cameraman, key="cameraman")
     assert broken.status is Status.QUARANTINED and broken.faces[0].status is FaceStatus.REIDENTIFIED
+
+
+# ----------------------------------------------------------------------------------------- small faces
+
+
+@pytest.fixture(scope="module")
+def small_astronaut(astronaut: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """The astronaut at 0.3x: her face box is 27 px, where dlib's distances say nothing (calibration)."""
+    small = np.asarray(Image.fromarray(astronaut).resize((154, 154), Image.Resampling.LANCZOS))
+    box = tuple(v * 154 / 512 for v in (175.0, 76.0, 266.0, 167.0))
+    return small, box  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(("fallback", "released"), [("none", False), ("blur", False), ("mask", True)])
+def test_a_face_too_small_to_verify_is_released_only_masked(small_astronaut, fallback: str, released: bool) -> None:
+    from raypipe.anonymize.pipeline import Gate
+
+    image, box = small_astronaut
+    changed = image.copy()
+    changed[::2] = 255 - changed[::2]  # whatever the anonymizer did, the gate cannot tell at this size
+    faces = [FaceRecord(0, box, 1.2, FaceStatus.ANONYMIZED)]
+    result = Gate(AuditConfig(fallback=fallback), "dlib")(image, AnonymizationResult(Status.ANONYMIZED, changed, faces))
+    (face,) = result.faces
+    assert "below audit.min_face_px (35)" in (face.error or "")
+    if released:
+        assert result.status is Status.ANONYMIZED and face.status is FaceStatus.OBSCURED
+        assert result.image is not None
+        x1, y1, x2, y2 = (round(v) for v in box)
+        assert not result.image[y1:y2, x1:x2].any()  # masked: no pixel of the face is left
+    else:
+        assert result.status is Status.QUARANTINED and face.status is FaceStatus.UNCHECKED
+        assert result.image is None
+
+
+def test_min_face_px_zero_verifies_every_face(small_astronaut) -> None:
+    from raypipe.anonymize.pipeline import Gate
+
+    image, box = small_astronaut
+    faces = [FaceRecord(0, box, 1.2, FaceStatus.ANONYMIZED)]
+    result = Gate(AuditConfig(min_face_px=0), "dlib")(
+        image, AnonymizationResult(Status.ANONYMIZED, image.copy(), faces)
+    )
+    assert result.faces[0].status is FaceStatus.REIDENTIFIED and result.faces[0].distance is not None

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from raypipe.anonymize.pipeline import Gate, ReversePersonalization
-from raypipe.config import MethodConfig
+from raypipe.config import AuditConfig, MethodConfig
 from raypipe.records import FaceStatus, Status
 
 METHOD = MethodConfig(num_steps=4, face_size=128, seed=7)
@@ -161,3 +161,31 @@ def _group_photo() -> np.ndarray:
 
     path = Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"
     return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _variant(image: np.ndarray, how: str) -> np.ndarray:
+    import io
+
+    if how == "mirrored":
+        return np.ascontiguousarray(image[:, ::-1])
+    if how == "rescaled 0.75x":
+        return np.asarray(Image.fromarray(image).resize((384, 384), Image.Resampling.LANCZOS))
+    if how == "cropped":
+        return np.ascontiguousarray(image[40:400, 60:460])
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "JPEG", quality=60)
+    return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+@pytest.mark.parametrize("how", ["mirrored", "rescaled 0.75x", "cropped", "recompressed q60"])
+def test_the_gate_holds_on_flips_rescales_crops_and_recompressions(
+    how: str, astronaut: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = _variant(astronaut, how)
+    rp = ReversePersonalization.tiny(method=METHOD, analyzer="dlib", audit=AuditConfig(retries=0))
+    real = rp.anonymize(image, key=how)
+    assert real.status is Status.ANONYMIZED and [f.status for f in real.faces] == [FaceStatus.ANONYMIZED]
+    monkeypatch.setattr(rp, "anonymize_crops", _identity)
+    broken = rp.anonymize(image, key=how)
+    assert broken.status is Status.QUARANTINED and broken.image is None
+    assert [f.status for f in broken.faces] == [FaceStatus.REIDENTIFIED]
