@@ -158,7 +158,7 @@ def print_summary(summary: object) -> None:
         lines.append(f"    {status:<12} {count}")
     if summary.faces:
         faces = ", ".join(f"{status} {count}" for status, count in summary.faces.items())
-        lines.append(f"  faces in the shards of this run: {faces}")
+        lines.append(f"  faces in the shards of this run: {faces} ({summary.faces_retried} retried)")
     if summary.incomplete_shards:
         lines.append(
             f"  incomplete shards: {', '.join(summary.incomplete_shards[:10])}"

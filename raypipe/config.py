@@ -257,9 +257,9 @@ class AuditConfig:
     recognizer: str = "dlib"  # the independent recognizer of the re-identification gate
     reid_threshold: float = 0.6  # Euclidean distance below which a face still re-identifies (dlib's rule)
     check_missed_faces: bool = True  # re-detect faces in released images; a missed one quarantines
-    # A detection the gate's own detector does not see in the original and whose analyzer score is
-    # below this is "not a face" and does not withhold its image (None: the analyzer's default,
-    # raypipe.audit.reid.NON_FACE_SCORES).
+    # A detection whose analyzer score is below this and that the gate's own detector does not see in
+    # the original is doubtful: if it fails the gate it is masked instead of withholding the image
+    # (None: the analyzer's default, raypipe.audit.reid.NON_FACE_SCORES; 0: never).
     non_face_score: float | None = None
     # Faces smaller than this (the box's shorter side, in pixels) cannot be vouched for by the recognizer:
     # they are held back unless audit.fallback is "mask" (raypipe.audit.reid).
@@ -283,9 +283,9 @@ class AuditConfig:
             self.reid_threshold,
         )
         _check(
-            self.non_face_score is None or _is_number(self.non_face_score),
+            self.non_face_score is None or (_is_number(self.non_face_score) and self.non_face_score >= 0),
             p + "non_face_score",
-            "a detector score or null",
+            "a detector score >= 0 or null",
             self.non_face_score,
         )
         _check(
@@ -319,6 +319,25 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class UtilityConfig:
+    """Per-face utility (raypipe.audit.utility): measured for every anonymized face; a threshold set here
+    flags the faces beyond it in the audit (``utility_flags``), it never withholds them."""
+
+    measure: bool = True  # measure head-pose, landmark, eye and mouth changes for every anonymized face
+    max_pose_change_deg: float | None = None  # flag faces whose yaw, pitch or roll changed more than this
+    max_landmark_drift: float | None = None  # flag faces whose landmarks moved more (over inter-ocular distance)
+    max_eye_change: float | None = None  # flag faces whose eye aspect ratio changed more than this
+    max_mouth_change: float | None = None  # flag faces whose mouth opening changed more than this
+
+    def __post_init__(self) -> None:
+        p = "utility."
+        _check(isinstance(self.measure, bool), p + "measure", "true or false", self.measure)
+        for name in ("max_pose_change_deg", "max_landmark_drift", "max_eye_change", "max_mouth_change"):
+            value = getattr(self, name)
+            _check(value is None or (_is_number(value) and value >= 0), p + name, "a number >= 0 or null", value)
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """A whole job: what to read, where to write, which models, which method settings, how to run."""
 
@@ -330,6 +349,7 @@ class JobConfig:
     pipeline: PipelineConfig = PipelineConfig()
     limits: LimitsConfig = LimitsConfig()
     audit: AuditConfig = AuditConfig()
+    utility: UtilityConfig = UtilityConfig()
 
     def __post_init__(self) -> None:
         if self.audit.quarantine_output:
@@ -377,6 +397,7 @@ SECTIONS: dict[str, type] = {
     "pipeline": PipelineConfig,
     "limits": LimitsConfig,
     "audit": AuditConfig,
+    "utility": UtilityConfig,
 }
 TINY_FACE_SIZE = 128  # the tiny preset's default crop: big enough for the 8x VAE and two UNet levels
 

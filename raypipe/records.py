@@ -34,13 +34,14 @@ class FaceStatus(str, enum.Enum):
     ANONYMIZE_ERROR = "anonymize_error"  # the diffusion step raised or produced non-finite values
     REIDENTIFIED = "reidentified"  # the independent recognizer still matches the original identity
     UNCHECKED = "unchecked"  # the independent recognizer could not check the result
-    OBSCURED = "obscured"  # diffusion kept failing the gate; a classic method (audit.fallback) hid it
-    NOT_A_FACE = "not_a_face"  # a weak detection the independent detector does not see as a face
+    # Hidden by a classic method: a face that kept failing the gate (audit.fallback), or a doubtful
+    # detection that did not pass (masked; the reason says which).
+    OBSCURED = "obscured"
 
     @property
     def released(self) -> bool:
         """Whether a face in this state lets its image be released."""
-        return self in (FaceStatus.ANONYMIZED, FaceStatus.OBSCURED, FaceStatus.NOT_A_FACE)
+        return self in (FaceStatus.ANONYMIZED, FaceStatus.OBSCURED)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,14 @@ class FaceRecord:
     threshold: float | None = None  # the face passed at a distance >= this
     attempts: int | None = None  # diffusion attempts (1 + retries) before the verdict
     guidance_scale: float | None = None  # the guidance scale of the last attempt
+    # Utility, released minus original at the same box (raypipe.audit.utility); None: not measured.
+    yaw_change: float | None = None  # degrees
+    pitch_change: float | None = None
+    roll_change: float | None = None
+    landmark_drift: float | None = None  # mean 68-point displacement over the inter-ocular distance
+    eye_change: float | None = None  # eye aspect ratio
+    mouth_change: float | None = None  # inner-lip opening over mouth width
+    utility_flags: tuple[str, ...] = ()  # utility thresholds this face crossed (flagged, still released)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -70,4 +79,11 @@ class FaceRecord:
             "threshold": self.threshold,
             "attempts": self.attempts,
             "guidance_scale": self.guidance_scale,
+            "yaw_change": self.yaw_change,
+            "pitch_change": self.pitch_change,
+            "roll_change": self.roll_change,
+            "landmark_drift": self.landmark_drift,
+            "eye_change": self.eye_change,
+            "mouth_change": self.mouth_change,
+            "utility_flags": list(self.utility_flags),
         }

@@ -238,6 +238,15 @@ class DlibAnalyzer:
         """
         return self._at_box(image_rgb_uint8, box, detections, normalise=False)
 
+    def landmarks68(self, image_rgb_uint8: np.ndarray, box: Box) -> np.ndarray | None:
+        """dlib's 68 landmarks (68x2, image pixels) fitted to ``box`` itself (no detection, so two images
+        are measured with the same framing); None when ``box`` misses the image."""
+        rect = _box_rect(_check_image(image_rgb_uint8).shape, box)
+        if rect is None:
+            return None
+        shape = self._predictor(np.ascontiguousarray(image_rgb_uint8), rect)
+        return np.array([(shape.part(i).x, shape.part(i).y) for i in range(68)], dtype=np.float64)
+
     def _at_box(
         self, image_rgb_uint8: np.ndarray, box: Box, detections: list[Box] | None, normalise: bool
     ) -> np.ndarray | None:
@@ -250,16 +259,25 @@ class DlibAnalyzer:
             x1, y1, x2, y2 = (round(v) for v in found[match])
             rect = dlib.rectangle(int(x1), int(y1), int(x2) - 1, int(y2) - 1)
         else:
-            height, width = image.shape[:2]
-            x1, y1 = max(0, round(box[0])), max(0, round(box[1]))
-            x2, y2 = min(width, round(box[2])), min(height, round(box[3]))
-            if x2 - x1 < 2 or y2 - y1 < 2:
+            rect = _box_rect(image.shape, box)
+            if rect is None:
                 return None
-            rect = dlib.rectangle(int(x1), int(y1), int(x2) - 1, int(y2) - 1)
         _, embedding, reason = self._describe(image, rect, normalise)
         if reason is not None:
             logger.warning("dlib could not embed the face near a box: %s", reason)
         return embedding
+
+
+def _box_rect(shape: tuple[int, ...], box: Box) -> Any:
+    """``box`` as a dlib rectangle clipped to an image of ``shape``; None when under 2 px is left."""
+    import dlib
+
+    height, width = shape[:2]
+    x1, y1 = max(0, round(box[0])), max(0, round(box[1]))
+    x2, y2 = min(width, round(box[2])), min(height, round(box[3]))
+    if x2 - x1 < 2 or y2 - y1 < 2:
+        return None
+    return dlib.rectangle(int(x1), int(y1), int(x2) - 1, int(y2) - 1)
 
 
 # ----------------------------------------------------------------------------------------- insightface

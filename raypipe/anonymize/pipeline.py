@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from raypipe.anonymize.faces import Box, DetectedFace, Paste, align_face, face_seed, paste_faces, retry_seed
-from raypipe.config import TINY_FACE_SIZE, AuditConfig, MethodConfig, ModelsConfig
+from raypipe.config import TINY_FACE_SIZE, AuditConfig, MethodConfig, ModelsConfig, UtilityConfig
 from raypipe.logs import get_logger
 from raypipe.records import FaceRecord, FaceStatus, Status
 
@@ -149,8 +149,8 @@ class Gate:
 
     Before that verdict, two things can save an image (see :mod:`raypipe.audit.reid`):
 
-    - a weak detection that the recognizer's own detector does not see in the original is not a face
-      (``not_a_face``) and does not withhold the image;
+    - a doubtful detection (a weak analyzer score, and the recognizer's own detector sees no face there
+      in the original) that fails is masked (``obscured``) instead of withholding the image;
     - a face that fails can be hidden by a classic method (``audit.fallback``), checked again, and
       released as ``obscured``.
 
@@ -158,10 +158,17 @@ class Gate:
     retries (``audit.retries``), where the GPU is.
     """
 
-    def __init__(self, audit: AuditConfig | None = None, analyzer: str | None = None, recognizer: Any = None) -> None:
+    def __init__(
+        self,
+        audit: AuditConfig | None = None,
+        analyzer: str | None = None,
+        recognizer: Any = None,
+        utility: UtilityConfig | None = None,
+    ) -> None:
         from raypipe.audit.reid import ReidGate, non_face_score
 
         audit = audit or AuditConfig()
+        self.utility = utility or UtilityConfig()
         self.reid = ReidGate(recognizer, threshold=audit.reid_threshold)
         self.check_missed = audit.check_missed_faces
         self.fallback = audit.fallback
@@ -179,7 +186,8 @@ class Gate:
 
     def worth_retrying(self, face: PreparedFace) -> bool:
         """Whether a failing face deserves another diffusion attempt: not a weak detection, which may
-        not be a face at all (the image-level verdict decides; retrying it would only spend the GPU)."""
+        not be a face at all (the image-level verdict decides, and masks it if it stays doubtful;
+        retrying it would only spend the GPU)."""
         return self.non_face_score is None or face.score >= self.non_face_score
 
     def screen(self, face: PreparedFace, output: np.ndarray | None) -> bool:
@@ -209,6 +217,9 @@ class Gate:
         except Exception as failure:  # the recognizer failing is a verdict (nothing verified), never a release
             return _unverified(result, f"{type(failure).__name__}: {failure}")
         faces = [self._verdict(original, released, face, (before, after)) for face in result.faces]
+        doubtful = [face.box for face in faces if face.status is FaceStatus.OBSCURED]
+        if doubtful:  # weak, unconfirmed regions that did not pass: masked, so nothing of them is released
+            released = _hide(released, doubtful, "mask")
         failing = [i for i, face in enumerate(faces) if not face.status.released]
         if failing and self.fallback != "none":
             released, faces = self._fall_back(original, released, faces, failing, before)
@@ -223,7 +234,30 @@ class Gate:
                 why = f"{missed} face(s) found in the output that were not anonymized"
                 return AnonymizationResult(Status.QUARANTINED, None, faces, why, step="verify", missed_faces=missed)
         image = released if result.image is not None else result.image
+        if image is not None and self.utility.measure:
+            faces = [self._measured(original, image, face) for face in faces]
         return AnonymizationResult(result.status, image, faces, result.error, result.step, missed)
+
+    def _measured(self, original: np.ndarray, released: np.ndarray, face: FaceRecord) -> FaceRecord:
+        """``face`` with its utility deltas (anonymized faces only) and the thresholds it crossed."""
+        from dataclasses import replace
+
+        from raypipe.audit.utility import measure
+
+        landmarker: Any = self.reid.recognizer  # dlib's: its 68-point model (a stub recognizer has none)
+        if face.status is not FaceStatus.ANONYMIZED or not hasattr(landmarker, "landmarks68"):
+            return face
+        utility = measure(landmarker, original, released, face.box)
+        return replace(
+            face,
+            yaw_change=utility.yaw_change,
+            pitch_change=utility.pitch_change,
+            roll_change=utility.roll_change,
+            landmark_drift=utility.landmark_drift,
+            eye_change=utility.eye_change,
+            mouth_change=utility.mouth_change,
+            utility_flags=utility_flags(utility, self.utility),
+        )
 
     def _verdict(
         self,
@@ -232,34 +266,41 @@ class Gate:
         face: FaceRecord,
         detections: tuple[list[Box], list[Box]],
     ) -> FaceRecord:
+        """One face's verdict. In order: a face too small to check is ``unchecked``; any other is compared
+        with its original. A region that fails, or is too small, and that neither detector is sure of (a
+        weak analyzer score, and the gate's own detector sees no face there) is masked instead of
+        withholding the image: a patch of clothing cannot be told from its anonymized version, but no
+        identity leaks from a black box (``obscured``, with the reason)."""
         from dataclasses import replace
 
-        from raypipe.audit.reid import UNCHECKED, confirmed
+        from raypipe.audit.reid import UNCHECKED
 
-        if (
-            self.non_face_score is not None
-            and face.score < self.non_face_score
-            and not confirmed(face.box, detections[0])
-        ):
-            why = (
-                f"not a face: the detector's score {face.score:.2f} is below {self.non_face_score} and"
-                f" the gate's own detector ({self.reid.name}) finds no face there in the original"
-            )
-            return replace(face, status=FaceStatus.NOT_A_FACE, error=why)
-        side = _shorter_side(face.box)
+        weak = self.non_face_score is not None and face.score < self.non_face_score
+        doubtful = weak and _gate_box(face.box, detections[0]) is None
+        side = _shorter_side(_gate_box(face.box, detections[0]) or face.box)
         if side < self.min_face_px:
             why = (
                 f"{UNCHECKED}: the face is {side:.0f} px, below audit.min_face_px ({self.min_face_px}); the"
                 " recognizer cannot vouch for faces this small"
             )
-            return replace(face, status=FaceStatus.UNCHECKED, error=why)
+            return (
+                replace(face, status=FaceStatus.OBSCURED, error=self._doubt(face, why))
+                if doubtful
+                else (replace(face, status=FaceStatus.UNCHECKED, error=why))
+            )
         check = self.reid.check_face(original, released, face.box, detections)
-        return replace(
-            face,
-            distance=check.distance,
-            threshold=check.threshold,
-            status=check.face_status or face.status,
-            error=face.error if check.passed else _attempted(check.reason, face.attempts),
+        verdict = replace(face, distance=check.distance, threshold=check.threshold)
+        if check.passed:
+            return verdict
+        why = _attempted(_scored(check), face.attempts)
+        if doubtful:
+            return replace(verdict, status=FaceStatus.OBSCURED, error=self._doubt(face, why))
+        return replace(verdict, status=check.face_status or face.status, error=why)
+
+    def _doubt(self, face: FaceRecord, why: str) -> str:
+        return (
+            f"{why}; a doubtful detection (score {face.score:.2f} below audit.non_face_score"
+            f" {self.non_face_score}, and {self.reid.name} finds no face there in the original): masked"
         )
 
     def _fall_back(
@@ -273,13 +314,11 @@ class Gate:
         """Hide the failing faces with ``audit.fallback`` and check each of them again."""
         from dataclasses import replace
 
-        from raypipe.anonymize.classic import obscure
-
-        hidden = obscure(released, [faces[i].box for i in failing], self.fallback)
+        hidden = _hide(released, [faces[i].box for i in failing], self.fallback)
         faces = list(faces)
         for i in failing:
             face = faces[i]
-            if _shorter_side(face.box) < self.min_face_px:
+            if _shorter_side(_gate_box(face.box, before) or face.box) < self.min_face_px:
                 # Too small to check: only a mask, which leaves no pixel of the face, releases it.
                 if self.fallback == "mask":
                     faces[i] = replace(face, status=FaceStatus.OBSCURED, error=f"{face.error}; masked (audit.fallback)")
@@ -290,12 +329,44 @@ class Gate:
             # The landmarks are fitted to the face's own box: the detector may no longer find anything there.
             check = self.reid.check_face(original, hidden, face.box, (before, []))
             if check.passed:
-                why = f"{face.error}; hidden by {self.fallback} (audit.fallback)"
+                why = f"{face.error}; hidden by {self.fallback} (audit.fallback), then {_scored(check)}"
                 faces[i] = replace(face, status=FaceStatus.OBSCURED, distance=check.distance, error=why)
             else:
-                why = f"{face.error}; still {check.reason} after {self.fallback} (audit.fallback)"
+                why = f"{face.error}; {_scored(check)} even after {self.fallback} (audit.fallback)"
                 faces[i] = replace(face, status=check.face_status or face.status, distance=check.distance, error=why)
         return hidden, faces
+
+
+def _hide(image: np.ndarray, boxes: list[Box], method: str) -> np.ndarray:
+    """``image`` with ``boxes`` hidden by a classic ``method``; a box with no pixel in the image has
+    nothing to hide."""
+    from raypipe.anonymize.classic import obscure, region
+
+    def inside(box: Box) -> bool:
+        try:
+            region(image.shape, box)
+        except ValueError:
+            return False
+        return True
+
+    return obscure(image, [box for box in boxes if inside(box)], method)
+
+
+def _gate_box(box: Box, detections: Sequence[Box]) -> Box | None:
+    """The gate detector's box for the face at ``box`` (the best-overlapping detection), if it saw one."""
+    from raypipe.anonymize.analyzers import MATCH_IOU, iou
+
+    scored = [(iou(box, found), found) for found in detections]
+    best = max(scored, default=(0.0, box))
+    return best[1] if best[0] >= MATCH_IOU else None
+
+
+def _scored(check: Any) -> str:
+    """The check's reason with its distance: ``still re-identifies (distance 0.412 < 0.6)``."""
+    if check.distance is None:
+        return str(check.reason)
+    relation = ">=" if check.distance >= check.threshold else "<"
+    return f"{check.reason} (distance {check.distance:.3f} {relation} {check.threshold:g})"
 
 
 def _unverified(result: AnonymizationResult, cause: str) -> AnonymizationResult:
@@ -306,6 +377,21 @@ def _unverified(result: AnonymizationResult, cause: str) -> AnonymizationResult:
     error = f"{UNCHECKED}: the recognizer's detection failed ({cause})"
     faces = [replace(face, status=FaceStatus.UNCHECKED, error=error) for face in result.faces]
     return AnonymizationResult(Status.QUARANTINED, None, faces, error, step="verify")
+
+
+def utility_flags(utility: Any, limits: UtilityConfig) -> tuple[str, ...]:
+    """The ``utility:`` thresholds that ``utility`` (a :class:`raypipe.audit.utility.Utility`) crosses."""
+    checks = [
+        ("pose", utility.pose_change, limits.max_pose_change_deg, "utility.max_pose_change_deg"),
+        ("landmarks", utility.landmark_drift, limits.max_landmark_drift, "utility.max_landmark_drift"),
+        ("eyes", utility.eye_change, limits.max_eye_change, "utility.max_eye_change"),
+        ("mouth", utility.mouth_change, limits.max_mouth_change, "utility.max_mouth_change"),
+    ]
+    return tuple(
+        f"{what} changed {abs(value):.3g}, over {key} ({limit:g})"
+        for what, value, limit, key in checks
+        if limit is not None and value is not None and abs(value) > limit
+    )
 
 
 def _shorter_side(box: Box) -> float:
@@ -471,7 +557,8 @@ class ReversePersonalization:
             embeddings.append(face.embedding)
         if not faces:
             return []
-        outputs = self.anonymize_crops(crops, embeddings, [f.seed for f in faces])
+        first_seeds = [f.seed for f in faces]
+        outputs = self.anonymize_crops(crops, embeddings, first_seeds)
         for face in faces:
             face.attempts, face.guidance_scale = 1, self.method.guidance_scale
         for attempt in range(1, self.audit.retries + 1):
@@ -487,12 +574,13 @@ class ReversePersonalization:
             again = self.anonymize_crops(
                 [crops[i] for i in failing],
                 [embeddings[i] for i in failing],
-                [retry_seed(faces[i].seed, attempt) for i in failing],
+                [retry_seed(first_seeds[i], attempt) for i in failing],
                 guidance,
             )
             for i, out in zip(failing, again):
                 outputs[i] = out
                 faces[i].attempts, faces[i].guidance_scale = attempt + 1, guidance
+                faces[i].seed = retry_seed(first_seeds[i], attempt)  # the seed of the face that is kept
         return outputs
 
     def _anonymize_batch(

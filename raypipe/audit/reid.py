@@ -21,17 +21,22 @@ Small faces. No threshold protects faces of 25 px: on such thumbnails genuine di
 beyond the closest different people, while every real face of 35 px or more was flagged. So a face
 whose box is smaller than ``audit.min_face_px`` (35) on its shorter side is ``unchecked``: it is not
 released, unless ``audit.fallback`` is ``mask``, which leaves no pixel of it (blur and pixelation of a
-face that small cannot be verified either).
+face that small cannot be verified either). The size is that of the recognizer's own box when its
+detector found the face (the calibration measured those boxes), else the analyzer's.
 
-Not a face. A detector may fire on clothing, a logo or a texture. A recognizer's descriptors of such a
-region look alike before and after anonymization, so the region would "still re-identify" and withhold
-the image, although no identity can leak from a region that is not a face. The gate therefore asks the
-recognizer's own detector, on the *original* image, whether it sees a face there (:func:`confirmed`,
-from the full-image detection the gate makes anyway). A region that it does not see *and* that the
-face analyzer itself found only weakly (score below ``audit.non_face_score``) is recorded as
-``not_a_face``, with the reason, and does not withhold the image (its pixels were replaced all the
-same). Any other face is verified: a face the analyzer is sure of is compared at its box even when the
-recognizer's detector misses it, so a real face is never released unverified.
+The fallback's re-check is made by the same recognizer that the face failed, on a blurred or pixelated
+face: it says that dlib no longer matches it, not that no stronger recognizer could. Pixelation and
+blur are known to be attackable by recognizers trained on them; ``mask`` is the fallback that leaves
+nothing to attack.
+
+Doubtful detections. A detector may fire on clothing, a logo or a texture. A recognizer's descriptors of
+such a region look alike before and after anonymization, so the region would "still re-identify" and
+withhold the image, although no identity can leak from a region that is not a face. Every region is
+compared all the same (a real face the detectors are unsure of must not pass unverified). One that
+fails, or is too small to compare, and that neither detector is sure of (the analyzer's score is below
+``audit.non_face_score``, and the recognizer's own detector sees no face there in the *original*, from
+the full-image detection the gate makes anyway) is masked, recorded ``obscured`` with the reason, and
+does not withhold the image: whether it was a face or not, nothing of it is released.
 """
 
 from __future__ import annotations
@@ -217,11 +222,6 @@ def non_face_score(analyzer: str | None, configured: float | None = None) -> flo
         if analyzer is not None and analyzer.startswith(prefix):
             return score
     return None
-
-
-def confirmed(box: Box, detections: Sequence[Box]) -> bool:
-    """Whether the recognizer's own detector saw a face at ``box`` (one of ``detections`` overlaps it)."""
-    return any(iou(box, found) >= MATCH_IOU for found in detections)
 
 
 def missed_faces(

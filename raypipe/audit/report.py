@@ -39,8 +39,8 @@ METHOD_COLUMNS = ("guidance_scale", "skip", "num_steps", "seed", "attribute_prom
 PROVENANCE_COLUMNS = ("models", "weight_hashes", "config_hash", "code_version")
 
 
-# Face outcomes, in the order the report lists them ("retried": faces that took more than one attempt).
-FACE_OUTCOMES = ("anonymized", "retried", "obscured", "not_a_face", "reidentified", "unchecked")
+# Face statuses, in the order the report lists them.
+FACE_OUTCOMES = ("anonymized", "obscured", "reidentified", "unchecked", "not_embeddable", "anonymize_error")
 
 
 @dataclass
@@ -53,7 +53,9 @@ class ReportData:
     counts: Counter[str] = field(default_factory=Counter)
     distances: list[float] = field(default_factory=list)  # the gate's, one per verified face
     thresholds: Counter[float] = field(default_factory=Counter)
-    face_counts: Counter[str] = field(default_factory=Counter)  # faces per status, and "retried"
+    face_counts: Counter[str] = field(default_factory=Counter)  # faces per status
+    released_face_counts: Counter[str] = field(default_factory=Counter)  # ... in released samples
+    retried: int = 0  # faces that took more than one diffusion attempt
 
     @property
     def recognizer(self) -> str | None:
@@ -87,7 +89,9 @@ def _reason(row: dict[str, Any]) -> str:
         text = f"face {face.get('index')}: {face.get('status')}"
         if face.get("distance") is not None:
             text += f" (distance {face['distance']:.3f}"
-            text += f" < {face['threshold']:.3f})" if face.get("threshold") is not None else ")"
+            if face.get("threshold") is not None:
+                text += f" {'>=' if face['distance'] >= face['threshold'] else '<'} {face['threshold']:.3f}"
+            text += ")"
         if face.get("error"):
             text += f": {face['error']}"
         parts.append(text)
@@ -98,10 +102,11 @@ def _add_rows(data: ReportData, shard: str, rows: list[dict[str, Any]]) -> None:
     for row in rows:
         data.counts[str(row.get("status"))] += 1
         data.missed_faces += int(row.get("missed_faces") or 0)
+        released = row.get("status") in (Status.ANONYMIZED.value, Status.NO_FACE.value)
         for face in row.get("faces") or []:
             data.face_counts[str(face.get("status"))] += 1
-            if (face.get("attempts") or 0) > 1:
-                data.face_counts["retried"] += 1
+            data.released_face_counts[str(face.get("status"))] += released
+            data.retried += (face.get("attempts") or 0) > 1
             distance = face.get("distance")
             if distance is not None and math.isfinite(distance):
                 data.distances.append(float(distance))
@@ -286,19 +291,21 @@ def _html(data: ReportData, counts_png: str, distance_png: str) -> str:
         f"<p>Faces found again in released images where none was anonymized (missed faces): {data.missed_faces}</p>"
     )
     parts.append("<h2>Faces</h2>")
+    names = [*FACE_OUTCOMES, *sorted(set(data.face_counts) - set(FACE_OUTCOMES))]
     parts.append(
         _table(
-            ["outcome", "faces"],
-            [[name, data.face_counts.get(name, 0)] for name in FACE_OUTCOMES]
-            + [[name, n] for name, n in sorted(data.face_counts.items()) if name not in FACE_OUTCOMES],
+            ["face status", "faces", "in released samples"],
+            [[name, data.face_counts.get(name, 0), data.released_face_counts.get(name, 0)] for name in names],
         )
     )
+    parts.append(f"<p>Faces anonymized again after failing the gate (retried): {data.retried}</p>")
     parts.append("<h2>Re-identification distance</h2>")
     parts.append(
         f"<p>{len(data.distances)} faces scored by {_e(data.recognizer or 'the independent recognizer')}; "
-        f"threshold(s): {_e(thresholds)}; {below} below the threshold (still re-identify: held back, or "
-        "obscured by the fallback). The outline is the distance between photos of different people "
-        "(benchmarks/reid_calibration.py): a released face should sit among them, not to their left.</p>"
+        f"threshold(s): {_e(thresholds)}; {below} below the threshold (they did not pass: "
+        "their samples were held back, or, for doubtful detections, the region was masked). The outline "
+        "is the distance between photos of different people (benchmarks/reid_calibration.py): a "
+        "released face should sit among them, not to their left.</p>"
     )
     parts.append(f"<img src='{_e(distance_png)}' alt='histogram of distances with the threshold and strangers'>")
     parts.append("<h2>Shards</h2>")

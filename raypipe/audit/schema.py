@@ -1,7 +1,7 @@
 """The audit record: one per input sample, one parquet file per output shard, versioned.
 
 Deliberately absent: embeddings, crops, landmarks, keys, credentials. Faces are described by their
-box, detector score, outcome and re-identification score only.
+box, detector score, outcome, re-identification distance and utility deltas only.
 """
 
 from __future__ import annotations
@@ -25,6 +25,14 @@ FACE_TYPE = pa.struct(
         ("threshold", pa.float32()),
         ("attempts", pa.int32()),
         ("guidance_scale", pa.float32()),
+        # Utility: released minus original at the same box (raypipe.audit.utility), never the landmarks.
+        ("yaw_change", pa.float32()),
+        ("pitch_change", pa.float32()),
+        ("roll_change", pa.float32()),
+        ("landmark_drift", pa.float32()),
+        ("eye_change", pa.float32()),
+        ("mouth_change", pa.float32()),
+        ("utility_flags", pa.list_(pa.string())),
         ("error", pa.string()),
     ]
 )
@@ -54,6 +62,8 @@ AUDIT_SCHEMA = pa.schema(
         ("weight_hashes", pa.string()),  # JSON: component -> sha256
         ("config_hash", pa.string()),
         ("code_version", pa.string()),
+        ("detector", pa.string()),  # the face analyzer that found the faces
+        ("recognizer", pa.string()),  # the gate's independent recognizer
         ("node", pa.string()),  # Ray node id
         ("device", pa.string()),
         ("timings", pa.string()),  # JSON: step -> seconds

@@ -21,7 +21,15 @@ from typing import Any, Literal, overload
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raypipe.audit.manifest import MARKER_MAC, audit_rows, face_counts, marker_mac, records_root, status_counts
+from raypipe.audit.manifest import (
+    MARKER_MAC,
+    audit_rows,
+    face_counts,
+    faces_retried,
+    marker_mac,
+    records_root,
+    status_counts,
+)
 from raypipe.audit.schema import records_table, sample_digest
 from raypipe.audit.signing import mac
 from raypipe.io.publish import delete, publish_bytes, read_bytes
@@ -94,6 +102,8 @@ def audit_record(task: SampleTask, run: RunInfo) -> dict[str, Any]:
         "weight_hashes": json.dumps(prov.get("weight_hashes", {}), sort_keys=True),
         "config_hash": run.config_hash,
         "code_version": run.code_version,
+        "detector": prov.get("detector"),
+        "recognizer": prov.get("recognizer"),
         "node": prov.get("node"),
         "device": prov.get("device"),
         "timings": json.dumps(task.timings, sort_keys=True),
@@ -243,7 +253,9 @@ def finalize_shard(
         "samples": total,
         "released": len(samples),
         "counts": status_counts(written),
-        "face_counts": face_counts(written),  # for the run summary (the records are the evidence)
+        # For the run summary (the records are the evidence).
+        "face_counts": face_counts(written),
+        "faces_retried": faces_retried(written),
         "tar_sha256": hashlib.sha256(tar).hexdigest(),
         "audit_sha256": hashlib.sha256(audit).hexdigest(),
         "records_root": records_root(written),

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 import raypipe
-from raypipe.config import AuditConfig, JobConfig, LimitsConfig, MethodConfig, ModelsConfig
+from raypipe.config import AuditConfig, JobConfig, LimitsConfig, MethodConfig, ModelsConfig, UtilityConfig
 from raypipe.io.publish import publish_bytes
 from raypipe.io.storage import redact, redact_all
 from raypipe.layout import OutputLayout
@@ -50,7 +50,8 @@ class RunSummary:
     manifest: int | None = None  # sequence number of the signed manifest written, None if none
     anchor: str | None = None  # where the run's signed checkpoint went (audit.anchor), None if nowhere
     covered_by: int | None = None  # sequence of the signed manifest that covers OUTPUT after the run
-    faces: dict[str, int] = field(default_factory=dict)  # faces per status (and "retried") in this run's shards
+    faces: dict[str, int] = field(default_factory=dict)  # faces per status in the shards this run finished
+    faces_retried: int = 0  # of those, faces anonymized again after failing the gate
 
     @property
     def samples_total(self) -> int:
@@ -97,10 +98,10 @@ class AnonymizeActor:
 class ComposeActor:
     """Ray Data actor wrapping :class:`raypipe.pipeline.stages.Compose` (loads the gate's recognizer once)."""
 
-    def __init__(self, audit: AuditConfig, analyzer: str) -> None:
+    def __init__(self, audit: AuditConfig, analyzer: str, utility: UtilityConfig) -> None:
         from raypipe.pipeline.stages import Compose
 
-        self.stage = Compose(audit, analyzer)
+        self.stage = Compose(audit, analyzer, utility)
 
     def __call__(self, batch: Any) -> dict[str, list[Any]]:
         return pack_batch(self.stage(unpack_batch(batch)))
@@ -178,7 +179,7 @@ def build_dataset(config: JobConfig, plan_pending: list[Any], layout: OutputLayo
     low, high = compose_pool(config, float(ray.cluster_resources().get("CPU", 1)))
     ds = ds.map_batches(
         ComposeActor,
-        fn_constructor_args=(config.audit, config.models.analyzer),
+        fn_constructor_args=(config.audit, config.models.analyzer, config.utility),
         compute=ActorPoolStrategy(min_size=low, max_size=high),
         num_cpus=COMPOSE_CPUS,
         **common,
@@ -228,6 +229,7 @@ def _run_holding_lease(
         shards_skipped=len(plan.done),
         samples_processed=processed,
         faces=_sum_counts(marker.get("face_counts") or {} for marker in produced.values()),
+        faces_retried=sum(int(marker.get("faces_retried") or 0) for marker in produced.values()),
     )
     if key is None:
         log.warning("no audit key (RAYPIPE_AUDIT_KEY or audit.key_file): the run manifest was not signed or written")
@@ -403,6 +405,7 @@ def write_run_manifest(
 ) -> dict[str, Any]:
     """Sign and publish the manifest that adds this run's shards to the previous signed one."""
     from raypipe.audit.manifest import build_manifest, write_manifest
+    from raypipe.audit.reid import non_face_score
 
     run_info = {
         "run_id": run_id,
@@ -417,7 +420,7 @@ def write_run_manifest(
             "recognizer": config.audit.recognizer,
             "metric": "euclidean",
             "threshold": config.audit.reid_threshold,
-            "non_face_score": config.audit.non_face_score,
+            "non_face_score": non_face_score(config.models.analyzer, config.audit.non_face_score),
             "min_face_px": config.audit.min_face_px,
             "retries": config.audit.retries,
             "retry_guidance_step": config.audit.retry_guidance_step,

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from raypipe.config import AuditConfig, LimitsConfig, MethodConfig, ModelsConfig
+from raypipe.config import AuditConfig, LimitsConfig, MethodConfig, ModelsConfig, UtilityConfig
 from raypipe.images import (
     SCANNED_FORMATS,
     ImageDecodeError,
@@ -152,6 +152,7 @@ def detect_faces(tasks: list[SampleTask], analyzer: FaceAnalyzer, method: Method
 def _detect_sample(task: SampleTask, analyzer: FaceAnalyzer, method: MethodConfig, limits: LimitsConfig) -> None:
     from raypipe.anonymize.pipeline import prepare_faces
 
+    task.provenance["detector"] = analyzer.name
     next_index = 0
     for work in task.images:
         assert work.rgb is not None
@@ -312,10 +313,12 @@ class Compose:
     nothing was anonymized, quarantines the sample: it is never released.
     """
 
-    def __init__(self, audit: AuditConfig | None = None, analyzer: str = "insightface") -> None:
+    def __init__(
+        self, audit: AuditConfig | None = None, analyzer: str = "insightface", utility: UtilityConfig | None = None
+    ) -> None:
         from raypipe.anonymize.pipeline import Gate
 
-        self.gate = Gate(audit, analyzer)  # dlib's recognizer: independent of ArcFace
+        self.gate = Gate(audit, analyzer, utility=utility)  # dlib's recognizer: independent of ArcFace
 
     def __call__(self, tasks: list[SampleTask]) -> list[SampleTask]:
         with timed(tasks, "compose"):
@@ -328,6 +331,7 @@ class Compose:
     def _compose(self, task: SampleTask) -> None:
         from raypipe.anonymize.pipeline import compose
 
+        task.provenance["recognizer"] = self.gate.recognizer_name
         out_members = list(task.members)
         for work in task.images:
             assert work.rgb is not None

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from raypipe.anonymize.pipeline import Gate, ReversePersonalization
+from raypipe.audit.utility import FIELDS as UTILITY_FIELDS
 from raypipe.config import AuditConfig, MethodConfig
 from raypipe.records import FaceStatus, Status
 
@@ -52,6 +53,27 @@ def test_the_api_releases_a_real_anonymization_with_each_faces_verdict(astronaut
     (face,) = result.faces
     assert face.status is FaceStatus.ANONYMIZED
     assert face.distance is not None and face.distance >= face.threshold  # type: ignore[operator]
+    # Utility, measured at the same box: random tiny weights move the face, so every delta is a number.
+    assert all(getattr(face, name) is not None for name in UTILITY_FIELDS) and face.utility_flags == ()
+
+
+def test_utility_thresholds_flag_a_face_but_release_it(astronaut) -> None:
+    from raypipe.anonymize.pipeline import AnonymizationResult
+    from raypipe.config import UtilityConfig
+    from raypipe.records import FaceRecord
+
+    rp = ReversePersonalization.tiny(method=METHOD, analyzer="dlib")
+    released = rp.anonymize(astronaut, key="astronaut")
+    assert released.image is not None
+    (face,) = released.faces
+    strict = Gate(AuditConfig(), "dlib", utility=UtilityConfig(max_landmark_drift=0.0, max_pose_change_deg=90.0))
+    record = FaceRecord(face.index, face.box, face.score, FaceStatus.ANONYMIZED, attempts=1)
+    again = strict(astronaut, AnonymizationResult(Status.ANONYMIZED, released.image, [record]))
+    assert again.status is Status.ANONYMIZED and again.image is not None  # flagged, never withheld
+    (flagged,) = again.faces
+    assert flagged.utility_flags == (
+        f"landmarks changed {flagged.landmark_drift:.3g}, over utility.max_landmark_drift (0)",
+    )
 
 
 def test_anonymize_image_prints_the_verdict_and_writes_nothing_for_a_failing_face(
@@ -81,6 +103,8 @@ def test_anonymize_image_prints_the_verdict_and_writes_nothing_for_a_failing_fac
         "threshold",
         "attempts",
         "guidance_scale",
+        *UTILITY_FIELDS,
+        "utility_flags",
     }
 
 

@@ -41,7 +41,9 @@ def test_report_of_a_signed_run(tmp_path: Path, hmac_key: Key) -> None:
         assert sample_key(shard_index, 2) in text  # each quarantined sample, with its reason
     assert "reidentified (distance 0.250 &lt; 0.600)" in text
     assert "4 faces scored by dlib-hog; threshold(s): 0.6; 2 below the threshold" in text
-    assert "<tr><td>anonymized</td><td>2</td></tr>" in text and "<tr><td>reidentified</td><td>2</td></tr>" in text
+    # Faces per status, and how many of them are in released samples.
+    assert "<tr><td>anonymized</td><td>2</td><td>2</td></tr>" in text
+    assert "<tr><td>reidentified</td><td>2</td><td>0</td></tr>" in text
     assert "audit-counts.png" in text and "audit-distance.png" in text
     assert "<script>" not in text and "&lt;script&gt;" in text
     assert hmac_key.key_id in text
