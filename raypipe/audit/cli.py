@@ -1,7 +1,7 @@
-"""``raypipe audit verify`` and ``raypipe audit report``: argument parsing and exit codes.
+"""``raypipe audit verify``, ``report`` and ``query``: argument parsing and exit codes.
 
-Exit codes: 0 verified (or report written), 1 problems found, 2 usage or configuration error (no key,
-unreadable key).
+Exit codes: 0 verified (or report written, or query answered), 1 problems found, 2 usage or
+configuration error (no key, unreadable key, a query DuckDB refuses).
 """
 
 from __future__ import annotations
@@ -43,12 +43,39 @@ def add_audit_commands(subparsers: Any) -> argparse.ArgumentParser:
     )
     verify.set_defaults(func=cmd_audit_verify)
 
-    report = commands.add_parser("report", help="write an HTML report with plots (counts, similarities, ...)")
+    report = commands.add_parser(
+        "report",
+        help="write one self-contained HTML report: a fresh verification first, then counts, plots, reasons",
+        description=f"With a key (--key-file or {KEY_ENV}) the report opens with a fresh verification; "
+        "without one it says it was not verified.",
+    )
     report.add_argument("output", metavar="OUTPUT", help="output folder or URI of the run")
     report.add_argument(
         "--out", default=DEFAULT_REPORT, help=f"HTML file or folder to write (default {DEFAULT_REPORT})"
     )
+    report.add_argument("--key-file", help="the audit key, to verify OUTPUT before reporting on it")
+    report.add_argument("--anchor", metavar="CHECKPOINT", help="as for verify: also detect rollback")
+    report.add_argument(
+        "--gallery",
+        type=int,
+        default=0,
+        metavar="N",
+        help="show up to N anonymized faces cropped from released outputs (off by default; outputs are "
+        "still personal-looking data: share the report accordingly)",
+    )
     report.set_defaults(func=cmd_audit_report)
+
+    query = commands.add_parser(
+        "query",
+        help="SQL over the audit records (DuckDB): tables 'audit' (one row per sample) and 'faces'",
+        description="Examples (raypipe audit query --examples lists them): "
+        'raypipe audit query OUTPUT "SELECT status, count(*) FROM audit GROUP BY status"',
+    )
+    query.add_argument("output", metavar="OUTPUT", nargs="?", help="output folder or URI of the run")
+    query.add_argument("sql", metavar="SQL", nargs="?", help="the query, over the tables audit and faces")
+    query.add_argument("--format", choices=("table", "csv", "json"), default="table", help="how to print rows")
+    query.add_argument("--examples", action="store_true", help="print the documented example queries")
+    query.set_defaults(func=cmd_audit_query)
     return audit
 
 
@@ -67,9 +94,53 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_report(args: argparse.Namespace) -> int:
-    """Write the HTML report of OUTPUT and print its path."""
+    """Write the HTML report of OUTPUT and print its path (verified first when a key is at hand)."""
+    import os
+
     from raypipe.audit.report import render_report
 
-    path = render_report(args.output, args.out)
+    key = None
+    if args.key_file is not None or os.environ.get(KEY_ENV):
+        try:
+            key = load_key(args.key_file)
+        except AuditKeyError as exc:
+            print(f"raypipe audit report: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    if args.gallery < 0:
+        print(f"raypipe audit report: --gallery must be >= 0, got {args.gallery}", file=sys.stderr)
+        return EXIT_USAGE
+    path = render_report(args.output, args.out, key=key, anchor=args.anchor, gallery=args.gallery)
     print(path)
+    return EXIT_OK
+
+
+def cmd_audit_query(args: argparse.Namespace) -> int:
+    """Print the rows of an SQL query over OUTPUT's audit records (or the example queries)."""
+    import duckdb
+
+    from raypipe.audit.query import EXAMPLES, query, render
+
+    if args.examples:
+        for what, sql in EXAMPLES.items():
+            print(f'# {what}\nraypipe audit query OUTPUT "{sql}"\n')
+        return EXIT_OK
+    if not args.output or not args.sql:
+        print("raypipe audit query: give OUTPUT and SQL (or --examples)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        table = query(args.output, args.sql)
+    except duckdb.Error as exc:
+        print(f"raypipe audit query: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.format == "csv":
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(table, sys.stdout.buffer)
+    elif args.format == "json":
+        import json
+
+        for row in table.to_pylist():
+            print(json.dumps(row, default=str))
+    else:
+        print(render(table))
     return EXIT_OK

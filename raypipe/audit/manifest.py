@@ -194,6 +194,15 @@ def sha256_file(fs: Any, path: str) -> str:
     return digest.hexdigest()
 
 
+def finished_shards(layout: OutputLayout, manifest: dict[str, Any] | None) -> list[str]:
+    """The shards a reader of OUTPUT should look at: the manifest's, or, with no manifest yet (a run
+    that has not finished), those that carry a completion marker."""
+    if manifest is not None:
+        return sorted(manifest.get("shards") or {})
+    names = [path.rstrip("/").rsplit("/", 1)[-1] for path in layout.fs.ls(layout.path(), detail=False)]
+    return sorted(name[: -len(".done.json")] + ".tar" for name in names if name.endswith(".done.json"))
+
+
 def audit_rows(data: bytes) -> list[dict[str, Any]]:
     """The rows of an audit parquet, in file order, as plain Python values."""
     return pq.read_table(io.BytesIO(data)).to_pylist()

@@ -207,3 +207,36 @@ def signed_output(tmp_path: Path) -> SignedOutput:
         return layout
 
     return build
+
+
+def face_png(shade: int, size: int = 100) -> bytes:
+    """A small real PNG: a gradient with a lighter square where the records' face box is."""
+    import numpy as np
+    from PIL import Image
+
+    ramp = np.linspace(0, 255, size, dtype=np.uint8)
+    rgb = np.stack([np.tile(ramp, (size, 1)), np.tile(ramp[:, None], (1, size)), np.full((size, size), shade)], axis=2)
+    rgb[20:80, 10:60] = (230, 200, 180)
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_output_with_images(root: Path, shards: int = len(SHARDS)) -> OutputLayout:
+    """Like :func:`make_output`, but the released image of each anonymized sample is a real PNG."""
+    root.mkdir(parents=True, exist_ok=True)
+    for index in range(shards):
+        records, samples = shard_contents(index)
+        by_key = {sample.key: sample for sample in samples}
+        released = []
+        for record in records:
+            key = record["key"]
+            if record["status"] == "anonymized":
+                out = [(f"{key}.png", face_png(40 * index)), (f"{key}.json", b'{"label": 1}')]
+                record["members"] = [name for name, _ in out]
+                record["output_sha256"] = sample_digest(out)
+                released.append(Sample(key, out))
+            elif key in by_key:
+                released.append(by_key[key])
+        write_shard(root, f"data-{index:05d}.tar", records, released)
+    return OutputLayout(str(root))
