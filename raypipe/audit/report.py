@@ -890,7 +890,21 @@ def _distance_section(data: ReportData, distance_png: str) -> str:
         f"{data.below_threshold} below the threshold (they did not pass: their samples were held back, or, "
         "for doubtful detections, the region was masked). The outline is the distance between photos of "
         "different people (benchmarks/reid_calibration.py): a released face should sit among them, not to "
-        "their left.</p>" + _img(distance_png, "histogram of distances with the threshold and strangers")
+        "their left.</p>"
+        + _same_family(data)
+        + _img(distance_png, "histogram of distances with the threshold and strangers")
+    )
+
+
+def _same_family(data: ReportData) -> str:
+    """A warning when the faces were found by the recognizer's own family of models (dlib and dlib)."""
+    family = (data.analyzer or "").split("-")[0]
+    if not family or family != (data.recognizer or "").split("-")[0]:
+        return ""
+    return (
+        f"<p class='warn'>The faces were found by {_e(data.analyzer)} and checked by {_e(data.recognizer)}: "
+        "the same family of models, so in this run the gate is not independent of the detector (in "
+        "production insightface detects and conditions, dlib checks).</p>"
     )
 
 

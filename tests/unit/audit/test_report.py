@@ -260,6 +260,10 @@ def test_the_recognizer_and_the_analyzer_are_named(tmp_path: Path, hmac_key: Key
     assert "recognizer: dlib-resnet" in label and "faces found by: dlib-hog-analyzer" in label
     text = render_report(unsigned.root, tmp_path / "records.html").read_text(encoding="utf-8")
     assert "<td>recognizer named by the records</td><td>dlib-resnet (6 records)</td>" in text
+    # Both dlib: the report says the gate was not independent of the detector in that run.
+    assert "the same family of models" in text
+    independent = render_report(layout.root, tmp_path / "r2.html").read_text(encoding="utf-8")
+    assert "the same family of models" not in independent  # insightface found, dlib checked
 
 
 def _escalated(index: int, records: list[dict[str, Any]]) -> None:
