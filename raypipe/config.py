@@ -97,7 +97,8 @@ class ModelsConfig:
     sdxl: str = "stabilityai/stable-diffusion-xl-base-1.0"
     ip_adapter: str = "h94/IP-Adapter-FaceID"
     ip_adapter_weight_name: str = "ip-adapter-faceid_sdxl.bin"
-    vae: str | None = None  # e.g. "madebyollin/sdxl-vae-fp16-fix"; None keeps the SDXL VAE (run in fp32)
+    vae: str | None = None  # a VAE (or a pipeline folder with vae/); None: the SDXL folder's vae/ (fp32)
+    variant: str | None = None  # e.g. "fp16": load the *.fp16.safetensors files of the SDXL folder
     analyzer: str = "insightface"
     insightface: str = "buffalo_l"
     det_thresh: float = 0.1
@@ -105,10 +106,11 @@ class ModelsConfig:
     dtype: str = "bfloat16"
     device: str = "auto"
     cache_dir: str | None = None
-    # Inference speed-ups, all opt-in (BENCHMARKS.md says what each one costs in numerics):
-    channels_last: bool = False  # UNet and VAE in NHWC layout: faster convolutions on GPUs, same math
-    fuse_lora: bool = False  # merge the FaceID LoRA into the UNet weights: fewer kernels, round-off changes
-    compile: bool = False  # torch.compile the UNet: slow first batch, faster after; round-off changes
+    # Inference speed-ups that change only round-off, on by default (BENCHMARKS.md says what each costs
+    # in numerics); the audit records which ran.
+    channels_last: bool = True  # UNet and VAE in NHWC layout: faster convolutions on GPUs, same math
+    fuse_lora: bool = True  # merge the FaceID LoRA into the UNet weights: fewer kernels, round-off changes
+    compile: bool | str = "auto"  # torch.compile the UNet; "auto": on CUDA only; false: never (eager)
 
     def __post_init__(self) -> None:
         p = "models."
@@ -130,8 +132,20 @@ class ModelsConfig:
         for name in ("sdxl", "ip_adapter", "ip_adapter_weight_name", "insightface", "device"):
             value = getattr(self, name)
             _check(isinstance(value, str) and bool(value), p + name, "a non-empty string", value)
-        for name in ("channels_last", "fuse_lora", "compile"):
+        for name in ("channels_last", "fuse_lora"):
             _check(isinstance(getattr(self, name), bool), p + name, "true or false", getattr(self, name))
+        _check(
+            isinstance(self.compile, bool) or self.compile == "auto",
+            p + "compile",
+            '"auto" (on CUDA), true or false',
+            self.compile,
+        )
+        _check(
+            self.variant is None or (isinstance(self.variant, str) and self.variant.isidentifier()),
+            p + "variant",
+            'a weight variant such as "fp16", or null',
+            self.variant,
+        )
 
 
 DETECT_PLACEMENTS = ("cpu", "gpu_actor")

@@ -14,7 +14,7 @@ and combines them as ``eps = eps_u + w (eps_c - eps_u)``; with the default w = -
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -97,6 +97,7 @@ class GuidedUNet:
         conditional: Branch,
         guidance_scale: float,
         time_ids: tuple[int, ...],
+        timesteps: Sequence[int] = (),
     ) -> None:
         import torch
 
@@ -115,6 +116,9 @@ class GuidedUNet:
         self._identity = identity[:, None, :]  # (2B, 1, E): one identity image per sample
         self._time_ids = torch.tensor([time_ids], dtype=self._dtype, device=device).expand(2 * batch, -1)
         self._device = device
+        # Every timestep of the loop goes to the device in one copy, here: none inside the step loop.
+        on_device = torch.tensor([int(t) for t in timesteps], dtype=torch.int64, device=device)
+        self._timesteps: dict[int, torch.Tensor] = {int(t): on_device[i] for i, t in enumerate(timesteps)}
 
     def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
         import torch
@@ -140,7 +144,9 @@ class GuidedUNet:
         # compiled UNet then sees a tensor input instead of a new constant at every step: no recompiles.
         import torch
 
-        return torch.tensor(int(t), dtype=torch.int64, device=self._device)
+        if t not in self._timesteps:  # a timestep not announced at construction (tests call any t)
+            self._timesteps[t] = torch.tensor(int(t), dtype=torch.int64, device=self._device)
+        return self._timesteps[t]
 
 
 def inversion_branches(text: TextEncoder, batch: int, id_dim: int) -> tuple[Branch, Branch]:

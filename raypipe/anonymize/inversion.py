@@ -49,7 +49,10 @@ def noised_latents(
             for seed in seeds
         ],
         dim=1,
-    ).to(x0.device)
+    )
+    # On CUDA from page-locked memory, so the copy runs asynchronously with the GPU's work.
+    cuda = x0.device.type == "cuda"
+    noise = (noise.pin_memory() if cuda else noise).to(x0.device, non_blocking=cuda)
     alpha = torch.tensor(solver.schedule.alpha[list(timesteps)], dtype=torch.float32, device=x0.device)
     sigma = torch.tensor(solver.schedule.sigma[list(timesteps)], dtype=torch.float32, device=x0.device)
     shape = (n,) + (1,) * x0.dim()
@@ -92,20 +95,28 @@ def replay(inversion: Inversion, timesteps: Sequence[int], denoise: Denoiser, so
 
 
 def encode_crops(vae: Any, crops: torch.Tensor) -> torch.Tensor:
-    """uint8-range crops (B, 3, H, W) in [0, 255] -> scaled latent **mode** (float32 VAE)."""
+    """uint8-range crops (B, 3, H, W) in [0, 255] -> scaled latent **mode** (float32 VAE).
+
+    One face at a time: the VAE's activations at 1024 px are ~2.5 GiB per face, so its peak memory is
+    that of one face whatever the batch (the UNet, not the VAE, decides how many faces fit).
+    """
     import torch
 
-    pixels = (crops.float() / 127.5 - 1.0).to(device=next(vae.parameters()).device, dtype=torch.float32)
+    device = next(vae.parameters()).device
+    latents = []
     with torch.inference_mode():
-        latent = vae.encode(pixels).latent_dist.mode()
-    return latent * vae.config.scaling_factor
+        for crop in crops:
+            pixels = (crop[None].float() / 127.5 - 1.0).to(device=device, dtype=torch.float32)
+            latents.append(vae.encode(pixels).latent_dist.mode())
+    return torch.cat(latents) * vae.config.scaling_factor
 
 
 def decode_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
-    """Scaled latents -> float pixels in [0, 255] (B, 3, H, W); non-finite values are kept for the
-    caller to detect (a face whose result is not finite must fail closed, not be clamped into shape)."""
+    """Scaled latents -> float pixels in [0, 255] (B, 3, H, W), one face at a time (see
+    :func:`encode_crops`); non-finite values are kept for the caller to detect (a face whose result is
+    not finite must fail closed, not be clamped into shape)."""
     import torch
 
     with torch.inference_mode():
-        pixels = vae.decode(latents.float() / vae.config.scaling_factor).sample
-    return (pixels.float() + 1.0) * 127.5
+        pixels = [vae.decode(latent[None].float() / vae.config.scaling_factor).sample for latent in latents]
+    return (torch.cat(pixels).float() + 1.0) * 127.5

@@ -152,40 +152,108 @@ def attach_faceid_adapter(
 
 def load_models(config: ModelsConfig, ip_adapter_scale: float = 1.0) -> Models:
     """Load the production models named by ``config`` (hub ids, local folders or object-store URIs)."""
-    import torch
-    from diffusers import AutoencoderKL, StableDiffusionXLPipeline
-
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     sdxl_path = resolve_source(config.sdxl, config.cache_dir)
+    vae_path = resolve_source(config.vae, config.cache_dir) if config.vae else sdxl_path
     log.info("loading SDXL from %s (%s on %s)", redact(config.sdxl), dtype, device)
     try:
-        with quiet_loaders():
-            pipe = StableDiffusionXLPipeline.from_pretrained(sdxl_path, torch_dtype=dtype)
-        if config.vae:
-            pipe.vae = AutoencoderKL.from_pretrained(resolve_source(config.vae, config.cache_dir))
+        pipe, vae_files = load_pipeline(sdxl_path, dtype, config.variant, vae_path)
         ip_path = resolve_source(config.ip_adapter, config.cache_dir)
         log.info("loading IP-Adapter-FaceID from %s/%s", redact(config.ip_adapter), config.ip_adapter_weight_name)
         attach_faceid_adapter(pipe, ip_path, config.ip_adapter_weight_name, ip_adapter_scale)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"could not load models ({config.sdxl}, {config.ip_adapter}): {exc}") from exc
-    pipe.vae.to(dtype=torch.float32)
     pipe.to(device)
     _freeze(pipe)
+    hashed = {
+        "sdxl": pipeline_weight_files(sdxl_path, config.variant, skip=("vae",)),
+        "vae": vae_files,
+        "ip_adapter": [Path(ip_path, config.ip_adapter_weight_name)],
+    }
     return Models(
         pipe=pipe,
         device=device,
         dtype=dtype,
         id_embed_dim=_id_embed_dim(pipe),
         sources={
-            "sdxl": redact(config.sdxl),
+            "sdxl": redact(config.sdxl) + (f" ({config.variant})" if config.variant else ""),
             "ip_adapter": f"{redact(config.ip_adapter)}/{config.ip_adapter_weight_name}",
-        }
-        | ({"vae": config.vae} if config.vae else {}),
-        weight_hashes=_weight_hashes(
-            {"sdxl": sdxl_path, "ip_adapter": os.path.join(ip_path, config.ip_adapter_weight_name)}
-        ),
+            "vae": redact(config.vae) if config.vae else f"{redact(config.sdxl)}/vae",
+        },
+        weight_hashes=_weight_hashes(hashed),
     )
+
+
+def load_pipeline(
+    sdxl_path: str, dtype: torch.dtype, variant: str | None, vae_path: str | None = None
+) -> tuple[StableDiffusionXLPipeline, list[Path]]:
+    """The SDXL pipeline in ``dtype`` with its VAE loaded apart in float32 (METHOD.md: the VAE runs in
+    fp32; loading it with the rest would round its weights through ``dtype`` first).
+
+    ``vae_path``: a VAE folder, or a pipeline folder whose ``vae/`` is used (default: ``sdxl_path``).
+    The VAE's fp32 files are preferred; a folder with only ``variant`` files is loaded from those (and
+    upcast), with a warning. Returns the pipeline and the VAE weight files that were read.
+    """
+    import torch
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline
+
+    vae_path = vae_path or sdxl_path
+    subfolder = "vae" if Path(vae_path, "vae", "config.json").is_file() or vae_path == sdxl_path else None
+    with quiet_loaders():
+        try:
+            vae = AutoencoderKL.from_pretrained(vae_path, subfolder=subfolder, torch_dtype=torch.float32)
+            vae_variant = None
+        except (OSError, ValueError):
+            if variant is None:
+                raise
+            log.warning("the VAE in %s has only %s weights: loading those, upcast to float32", vae_path, variant)
+            vae = AutoencoderKL.from_pretrained(
+                vae_path, subfolder=subfolder, torch_dtype=torch.float32, variant=variant
+            )
+            vae_variant = variant
+        pipe = StableDiffusionXLPipeline.from_pretrained(sdxl_path, torch_dtype=dtype, variant=variant, vae=vae)
+    pipe.vae.to(dtype=torch.float32)
+    folder = Path(vae_path, subfolder) if subfolder else Path(vae_path)
+    return pipe, component_weight_files(folder, vae_variant)
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def component_weight_files(folder: Path, variant: str | None) -> list[Path]:
+    """The weight files diffusers reads from one component folder (``unet/``, ``vae/``, ...): those of
+    ``variant`` (``*.fp16.safetensors``) or those without one, safetensors preferred over ``.bin``,
+    every shard of a sharded checkpoint. Empty for a folder that is not local (a hub id)."""
+    if not folder.is_dir():
+        return []
+    for suffix in WEIGHT_SUFFIXES:
+        found = []
+        for path in sorted(folder.iterdir()):
+            parts = path.name.split(".")
+            if not path.is_file() or not path.name.endswith(suffix):
+                continue
+            named_variant = parts[-2] if len(parts) >= 3 else None
+            if named_variant == variant or (variant is None and named_variant is None):
+                found.append(path)
+        if found:
+            return found
+    return []
+
+
+def pipeline_weight_files(path: str, variant: str | None, skip: tuple[str, ...] = ()) -> list[Path]:
+    """The weight files a diffusers pipeline folder's components load (from its ``model_index.json``),
+    leaving out ``skip`` (e.g. the VAE, loaded apart) and every file no component reads."""
+    import json
+
+    index = Path(path, "model_index.json")
+    if not index.is_file():
+        return []
+    components = [name for name, value in json.loads(index.read_text()).items() if isinstance(value, list)]
+    files: list[Path] = []
+    for name in sorted(set(components) - set(skip)):
+        files += component_weight_files(Path(path, name), variant)
+    return files
 
 
 # --------------------------------------------------------------------------- inference speed-ups
@@ -248,24 +316,23 @@ def _id_embed_dim(pipe: StableDiffusionXLPipeline) -> int:
     return int(projection.ff.net[0].proj.in_features)
 
 
-def _weight_hashes(paths: dict[str, str]) -> dict[str, str]:
-    """sha256 over each component's weight files, so a run records exactly which weights it used.
+def _weight_hashes(files: dict[str, list[Path]]) -> dict[str, str]:
+    """sha256 over each component's weight files, the ones actually loaded, so a run records exactly
+    which weights it used: each file's name (from its parent folder) and bytes, in order.
 
     Hub ids that are not local folders are resolved by diffusers into its cache; those are recorded
     as ``unresolved`` rather than guessed.
     """
     hashes: dict[str, str] = {}
-    for name, path in paths.items():
-        p = Path(path)
-        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p] if p.is_file() else []
-        weight_files = [f for f in files if f.suffix in {".safetensors", ".bin", ".pt", ".pth", ".onnx", ".dat"}]
-        if not weight_files:
+    for name, paths in files.items():
+        present = [path for path in paths if path.is_file()]
+        if not present:
             hashes[name] = "unresolved"
             continue
         digest = hashlib.sha256()
-        for f in weight_files:
-            digest.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
-            with open(f, "rb") as fh:
+        for path in present:
+            digest.update(f"{path.parent.name}/{path.name}".encode())
+            with open(path, "rb") as fh:
                 while chunk := fh.read(1 << 20):
                     digest.update(chunk)
         hashes[name] = digest.hexdigest()

@@ -489,9 +489,8 @@ class ReversePersonalization:
             )
         else:
             loaded = load_models(models, ip_adapter_scale=method.ip_adapter_scale)
-        optimize_for_inference(
-            loaded, channels_last=models.channels_last, fuse_lora=models.fuse_lora, compile=models.compile
-        )
+        compile = models.compile is True or (models.compile == "auto" and loaded.device.type == "cuda")
+        optimize_for_inference(loaded, channels_last=models.channels_last, fuse_lora=models.fuse_lora, compile=compile)
         return cls(loaded, analyzer, method, audit)
 
     @classmethod
@@ -603,12 +602,12 @@ class ReversePersonalization:
         x0 = encode_crops(models.vae, torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2))
         # 2. Invert with the null identity in both branches.
         unconditional, conditional = inversion_branches(self.text, len(crops), models.id_embed_dim)
-        denoise = GuidedUNet(models, unconditional, conditional, guidance, time_ids)
+        denoise = GuidedUNet(models, unconditional, conditional, guidance, time_ids, self.timesteps)
         inversion = invert(x0, self.timesteps, denoise, solver, seeds)
         # 3. Replay the noise maps, pushed away from each face's identity.
         identity = torch.from_numpy(np.stack(embeddings).astype(np.float32))
         unconditional, conditional = sampling_branches(self.text, identity, method.id_scale, method.attribute_prompt)
-        denoise = GuidedUNet(models, unconditional, conditional, guidance, time_ids)
+        denoise = GuidedUNet(models, unconditional, conditional, guidance, time_ids, self.timesteps)
         latents = replay(inversion, self.timesteps, denoise, solver)
         # 4. Decode; a non-finite face is reported as None, never clamped into a plausible image.
         pixels = decode_latents(models.vae, latents).permute(0, 2, 3, 1).cpu().numpy()

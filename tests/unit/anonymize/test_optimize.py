@@ -91,19 +91,29 @@ def test_compiled_unet_gives_the_same_faces_with_one_graph_for_every_step(refere
         torch._dynamo.reset()
 
 
-def test_speed_ups_come_from_the_config_and_are_recorded() -> None:
-    config = ModelsConfig(preset="tiny", analyzer="dlib", device="cpu", channels_last=True, fuse_lora=True)
-    rp = ReversePersonalization.from_pretrained(config, METHOD, load_analyzer=False)
-    assert rp.models.optimizations == ("fuse_lora", "channels_last")
+def test_speed_ups_are_on_by_default_and_recorded() -> None:
+    rp = ReversePersonalization.from_pretrained(
+        ModelsConfig(preset="tiny", analyzer="dlib", device="cpu"), METHOD, load_analyzer=False
+    )
+    assert rp.models.optimizations == ("fuse_lora", "channels_last")  # compile "auto": CUDA only
     assert rp.describe()["optimizations"] == ["fuse_lora", "channels_last"]
+    assert FACEID_ADAPTER not in (getattr(rp.models.unet, "peft_config", None) or {})  # merged
     plain = ReversePersonalization.from_pretrained(
-        ModelsConfig(preset="tiny", device="cpu"), METHOD, load_analyzer=False
+        ModelsConfig(preset="tiny", device="cpu", channels_last=False, fuse_lora=False, compile=False),
+        METHOD,
+        load_analyzer=False,
     )
     assert plain.models.optimizations == ()
-    assert FACEID_ADAPTER in plain.models.unet.peft_config  # off by default: the LoRA stays separate
+    assert FACEID_ADAPTER in plain.models.unet.peft_config  # switched off: the LoRA stays separate
 
 
-@pytest.mark.parametrize("name", ["channels_last", "fuse_lora", "compile"])
+@pytest.mark.parametrize("name", ["channels_last", "fuse_lora"])
 def test_speed_up_switches_must_be_booleans(name: str) -> None:
     with pytest.raises(ConfigError, match=f"models.{name}: must be true or false"):
         ModelsConfig(**{name: "yes"})
+
+
+def test_compile_is_auto_true_or_false() -> None:
+    with pytest.raises(ConfigError, match='models.compile: must be "auto"'):
+        ModelsConfig(compile="yes")
+    assert ModelsConfig().compile == "auto" and ModelsConfig(compile=False).compile is False

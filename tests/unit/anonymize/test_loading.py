@@ -1,0 +1,82 @@
+"""Real weight layouts load right: the production loader (``load_models``) on tiny random models saved
+in the layouts of the real releases (a diffusers SDXL folder with and without an fp16 variant,
+``ip-adapter-faceid_sdxl.bin`` with its ``image_proj`` and ``ip_adapter`` keys)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from raypipe.anonymize.models import (
+    ModelLoadError,
+    build_tiny_pipeline,
+    load_models,
+    load_pipeline,
+    save_tiny_models,
+)
+from raypipe.config import ModelsConfig
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return save_tiny_models(tmp_path_factory.mktemp("weights"), id_embed_dim=128)
+
+
+def config(saved: dict[str, str], **overrides: object) -> ModelsConfig:
+    return ModelsConfig(sdxl=saved["sdxl"], ip_adapter=saved["ip_adapter"], device="cpu", **overrides)  # type: ignore[arg-type]
+
+
+def test_the_vae_is_loaded_apart_in_float32_with_its_exact_weights(saved: dict[str, str]) -> None:
+    from diffusers import AutoencoderKL
+
+    pipe, vae_files = load_pipeline(saved["sdxl"], torch.bfloat16, None)
+    assert pipe.unet.dtype == torch.bfloat16 and pipe.vae.dtype == torch.float32
+    reference = AutoencoderKL.from_pretrained(saved["sdxl"], subfolder="vae")  # fp32 as saved
+    for name, value in reference.state_dict().items():
+        assert torch.equal(pipe.vae.state_dict()[name], value), name  # never rounded through bf16
+    assert [f.parent.name for f in vae_files] == ["vae"]
+
+
+def test_weight_hashes_cover_what_is_loaded_and_nothing_else(saved: dict[str, str], tmp_path: Path) -> None:
+    first = load_models(config(saved)).weight_hashes
+    assert set(first) == {"sdxl", "vae", "ip_adapter"}
+    assert all(len(value) == 64 for value in first.values())
+    # A file no component reads (an unused variant, another framework's weights) changes nothing.
+    folder = tmp_path / "sdxl"
+    shutil.copytree(saved["sdxl"], folder)
+    (folder / "unet" / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"unused")
+    (folder / "unet" / "flax_model.msgpack").write_bytes(b"unused")
+    again = load_models(config({**saved, "sdxl": str(folder)})).weight_hashes
+    assert again == first
+    # A changed weight file of a loaded component does.
+    unet = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    assert unet.is_file()
+    pipe = build_tiny_pipeline(seed=1)
+    pipe.unet.save_pretrained(folder / "unet")
+    changed = load_models(config({**saved, "sdxl": str(folder)})).weight_hashes
+    assert changed["sdxl"] != first["sdxl"] and changed["vae"] == first["vae"]
+
+
+def test_an_fp16_only_folder_loads_with_its_variant(saved: dict[str, str], tmp_path: Path) -> None:
+    folder = tmp_path / "sdxl-fp16"
+    build_tiny_pipeline().to(torch.float16).save_pretrained(folder, variant="fp16")
+    assert not list(folder.glob("unet/*model.safetensors"))  # only *.fp16.safetensors
+    with pytest.raises(ModelLoadError, match="could not load"):
+        load_models(config({**saved, "sdxl": str(folder)}))
+    models = load_models(config({**saved, "sdxl": str(folder)}, variant="fp16"))
+    assert models.vae.dtype == torch.float32  # upcast from the only weights there are
+    assert models.sources["sdxl"].endswith("(fp16)") and models.weight_hashes["vae"] != "unresolved"
+
+
+def test_models_vae_may_name_a_pipeline_folder_or_a_vae_folder(saved: dict[str, str], tmp_path: Path) -> None:
+    other = build_tiny_pipeline(seed=3)
+    other.save_pretrained(tmp_path / "pipeline")
+    other.vae.save_pretrained(tmp_path / "vae-only")
+    expected = other.vae.state_dict()
+    for vae in (tmp_path / "pipeline", tmp_path / "vae-only"):
+        models = load_models(config(saved, vae=str(vae)))
+        assert all(torch.equal(models.vae.state_dict()[k], v) for k, v in expected.items())
+        assert models.sources["vae"] == str(vae)
