@@ -114,6 +114,6 @@ def test_speed_up_switches_must_be_booleans(name: str) -> None:
 
 
 def test_compile_is_auto_true_or_false() -> None:
-    with pytest.raises(ConfigError, match='models.compile: must be "auto"'):
+    with pytest.raises(ConfigError, match=r'models\.compile: must be "auto"'):
         ModelsConfig(compile="yes")
     assert ModelsConfig().compile == "auto" and ModelsConfig(compile=False).compile is False
