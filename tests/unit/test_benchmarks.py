@@ -35,7 +35,12 @@ def test_core_gpu_tiny_times_the_real_loop_and_writes_every_field(core_gpu: Modu
         assert r["peak_source"] == "--peak-tflops"
         assert set(r["seconds_per_face"]) == set(r["seconds_per_face_exact"]) == {"4", "2"}
         assert r["seconds_per_face"]["4"] >= r["seconds_per_face"]["2"] > 0
-    # FLOPs counted on a real UNet call grow with the pixels (text projections do not; attention does faster).
+    # MFU on the fused basis whatever the configuration: the counted FLOPs are those of a fused call.
+    assert report["flops_basis"]["fused_lora"] is True
+    assert {r["unet_flops_per_face_call"] for r in by_size.values()} == set(
+        report["flops_basis"]["unet_flops_per_face_call"].values()
+    )
+    # FLOPs counted on a UNet call grow with the pixels (text projections do not; attention does faster).
     ratio = by_size[128]["unet_flops_per_face_call"] / by_size[64]["unet_flops_per_face_call"]
     assert 2.0 < ratio <= 16.0
 
