@@ -121,6 +121,33 @@ def resolve_source(spec: str, cache_dir: str | None) -> str:
     return spec
 
 
+HUB_CACHE: str | None = None  # the Hugging Face cache to look in (None: huggingface_hub's default)
+
+
+def hub_snapshot(spec: str) -> tuple[str, str] | None:
+    """(snapshot folder, commit) of a Hugging Face hub id that is already in the local cache, else None
+    (a local folder, an object-store URI, or an id not downloaded yet)."""
+    if "://" in spec or Path(spec).exists() or spec.count("/") != 1:
+        return None
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(spec, local_files_only=True, cache_dir=HUB_CACHE)
+    except Exception:  # not cached (or no such id): diffusers downloads it
+        return None
+    return str(folder), Path(folder).name
+
+
+def pinned_source(spec: str, cache_dir: str | None, needs: str) -> tuple[str, str]:
+    """(what to load, how the audit names it): a hub id already cached with the file ``needs`` loads
+    from its snapshot folder and is recorded with its commit (``org/name@<commit>``), so loading and
+    hashing read the same files; an object-store URI is fetched into the cache; a folder passes through."""
+    snapshot = hub_snapshot(spec)
+    if snapshot is not None and Path(snapshot[0], needs).is_file():
+        return snapshot[0], f"{spec}@{snapshot[1]}"
+    return resolve_source(spec, cache_dir), redact(spec)
+
+
 def require_peft() -> None:
     """IP-Adapter-FaceID carries a LoRA that diffusers silently skips without peft: refuse instead."""
     if importlib.util.find_spec("peft") is None:
@@ -154,12 +181,14 @@ def load_models(config: ModelsConfig, ip_adapter_scale: float = 1.0) -> Models:
     """Load the production models named by ``config`` (hub ids, local folders or object-store URIs)."""
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-    sdxl_path = resolve_source(config.sdxl, config.cache_dir)
-    vae_path = resolve_source(config.vae, config.cache_dir) if config.vae else sdxl_path
-    log.info("loading SDXL from %s (%s on %s)", redact(config.sdxl), dtype, device)
+    sdxl_path, sdxl_name = pinned_source(config.sdxl, config.cache_dir, "model_index.json")
+    vae_path, vae_name = (
+        pinned_source(config.vae, config.cache_dir, "config.json") if config.vae else (sdxl_path, f"{sdxl_name}/vae")
+    )
+    log.info("loading SDXL from %s (%s on %s)", sdxl_name, dtype, device)
     try:
         pipe, vae_files = load_pipeline(sdxl_path, dtype, config.variant, vae_path)
-        ip_path = resolve_source(config.ip_adapter, config.cache_dir)
+        ip_path, ip_name = pinned_source(config.ip_adapter, config.cache_dir, config.ip_adapter_weight_name)
         log.info("loading IP-Adapter-FaceID from %s/%s", redact(config.ip_adapter), config.ip_adapter_weight_name)
         attach_faceid_adapter(pipe, ip_path, config.ip_adapter_weight_name, ip_adapter_scale)
     except (OSError, ValueError) as exc:
@@ -167,9 +196,9 @@ def load_models(config: ModelsConfig, ip_adapter_scale: float = 1.0) -> Models:
     pipe.to(device)
     _freeze(pipe)
     hashed = {
-        "sdxl": pipeline_weight_files(sdxl_path, config.variant, skip=("vae",)),
-        "vae": vae_files,
-        "ip_adapter": [Path(ip_path, config.ip_adapter_weight_name)],
+        "sdxl": [(f"{p.parent.name}/{p.name}", p) for p in pipeline_weight_files(sdxl_path, config.variant, ("vae",))],
+        "vae": [(p.name, p) for p in vae_files],
+        "ip_adapter": [(config.ip_adapter_weight_name, Path(ip_path, config.ip_adapter_weight_name))],
     }
     return Models(
         pipe=pipe,
@@ -177,9 +206,9 @@ def load_models(config: ModelsConfig, ip_adapter_scale: float = 1.0) -> Models:
         dtype=dtype,
         id_embed_dim=_id_embed_dim(pipe),
         sources={
-            "sdxl": redact(config.sdxl) + (f" ({config.variant})" if config.variant else ""),
-            "ip_adapter": f"{redact(config.ip_adapter)}/{config.ip_adapter_weight_name}",
-            "vae": redact(config.vae) if config.vae else f"{redact(config.sdxl)}/vae",
+            "sdxl": sdxl_name + (f" ({config.variant})" if config.variant else ""),
+            "ip_adapter": f"{ip_name}/{config.ip_adapter_weight_name}",
+            "vae": vae_name,
         },
         weight_hashes=_weight_hashes(hashed),
     )
@@ -316,22 +345,29 @@ def _id_embed_dim(pipe: StableDiffusionXLPipeline) -> int:
     return int(projection.ff.net[0].proj.in_features)
 
 
-def _weight_hashes(files: dict[str, list[Path]]) -> dict[str, str]:
+def files_hash(paths: Any) -> str:
+    """The sha256 :func:`_weight_hashes` gives a component made of these files (e.g. an analyzer's
+    ``model_files``: insightface's two ONNX models, dlib's .dat files)."""
+    return _weight_hashes({"files": [(Path(p).name, Path(p)) for p in paths]})["files"]
+
+
+def _weight_hashes(files: dict[str, list[tuple[str, Path]]]) -> dict[str, str]:
     """sha256 over each component's weight files, the ones actually loaded, so a run records exactly
-    which weights it used: each file's name (from its parent folder) and bytes, in order.
+    which weights it used: each file's name (as given: relative to its component, so the same files
+    hash the same wherever they lie) and bytes, in order.
 
     Hub ids that are not local folders are resolved by diffusers into its cache; those are recorded
     as ``unresolved`` rather than guessed.
     """
     hashes: dict[str, str] = {}
-    for name, paths in files.items():
-        present = [path for path in paths if path.is_file()]
+    for name, named in files.items():
+        present = [(label, path) for label, path in named if path.is_file()]
         if not present:
             hashes[name] = "unresolved"
             continue
         digest = hashlib.sha256()
-        for path in present:
-            digest.update(f"{path.parent.name}/{path.name}".encode())
+        for label, path in present:
+            digest.update(label.encode())
             with open(path, "rb") as fh:
                 while chunk := fh.read(1 << 20):
                     digest.update(chunk)

@@ -99,7 +99,7 @@ def audit_record(task: SampleTask, run: RunInfo) -> dict[str, Any]:
         "seed": run.method.get("seed"),
         "attribute_prompt": run.method.get("attribute_prompt"),
         "models": json.dumps(prov.get("models", {}), sort_keys=True),
-        "weight_hashes": json.dumps(prov.get("weight_hashes", {}), sort_keys=True),
+        "weight_hashes": json.dumps(_weight_hashes(prov), sort_keys=True),
         "config_hash": run.config_hash,
         "code_version": run.code_version,
         "detector": prov.get("detector"),
@@ -108,6 +108,15 @@ def audit_record(task: SampleTask, run: RunInfo) -> dict[str, Any]:
         "device": prov.get("device"),
         "timings": json.dumps(task.timings, sort_keys=True),
     }
+
+
+def _weight_hashes(prov: dict[str, Any]) -> dict[str, Any]:
+    """The diffusion models' weight hashes and those of the detector and the gate's recognizer."""
+    hashes = dict(prov.get("weight_hashes") or {})
+    for name in ("detector", "recognizer"):
+        if prov.get(f"{name}_weights"):
+            hashes[name] = prov[f"{name}_weights"]
+    return hashes
 
 
 def fragment_bytes(tasks: Iterable[SampleTask], run: RunInfo) -> bytes:

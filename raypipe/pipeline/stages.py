@@ -153,6 +153,9 @@ def _detect_sample(task: SampleTask, analyzer: FaceAnalyzer, method: MethodConfi
     from raypipe.anonymize.pipeline import prepare_faces
 
     task.provenance["detector"] = analyzer.name
+    weights = getattr(analyzer, "weights_hash", None)  # set by _hash_weights where the stage loads it
+    if weights:
+        task.provenance["detector_weights"] = weights
     next_index = 0
     for work in task.images:
         assert work.rgb is not None
@@ -239,6 +242,7 @@ class Detect:
 
         self.analyzer = load_analyzer_from_config(models)
         self.method, self.limits = method, limits
+        _hash_weights(self.analyzer)
 
     def __call__(self, tasks: list[SampleTask]) -> list[SampleTask]:
         detect_faces(tasks, self.analyzer, self.method, self.limits)
@@ -265,6 +269,8 @@ class Anonymize:
         # Retries are decided here, where the GPU is, with the gate the compose stage runs (its analyzer
         # named as the job's, so its not-a-face rule is the same).
         self.rp.gate = Gate(audit, models.analyzer)
+        if detect:
+            _hash_weights(self.rp.analyzer)
         self.detect, self.method, self.limits = detect, method, limits
         self.batches = 0
         optimizations = self.rp.models.optimizations
@@ -296,6 +302,16 @@ class Anonymize:
         return tasks
 
 
+def _hash_weights(model: Any) -> str | None:
+    """Hash a face analyzer's or recognizer's model files once (its ``weights_hash``), for the audit."""
+    from raypipe.anonymize.models import files_hash
+
+    files = getattr(model, "model_files", None)
+    if files and not getattr(model, "weights_hash", None):
+        model.weights_hash = files_hash(files)
+    return getattr(model, "weights_hash", None)
+
+
 def _device_name(device: Any) -> str:
     if getattr(device, "type", "cpu") == "cuda":
         import torch
@@ -319,6 +335,7 @@ class Compose:
         from raypipe.anonymize.pipeline import Gate
 
         self.gate = Gate(audit, analyzer, utility=utility)  # dlib's recognizer: independent of ArcFace
+        self.recognizer_weights = _hash_weights(self.gate.reid.recognizer)
 
     def __call__(self, tasks: list[SampleTask]) -> list[SampleTask]:
         with timed(tasks, "compose"):
@@ -332,6 +349,8 @@ class Compose:
         from raypipe.anonymize.pipeline import compose
 
         task.provenance["recognizer"] = self.gate.recognizer_name
+        if self.recognizer_weights:
+            task.provenance["recognizer_weights"] = self.recognizer_weights
         out_members = list(task.members)
         for work in task.images:
             assert work.rgb is not None

@@ -80,3 +80,25 @@ def test_models_vae_may_name_a_pipeline_folder_or_a_vae_folder(saved: dict[str, 
         models = load_models(config(saved, vae=str(vae)))
         assert all(torch.equal(models.vae.state_dict()[k], v) for k, v in expected.items())
         assert models.sources["vae"] == str(vae)
+
+
+def test_hub_ids_in_the_cache_load_from_their_snapshot_and_are_recorded_with_the_commit(
+    saved: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Hugging Face cache as huggingface_hub lays it out, filled from the tiny models (no network).
+    import raypipe.anonymize.models as models_module
+
+    commits = {"org/tiny-sdxl": "a" * 40, "org/tiny-faceid": "b" * 40}
+    for repo, commit in commits.items():
+        root = tmp_path / "hub" / f"models--{repo.replace('/', '--')}"
+        (root / "refs").mkdir(parents=True)
+        (root / "refs" / "main").write_text(commit)
+        source = saved["sdxl"] if repo.endswith("sdxl") else saved["ip_adapter"]
+        shutil.copytree(source, root / "snapshots" / commit)
+    monkeypatch.setattr(models_module, "HUB_CACHE", str(tmp_path / "hub"))
+    models = load_models(ModelsConfig(sdxl="org/tiny-sdxl", ip_adapter="org/tiny-faceid", device="cpu"))
+    assert models.sources["sdxl"] == f"org/tiny-sdxl@{'a' * 40}"
+    assert models.sources["ip_adapter"].startswith(f"org/tiny-faceid@{'b' * 40}/")
+    assert models.sources["vae"] == f"org/tiny-sdxl@{'a' * 40}/vae"
+    assert models.weight_hashes == load_models(config(saved)).weight_hashes  # the same files, hashed
+    assert models_module.hub_snapshot("org/not-downloaded") is None

@@ -356,3 +356,15 @@ def test_readme_applies_the_files_in_this_folder() -> None:
             assert all((REPO / f).is_file() for f in files), cmd
         if argv[0] == "ray":
             assert (REPO / argv[-1]).is_file(), cmd
+
+
+def test_the_image_runs_insightface_on_the_gpu() -> None:
+    text = DOCKERFILE.read_text()
+    assert "pip uninstall -y onnxruntime" in text
+    assert "onnxruntime-gpu==$(sed -n 's/^onnxruntime==//p' constraints.txt)" in text
+    pinned = [
+        line
+        for line in (CLUSTER.parent / "constraints.txt").read_text().splitlines()
+        if line.startswith("onnxruntime==")
+    ]
+    assert len(pinned) == 1  # the version the GPU build follows

@@ -127,3 +127,17 @@ def test_unchanged_images_are_searched_again_only_by_another_detector(shard: Pat
         compose(faceless)
         assert len(calls) == expected, analyzer
         assert all(t.status.value == "no_face" for t in faceless)
+
+
+def test_the_audit_records_the_detector_and_recognizer_and_their_weights(
+    shard: Path, anonymize: Anonymize, tmp_path: Path
+) -> None:
+    from raypipe.anonymize.models import files_hash
+
+    run_stages(shard, tmp_path, anonymize)
+    record = read_audit((tmp_path / "part-00000.audit.parquet").read_bytes())[0]
+    assert record["detector"] == "dlib-hog" and record["recognizer"] == "dlib-hog"
+    hashes = json.loads(record["weight_hashes"])
+    assert hashes["detector"] == files_hash(anonymize.rp.analyzer.model_files)  # type: ignore[union-attr]
+    assert hashes["recognizer"] == hashes["detector"]  # the same dlib files, in this test
+    assert {"sdxl", "ip_adapter"} <= set(hashes)
