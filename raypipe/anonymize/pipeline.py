@@ -14,6 +14,7 @@ and the result carries no image, so it can never be released by mistake.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -411,6 +412,9 @@ def crop_box(face: PreparedFace) -> Box:
     return (float(low[0]), float(low[1]), float(high[0]), float(high[1]))
 
 
+QUEUE_GROUP = 4  # faces per work-queue run, in face batches: bounds the latents held at once
+
+
 def load_analyzer_from_config(models: ModelsConfig) -> FaceAnalyzer:
     """The face analyzer named by the config (insightface weights may come from an object store)."""
     from raypipe.anonymize.analyzers import build_analyzer
@@ -456,6 +460,7 @@ class ReversePersonalization:
                 "'insightface' analyzer with the 'sdxl' preset"
             )
         self.timesteps = make_timesteps(self.method.skip, self.method.num_steps)
+        self.unet_calls: Counter[int] = Counter()  # UNet calls so far, by the faces each carried
         self.schedule = NoiseSchedule.sdxl()
         self.text = TextEncoder(models)
 
@@ -524,7 +529,12 @@ class ReversePersonalization:
         seeds: Sequence[int],
         guidance_scale: float | None = None,
     ) -> list[np.ndarray | None]:
-        """Anonymize aligned face crops, ``method.face_batch_size`` faces per UNet batch.
+        """Anonymize aligned face crops in UNet calls of exactly ``method.face_batch_size`` faces.
+
+        The faces share calls through a work queue (:mod:`raypipe.anonymize.queue`): inversion steps of
+        all faces are batched freely, sampling steps of different faces share calls, so only the last
+        calls of a group can run short (padded). Faces go through in groups of
+        :data:`QUEUE_GROUP` x ``face_batch_size``, which bounds the latents held at once.
 
         ``guidance_scale``: None for ``method.guidance_scale`` (retries step it, see
         :meth:`anonymize_faces`). Returns one uint8 crop per face, or None where the result was not
@@ -534,10 +544,10 @@ class ReversePersonalization:
             raise ValueError(f"{len(crops)} crops, {len(embeddings)} embeddings, {len(seeds)} seeds")
         guidance = self.method.guidance_scale if guidance_scale is None else float(guidance_scale)
         out: list[np.ndarray | None] = []
-        size = self.method.face_batch_size
-        for start in range(0, len(crops), size):
-            stop = start + size
-            out.extend(self._anonymize_batch(crops[start:stop], embeddings[start:stop], seeds[start:stop], guidance))
+        group = QUEUE_GROUP * self.method.face_batch_size
+        for start in range(0, len(crops), group):
+            stop = start + group
+            out.extend(self._anonymize_group(crops[start:stop], embeddings[start:stop], seeds[start:stop], guidance))
         return out
 
     def anonymize_faces(self, faces: Sequence[PreparedFace]) -> list[np.ndarray | None]:
@@ -582,34 +592,38 @@ class ReversePersonalization:
                 faces[i].seed = retry_seed(first_seeds[i], attempt)  # the seed of the face that is kept
         return outputs
 
-    def _anonymize_batch(
+    def _anonymize_group(
         self, crops: Sequence[np.ndarray], embeddings: Sequence[np.ndarray], seeds: Sequence[int], guidance: float
     ) -> list[np.ndarray | None]:
         import torch
 
-        from raypipe.anonymize.guidance import GuidedUNet, inversion_branches, sampling_branches
-        from raypipe.anonymize.inversion import decode_latents, encode_crops, invert, replay
+        from raypipe.anonymize.guidance import inversion_branches, sampling_branches
+        from raypipe.anonymize.inversion import decode_latents, encode_crops
+        from raypipe.anonymize.queue import FixedBatchUNet, anonymize_latents
         from raypipe.anonymize.schedule import SDEDPMSolver2M
 
         started = time.perf_counter()
         self._check_crops(crops)
         method, models = self.method, self.models
         size = crops[0].shape[0]
-        time_ids = (size, size, 0, 0, size, size)
-        solver = SDEDPMSolver2M(self.schedule)
+        unet = FixedBatchUNet(models, guidance, (size, size, 0, 0, size, size), method.face_batch_size)
 
-        # 1. Encode the crops (fp32 VAE, distribution mode).
+        # 1. Encode the crops (fp32 VAE, distribution mode, one face at a time).
         x0 = encode_crops(models.vae, torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2))
-        # 2. Invert with the null identity in both branches.
-        unconditional, conditional = inversion_branches(self.text, len(crops), models.id_embed_dim)
-        denoise = GuidedUNet(models, unconditional, conditional, guidance, time_ids, self.timesteps)
-        inversion = invert(x0, self.timesteps, denoise, solver, seeds)
-        # 3. Replay the noise maps, pushed away from each face's identity.
+        # 2. Invert with the null identity in both branches, then replay the noise maps pushed away
+        #    from each face's identity: every UNet call full, through the work queue.
         identity = torch.from_numpy(np.stack(embeddings).astype(np.float32))
-        unconditional, conditional = sampling_branches(self.text, identity, method.id_scale, method.attribute_prompt)
-        denoise = GuidedUNet(models, unconditional, conditional, guidance, time_ids, self.timesteps)
-        latents = replay(inversion, self.timesteps, denoise, solver)
-        # 4. Decode; a non-finite face is reported as None, never clamped into a plausible image.
+        latents = anonymize_latents(
+            x0,
+            self.timesteps,
+            unet,
+            lambda: SDEDPMSolver2M(self.schedule),
+            seeds,
+            inversion_branches(self.text, len(crops), models.id_embed_dim),
+            sampling_branches(self.text, identity, method.id_scale, method.attribute_prompt),
+        )
+        self.unet_calls.update(unet.log.faces)
+        # 3. Decode; a non-finite face is reported as None, never clamped into a plausible image.
         pixels = decode_latents(models.vae, latents).permute(0, 2, 3, 1).cpu().numpy()
         log.debug("anonymized %d faces in %.2fs", len(crops), time.perf_counter() - started)
         return [np.clip(np.rint(p), 0, 255).astype(np.uint8) if np.all(np.isfinite(p)) else None for p in pixels]

@@ -102,3 +102,14 @@ def test_compose_gate_quick_gives_the_same_verdicts_from_fewer_detections(tmp_pa
     (row,) = json.loads(out.read_text())["results"]
     assert row["faces_found"] == 1 and row["same_verdicts"]
     assert row["per-face_s"] > 0 and row["shared_s"] > 0
+
+
+def test_unet_fill_quick_counts_fuller_calls_with_the_queue(tmp_path: Path) -> None:
+    out = tmp_path / "fill.json"
+    assert load_benchmark("unet_fill").main(["--quick", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    before, after = report["results"]["before"], report["results"]["after"]
+    assert report["photo_face_counts"]["t1.jpg"] == 6 and report["photo_face_counts"]["astronaut"] == 1
+    assert after["full_fraction"] >= 0.95 and after["full_fraction"] > before["full_fraction"]
+    assert after["calls_per_face"] < before["calls_per_face"]
+    assert 2 * report["settings"]["num_steps"] / report["settings"]["face_batch_size"] <= after["calls_per_face"]
