@@ -44,7 +44,7 @@ class MethodConfig:
     face_size: int = 1024
     attribute_prompt: str | None = None
     seed: int = 0
-    face_batch_size: int = 4
+    face_batch_size: int | str = 4  # faces per UNet call; "auto": the most that fit the GPU's free memory
 
     def __post_init__(self) -> None:
         p = "method."
@@ -82,9 +82,14 @@ class MethodConfig:
             self.seed,
         )
         _check(
-            isinstance(self.face_batch_size, int) and self.face_batch_size >= 1,
+            self.face_batch_size == "auto"
+            or (
+                isinstance(self.face_batch_size, int)
+                and not isinstance(self.face_batch_size, bool)
+                and self.face_batch_size >= 1
+            ),
             p + "face_batch_size",
-            "an integer >= 1 (faces per UNet batch)",
+            '"auto" or an integer >= 1 (faces per UNet call)',
             self.face_batch_size,
         )
 

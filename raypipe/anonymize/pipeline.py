@@ -446,11 +446,17 @@ class ReversePersonalization:
         audit: AuditConfig | None = None,
     ) -> None:
         from raypipe.anonymize.guidance import TextEncoder
+        from raypipe.anonymize.memory import auto_face_batch_size
         from raypipe.anonymize.schedule import NoiseSchedule, make_timesteps
 
         self.models = models
         self.analyzer = analyzer
         self.method = method or MethodConfig()
+        # Faces per UNet call: as configured, or "auto": the most that fit, found once per process.
+        configured = self.method.face_batch_size
+        self.face_batch_size = (
+            auto_face_batch_size(models, self.method.face_size) if configured == "auto" else int(configured)
+        )
         self.audit = audit or AuditConfig()
         self._gate: Gate | None = None  # built on first use: the job verifies in its compose stage instead
         if analyzer is not None and analyzer.embedding_dim != models.id_embed_dim:
@@ -544,7 +550,7 @@ class ReversePersonalization:
             raise ValueError(f"{len(crops)} crops, {len(embeddings)} embeddings, {len(seeds)} seeds")
         guidance = self.method.guidance_scale if guidance_scale is None else float(guidance_scale)
         out: list[np.ndarray | None] = []
-        group = QUEUE_GROUP * self.method.face_batch_size
+        group = QUEUE_GROUP * self.face_batch_size
         for start in range(0, len(crops), group):
             stop = start + group
             out.extend(self._anonymize_group(crops[start:stop], embeddings[start:stop], seeds[start:stop], guidance))
@@ -606,7 +612,7 @@ class ReversePersonalization:
         self._check_crops(crops)
         method, models = self.method, self.models
         size = crops[0].shape[0]
-        unet = FixedBatchUNet(models, guidance, (size, size, 0, 0, size, size), method.face_batch_size)
+        unet = FixedBatchUNet(models, guidance, (size, size, 0, 0, size, size), self.face_batch_size)
 
         # 1. Encode the crops (fp32 VAE, distribution mode, one face at a time).
         x0 = encode_crops(models.vae, torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2))
@@ -697,5 +703,6 @@ class ReversePersonalization:
             "models": dict(self.models.sources),
             "weight_hashes": dict(self.models.weight_hashes),
             "optimizations": list(self.models.optimizations),
+            "face_batch_size": self.face_batch_size,
             "analyzer": self.analyzer.name if self.analyzer is not None else None,
         }
