@@ -144,3 +144,17 @@ def test_the_memory_table_is_the_benchmarks() -> None:
     big = rows[(1024, 24)]
     assert f"| 1024 px | {big['each_further_face_gib']:.2f} GiB | {big['vae_decode_one_face_gib']:.1f} GiB |" in text
     assert all(r["vae_fits"] for r in rows.values())
+
+
+def test_the_gpu_session_script_asks_for_flags_the_benchmarks_have() -> None:
+    import shlex
+    import subprocess
+
+    script = ROOT / "benchmarks" / "gpu_session.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text().replace("\\\n", " ")
+    core = load_benchmark("core_gpu")
+    (line,) = [line for line in text.splitlines() if "benchmarks/core_gpu.py" in line]
+    argv = shlex.split(line.split("benchmarks/core_gpu.py", 1)[1].replace('"$OUT', '"/tmp'))
+    args = core.parse_args(argv)
+    assert args.compile == ["off", "on"] and args.fuse_lora == ["on"] and args.face_sizes == [1024]
