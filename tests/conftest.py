@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 
 import pytest
+
+# raypipe remembers weight-file hashes under the model cache (raypipe.anonymize.models.file_sha256):
+# a test run keeps its cache in a folder of its own, never under the user's home.
+os.environ.setdefault("RAYPIPE_CACHE", tempfile.mkdtemp(prefix="raypipe-test-cache-"))
 
 
 def network_is_loopback_only() -> bool:

@@ -12,6 +12,7 @@ Two ways to get them:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -354,7 +355,7 @@ def files_hash(paths: Any) -> str:
 def _weight_hashes(files: dict[str, list[tuple[str, Path]]]) -> dict[str, str]:
     """sha256 over each component's weight files, the ones actually loaded, so a run records exactly
     which weights it used: each file's name (as given: relative to its component, so the same files
-    hash the same wherever they lie) and bytes, in order.
+    hash the same wherever they lie) and its own sha256 (:func:`file_sha256`), in order.
 
     Hub ids that are not local folders are resolved by diffusers into its cache; those are recorded
     as ``unresolved`` rather than guessed.
@@ -367,12 +368,48 @@ def _weight_hashes(files: dict[str, list[tuple[str, Path]]]) -> dict[str, str]:
             continue
         digest = hashlib.sha256()
         for label, path in present:
-            digest.update(label.encode())
-            with open(path, "rb") as fh:
-                while chunk := fh.read(1 << 20):
-                    digest.update(chunk)
+            digest.update(f"{label}\0{file_sha256(path)}\n".encode())
         hashes[name] = digest.hexdigest()
     return hashes
+
+
+HASH_CACHE = "file-sha256.json"  # in the model cache folder: sha256 by (path, size, mtime)
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, remembered by its identity (resolved path, size, modification time) in
+    :data:`HASH_CACHE` under the model cache, so SDXL's 7 GB are read once per machine, not at every
+    load. A file that changed gets a new identity and is read again."""
+    import json
+
+    from raypipe.io.cache import default_cache_dir
+
+    stat = path.stat()
+    identity = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    cache = Path(default_cache_dir()) / HASH_CACHE
+    known: dict[str, str] = {}
+    with contextlib.suppress(OSError, ValueError):  # no cache yet, or a torn one: read the file itself
+        known = dict(json.loads(cache.read_text()))
+    if identity in known:
+        return known[identity]
+    digest = _read_sha256(path)
+    known[identity] = digest
+    try:  # atomic replace: concurrent loaders may lose an entry, never corrupt the file
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cache.with_name(f".{cache.name}.{os.getpid()}")
+        temporary.write_text(json.dumps(known, sort_keys=True))
+        os.replace(temporary, cache)
+    except OSError as error:
+        log.debug("weight hash cache not written (%s): %s", cache, error)
+    return digest
+
+
+def _read_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- tiny random models

@@ -102,3 +102,21 @@ def test_hub_ids_in_the_cache_load_from_their_snapshot_and_are_recorded_with_the
     assert models.sources["vae"] == f"org/tiny-sdxl@{'a' * 40}/vae"
     assert models.weight_hashes == load_models(config(saved)).weight_hashes  # the same files, hashed
     assert models_module.hub_snapshot("org/not-downloaded") is None
+
+
+def test_weight_files_are_read_once_per_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    import raypipe.anonymize.models as models_module
+
+    monkeypatch.setenv("RAYPIPE_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"weights v1")
+    reads: list[Path] = []
+    real = models_module._read_sha256
+    monkeypatch.setattr(models_module, "_read_sha256", lambda path: reads.append(path) or real(path))
+    first = models_module.file_sha256(weights)
+    assert models_module.file_sha256(weights) == first and reads == [weights]  # the second from the cache
+    weights.write_bytes(b"weights v2")  # a changed file: new size or mtime, read again
+    os.utime(weights, ns=(1, 1))
+    assert models_module.file_sha256(weights) != first and len(reads) == 2
