@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from core_gpu import build_models  # type: ignore[import-not-found]
 
-    from raypipe.anonymize.memory import MARGIN, fitting_batch, peak_model, vae_peak_bytes
+    from raypipe.anonymize.memory import MARGIN, fitting_batch, peak_model, queue_bytes_per_face, vae_peak_bytes
+    from raypipe.anonymize.pipeline import QUEUE_GROUP
     from raypipe.anonymize.models import optimize_for_inference
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     for size in args.face_sizes:
         first, each = peak_model(models, size)
         vae = vae_peak_bytes(models, size)
+        queued = QUEUE_GROUP * queue_bytes_per_face(models, size, 100)  # N = 100, the reference
         for card in CARDS_GB:
             free = card * 10**9 - weights - CUDA_CONTEXT
             rows.append(
@@ -68,9 +70,10 @@ def main(argv: list[str] | None = None) -> int:
                     "weights_gib": round(weights / 2**30, 2),
                     "first_face_gib": round(first / 2**30, 3),
                     "each_further_face_gib": round(each / 2**30, 3),
+                    "queue_per_call_face_gib": round(queued / 2**30, 3),
                     "vae_decode_one_face_gib": round(vae / 2**30, 3),
                     "vae_fits": vae <= free * (1 - MARGIN),
-                    "faces_per_call": fitting_batch(int(free), first, each),
+                    "faces_per_call": fitting_batch(int(free), first + queued, each + queued),
                 }
             )
             print(json.dumps(rows[-1]))

@@ -373,6 +373,13 @@ class JobConfig:
     def __post_init__(self) -> None:
         if self.audit.quarantine_output:
             _check_quarantine_apart(self.audit.quarantine_output, self.input, self.output)
+        gpus = self.pipeline.num_gpus_per_actor
+        if self.method.face_batch_size == "auto" and gpus is not None and 0 < gpus < 1:
+            raise ConfigError(
+                f"method.face_batch_size: auto sizes the batch to a whole GPU's free memory, but "
+                f"pipeline.num_gpus_per_actor is {gpus}: actors sharing a GPU would each take it all; "
+                "give a number of faces instead"
+            )
 
 
 _PATTERN_CHARS = frozenset("*?[{")  # where the fixed part of a glob or brace pattern ends

@@ -29,8 +29,9 @@ CPU_BATCH = 4  # what "auto" means without a GPU (memory is not what limits a CP
 
 
 class PeakBytes:
-    """A dispatch mode that records the peak of the bytes held by the tensors operators return (alive
-    until garbage-collected), as an allocator would see them."""
+    """A dispatch mode that records the peak of the bytes held by the storages of the tensors operators
+    return, as an allocator would see them: a storage counts once, from its first tensor until the last
+    tensor on it (views included) is garbage-collected."""
 
     def __init__(self) -> None:
         from torch.utils._python_dispatch import TorchDispatchMode
@@ -46,7 +47,8 @@ class PeakBytes:
         self.mode = _Mode()
         self.live = 0
         self.peak = 0
-        self._seen: set[int] = set()
+        self._seen: set[int] = set()  # tensors already counted (by id, while alive)
+        self._holders: dict[int, int] = {}  # storage -> tensors alive on it (views share their base's)
 
     def _track(self, out: Any) -> None:
         import torch
@@ -55,15 +57,21 @@ class PeakBytes:
         for value in tree_flatten(out)[0]:
             if not isinstance(value, torch.Tensor) or id(value) in self._seen:
                 continue
-            size = value.numel() * value.element_size()
+            storage = value.untyped_storage()
+            key, size = storage._cdata, storage.nbytes()
             self._seen.add(id(value))
-            self.live += size
-            self.peak = max(self.peak, self.live)
-            weakref.finalize(value, self._release, id(value), size)
+            if self._holders.get(key, 0) == 0:  # new memory; a view or an in-place result adds none
+                self.live += size
+                self.peak = max(self.peak, self.live)
+            self._holders[key] = self._holders.get(key, 0) + 1
+            weakref.finalize(value, self._release, id(value), key, size)
 
-    def _release(self, key: int, size: int) -> None:
-        self._seen.discard(key)
-        self.live -= size
+    def _release(self, tensor: int, key: int, size: int) -> None:
+        self._seen.discard(tensor)
+        self._holders[key] -= 1
+        if self._holders[key] == 0:
+            del self._holders[key]
+            self.live -= size
 
     def __enter__(self) -> PeakBytes:
         self.mode.__enter__()
@@ -149,16 +157,28 @@ def fitting_batch(free_bytes: int, first: int, each: int, limit: int = MAX_AUTO_
     return max(fits, default=1)
 
 
-def auto_face_batch_size(models: Models, face_size: int) -> int:
+def queue_bytes_per_face(models: Models, face_size: int, num_steps: int) -> int:
+    """What the work queue holds per face besides the UNet's activations: the noised latents, the
+    inversion's outputs and the noise maps, float32, one latent per step each (``queue.py``)."""
+    latent = face_size // models.vae_scale_factor
+    channels = int(models.unet.config.in_channels)
+    return 3 * (num_steps + 1) * channels * latent * latent * 4
+
+
+def auto_face_batch_size(models: Models, face_size: int, num_steps: int = 100) -> int:
     """``method.face_batch_size: auto``: the largest batch that fits the device's free memory (on a
-    GPU, with the models loaded); :data:`CPU_BATCH` elsewhere."""
+    GPU, with the models loaded); :data:`CPU_BATCH` elsewhere. Each face of a call also brings the
+    queue's latents for :data:`~raypipe.anonymize.pipeline.QUEUE_GROUP` faces."""
     import torch
+
+    from raypipe.anonymize.pipeline import QUEUE_GROUP
 
     if models.device.type != "cuda":
         return CPU_BATCH
     free, total = torch.cuda.mem_get_info(models.device)
     first, each = peak_model(models, face_size)
-    batch = fitting_batch(free, first, each)
+    queued = QUEUE_GROUP * queue_bytes_per_face(models, face_size, num_steps)
+    batch = fitting_batch(free, first + queued, each + queued)
     log.info(
         "face_batch_size auto: %d faces per UNet call (%.1f of %.1f GiB free; model: %.2f GiB + %.2f GiB per face)",
         batch,

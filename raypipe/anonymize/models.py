@@ -139,12 +139,14 @@ def hub_snapshot(spec: str) -> tuple[str, str] | None:
     return str(folder), Path(folder).name
 
 
-def pinned_source(spec: str, cache_dir: str | None, needs: str) -> tuple[str, str]:
-    """(what to load, how the audit names it): a hub id already cached with the file ``needs`` loads
-    from its snapshot folder and is recorded with its commit (``org/name@<commit>``), so loading and
-    hashing read the same files; an object-store URI is fetched into the cache; a folder passes through."""
+def pinned_source(spec: str, cache_dir: str | None, complete: Any) -> tuple[str, str]:
+    """(what to load, how the audit names it): a hub id already cached, whose snapshot folder holds what
+    is needed (``complete(folder)``), loads from that folder and is recorded with its commit
+    (``org/name@<commit>``), so loading and hashing read the same files; a partial snapshot is left to
+    diffusers, which fetches what is missing. An object-store URI is fetched into the cache; a folder
+    passes through."""
     snapshot = hub_snapshot(spec)
-    if snapshot is not None and Path(snapshot[0], needs).is_file():
+    if snapshot is not None and complete(Path(snapshot[0])):
         return snapshot[0], f"{spec}@{snapshot[1]}"
     return resolve_source(spec, cache_dir), redact(spec)
 
@@ -182,14 +184,25 @@ def load_models(config: ModelsConfig, ip_adapter_scale: float = 1.0) -> Models:
     """Load the production models named by ``config`` (hub ids, local folders or object-store URIs)."""
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-    sdxl_path, sdxl_name = pinned_source(config.sdxl, config.cache_dir, "model_index.json")
+
+    def pipeline_complete(folder: Path) -> bool:
+        return (folder / "model_index.json").is_file() and bool(component_weight_files(folder / "unet", config.variant))
+
+    def vae_complete(folder: Path) -> bool:
+        return any(
+            bool(component_weight_files(f, None)) for f in (folder, folder / "vae") if (f / "config.json").is_file()
+        )
+
+    sdxl_path, sdxl_name = pinned_source(config.sdxl, config.cache_dir, pipeline_complete)
     vae_path, vae_name = (
-        pinned_source(config.vae, config.cache_dir, "config.json") if config.vae else (sdxl_path, f"{sdxl_name}/vae")
+        pinned_source(config.vae, config.cache_dir, vae_complete) if config.vae else (sdxl_path, f"{sdxl_name}/vae")
     )
     log.info("loading SDXL from %s (%s on %s)", sdxl_name, dtype, device)
     try:
         pipe, vae_files = load_pipeline(sdxl_path, dtype, config.variant, vae_path)
-        ip_path, ip_name = pinned_source(config.ip_adapter, config.cache_dir, config.ip_adapter_weight_name)
+        ip_path, ip_name = pinned_source(
+            config.ip_adapter, config.cache_dir, lambda folder: (folder / config.ip_adapter_weight_name).is_file()
+        )
         log.info("loading IP-Adapter-FaceID from %s/%s", redact(config.ip_adapter), config.ip_adapter_weight_name)
         attach_faceid_adapter(pipe, ip_path, config.ip_adapter_weight_name, ip_adapter_scale)
     except (OSError, ValueError) as exc:
@@ -379,13 +392,15 @@ HASH_CACHE = "file-sha256.json"  # in the model cache folder: sha256 by (path, s
 def file_sha256(path: Path) -> str:
     """The sha256 of a file, remembered by its identity (resolved path, size, modification time) in
     :data:`HASH_CACHE` under the model cache, so SDXL's 7 GB are read once per machine, not at every
-    load. A file that changed gets a new identity and is read again."""
+    load. A file rewritten in any way (even to the same size and modification time, as ``cp -p`` does)
+    has a new inode or change time, so it is read again."""
     import json
 
     from raypipe.io.cache import default_cache_dir
 
     stat = path.stat()
-    identity = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    # ctime and the inode change whenever the content is rewritten, even when a copy keeps size and mtime.
+    identity = f"{path.resolve()}|{stat.st_ino}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}"
     cache = Path(default_cache_dir()) / HASH_CACHE
     known: dict[str, str] = {}
     with contextlib.suppress(OSError, ValueError):  # no cache yet, or a torn one: read the file itself
@@ -395,9 +410,12 @@ def file_sha256(path: Path) -> str:
     digest = _read_sha256(path)
     known[identity] = digest
     try:  # atomic replace: concurrent loaders may lose an entry, never corrupt the file
+        import tempfile
+
         cache.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cache.with_name(f".{cache.name}.{os.getpid()}")
-        temporary.write_text(json.dumps(known, sort_keys=True))
+        handle, temporary = tempfile.mkstemp(prefix=f".{cache.name}.", dir=cache.parent)
+        with os.fdopen(handle, "w") as fh:
+            fh.write(json.dumps(known, sort_keys=True))
         os.replace(temporary, cache)
     except OSError as error:
         log.debug("weight hash cache not written (%s): %s", cache, error)

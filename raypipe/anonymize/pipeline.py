@@ -455,7 +455,9 @@ class ReversePersonalization:
         # Faces per UNet call: as configured, or "auto": the most that fit, found once per process.
         configured = self.method.face_batch_size
         self.face_batch_size = (
-            auto_face_batch_size(models, self.method.face_size) if configured == "auto" else int(configured)
+            auto_face_batch_size(models, self.method.face_size, self.method.num_steps)
+            if configured == "auto"
+            else int(configured)
         )
         self.audit = audit or AuditConfig()
         self._gate: Gate | None = None  # built on first use: the job verifies in its compose stage instead

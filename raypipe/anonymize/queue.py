@@ -57,7 +57,7 @@ class FixedBatchUNet:
     """
 
     def __init__(self, models: Models, guidance_scale: float, time_ids: tuple[int, ...], size: int) -> None:
-        self._models = models
+        self.models = models
         self._w = guidance_scale
         self._time_ids = time_ids
         self.size = size
@@ -72,7 +72,7 @@ class FixedBatchUNet:
         """Send every timestep to the device once: none is copied inside the loop."""
         import torch
 
-        on_device = torch.tensor([int(t) for t in timesteps], dtype=torch.int64, device=self._models.device)
+        on_device = torch.tensor([int(t) for t in timesteps], dtype=torch.int64, device=self.models.device)
         self._timesteps |= {int(t): on_device[i] for i, t in enumerate(timesteps)}
 
     def __call__(
@@ -97,10 +97,10 @@ class FixedBatchUNet:
             x = torch.cat([x, x[:1].expand(pad, *x.shape[1:])])
             timesteps = [*timesteps, *[timesteps[0]] * pad]
             identities = tuple(torch.cat([i, i[:1].expand(pad, -1)]) for i in identities)  # type: ignore[assignment]
-        models = self._models
+        models = self.models
         dtype, device = models.dtype, models.device
         tokens, pooled = self._condition(texts)
-        identity = torch.cat(identities).to(device=device, dtype=dtype, non_blocking=True)[:, None, :]
+        identity = torch.cat(identities).to(device=device, dtype=dtype)[:, None, :]  # already there: no copy
         t = torch.stack([self._timestep(s) for s in timesteps])
         time_ids = self._time_ids_tensor()
         with torch.inference_mode():
@@ -121,7 +121,7 @@ class FixedBatchUNet:
         for known, tokens, pooled in self._conditions:
             if known[0] is texts[0] and known[1] is texts[1]:
                 return tokens, pooled
-        n, device = self.size, self._models.device
+        n, device = self.size, self.models.device
         tokens = torch.cat([texts[0].tokens.expand(n, -1, -1), texts[1].tokens.expand(n, -1, -1)]).to(device)
         pooled = torch.cat([texts[0].pooled.expand(n, -1), texts[1].pooled.expand(n, -1)]).to(device)
         self._conditions.append((texts, tokens, pooled))
@@ -131,7 +131,7 @@ class FixedBatchUNet:
         import torch
 
         if self._time_ids_on_device is None:
-            models = self._models
+            models = self.models
             ids = torch.tensor([self._time_ids], dtype=models.dtype, device=models.device)
             self._time_ids_on_device = ids.expand(2 * self.size, -1)
         return self._time_ids_on_device
@@ -140,7 +140,7 @@ class FixedBatchUNet:
         import torch
 
         if t not in self._timesteps:
-            self._timesteps[t] = torch.tensor(int(t), dtype=torch.int64, device=self._models.device)
+            self._timesteps[t] = torch.tensor(int(t), dtype=torch.int64, device=self.models.device)
         return self._timesteps[t]
 
 
@@ -161,6 +161,20 @@ def anonymize_latents(
     faces = x0.shape[0]
     pairs = step_pairs(list(timesteps))
     unet.announce(timesteps)
+    # Identities go to the device once; each call stacks rows of them there (no copy from the host).
+    models = unet.models
+    on_device = [
+        tuple(b.identity.to(device=models.device, dtype=models.dtype) for b in branches)
+        for branches in (inversion, sampling)
+    ]
+
+    def rows(which: int, faces_of_call: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        unconditional, conditional = on_device[which]
+        return (
+            torch.stack([unconditional[f] for f in faces_of_call]),
+            torch.stack([conditional[f] for f in faces_of_call]),
+        )
+
     solver: SDEDPMSolver2M = solver_factory()
     xts = noised_latents(x0.float(), timesteps, solver, seeds)  # (N+1, F, C, h, w)
     # 1. Every inversion evaluation is independent: (step, face) pairs in calls of `size`.
@@ -169,12 +183,11 @@ def anonymize_latents(
     eps = torch.empty_like(xts[:-1])
     for start in range(0, len(work), unet.size):
         chunk = work[start : start + unet.size]
-        rows = [f for _, f in chunk]
         out = unet(
             torch.stack([xts[i, f] for i, f in chunk]),
             [pairs[i][0] for i, _ in chunk],
             texts,
-            (inversion[0].identity[rows], inversion[1].identity[rows]),
+            rows(0, [f for _, f in chunk]),
         )
         for (i, f), value in zip(chunk, out):
             eps[i, f] = value
@@ -186,10 +199,12 @@ def anonymize_latents(
         mu, scale = solver.mean(x, eps[i], s, t)
         noise_maps[i] = (xts[i + 1] - mu) / scale
         x = mu + scale * noise_maps[i]
+    start_latents = xts[0]
+    del xts, eps, x  # only the start latents and the noise maps are needed from here on
     # 3. Sampling: each call takes the faces with the most steps left; each face keeps its own solver.
     texts = (sampling[0].text, sampling[1].text)
     solvers = [solver_factory() for _ in range(faces)]
-    latents = [xts[0, f].clone() for f in range(faces)]
+    latents = [start_latents[f].clone() for f in range(faces)]
     done = [0] * faces
     steps = len(pairs)
     while True:
@@ -200,7 +215,7 @@ def anonymize_latents(
             torch.stack([latents[f] for f in ready]),
             [pairs[done[f]][0] for f in ready],
             texts,
-            (sampling[0].identity[ready], sampling[1].identity[ready]),
+            rows(1, ready),
         )
         for f, value in zip(ready, out):
             s, t = pairs[done[f]]

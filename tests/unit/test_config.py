@@ -97,3 +97,10 @@ def test_a_bad_gate_setting_is_named(key: str, value: object, allowed: str) -> N
     with pytest.raises(ValueError, match=f"audit.{key}") as raised:
         AuditConfig(**{key: value})  # type: ignore[arg-type]
     assert allowed in str(raised.value)
+
+
+def test_auto_batches_need_a_whole_gpu_per_actor() -> None:
+    spec = {"input": "/in/a.tar", "output": "/out", "method": {"face_batch_size": "auto"}}
+    assert build_config(spec, {}).method.face_batch_size == "auto"
+    with pytest.raises(ConfigError, match=r"num_gpus_per_actor is 0\.5"):
+        build_config(spec | {"pipeline": {"num_gpus_per_actor": 0.5}}, {})

@@ -120,3 +120,19 @@ def test_weight_files_are_read_once_per_identity(tmp_path: Path, monkeypatch: py
     weights.write_bytes(b"weights v2")  # a changed file: new size or mtime, read again
     os.utime(weights, ns=(1, 1))
     assert models_module.file_sha256(weights) != first and len(reads) == 2
+
+
+def test_a_partial_snapshot_is_not_pinned(
+    saved: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import raypipe.anonymize.models as models_module
+
+    root = tmp_path / "hub" / "models--org--partial"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text("c" * 40)
+    snapshot = root / "snapshots" / ("c" * 40)
+    snapshot.mkdir(parents=True)
+    shutil.copy(Path(saved["sdxl"], "model_index.json"), snapshot)  # the index only, no weights
+    monkeypatch.setattr(models_module, "HUB_CACHE", str(tmp_path / "hub"))
+    path, name = models_module.pinned_source("org/partial", None, lambda folder: (folder / "unet").is_dir())
+    assert (path, name) == ("org/partial", "org/partial")  # left to diffusers, which fetches what is missing

@@ -36,3 +36,19 @@ def test_auto_on_a_cpu_is_the_cpu_batch(tiny_models) -> None:
     assert rp.describe()["method"]["face_batch_size"] == "auto"  # the configuration, as given
     with pytest.raises(ConfigError, match="face_batch_size"):
         MethodConfig(face_batch_size="most")
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_views_and_in_place_results_add_no_memory(device: str) -> None:
+    import torch
+
+    from raypipe.anonymize.memory import PeakBytes
+
+    with torch.inference_mode(), PeakBytes() as peak:
+        x = torch.ones(1000, device=device)  # 4,000 bytes
+        y = x.view(10, 100).t().unsqueeze(0)  # views: the same storage
+        x.add_(1)  # in place
+        del x, y
+        z = torch.ones(500, device=device)  # after the first storage is freed
+    assert (peak.peak, peak.live) == (4000, 2000)
+    del z
