@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     from core_gpu import build_models  # type: ignore[import-not-found]
 
     from raypipe.anonymize.memory import MARGIN, fitting_batch, peak_model, queue_bytes_per_face, vae_peak_bytes
-    from raypipe.anonymize.pipeline import QUEUE_GROUP
     from raypipe.anonymize.models import optimize_for_inference
+    from raypipe.anonymize.pipeline import QUEUE_GROUP
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--face-sizes", type=int, nargs="+", default=[1024, 512])
