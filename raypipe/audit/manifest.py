@@ -199,6 +199,14 @@ def finished_shards(layout: OutputLayout, manifest: dict[str, Any] | None) -> li
     that has not finished), those that carry a completion marker."""
     if manifest is not None:
         return sorted(manifest.get("shards") or {})
+    return marked_shards(layout)
+
+
+def marked_shards(layout: OutputLayout) -> list[str]:
+    """Names (``<stem>.tar``) of the shards whose completion marker OUTPUT lists, from one (paginated)
+    listing. A listing only rules shards out: a marker it shows must still be read and checked."""
+    if not exists(layout.fs, layout.path()):
+        return []
     names = [path.rstrip("/").rsplit("/", 1)[-1] for path in layout.fs.ls(layout.path(), detail=False)]
     return sorted(name[: -len(".done.json")] + ".tar" for name in names if name.endswith(".done.json"))
 

@@ -1,0 +1,47 @@
+"""Planning makes no request per input shard for what one listing can rule out: with 300 fresh shards
+it never asks whether a completion marker exists (it lists OUTPUT once), and a marker the listing shows
+is still read and checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import raypipe.pipeline.plan as plan_module
+from raypipe.config import build_config
+from raypipe.io.tars import Sample, tar_bytes
+from raypipe.layout import OutputLayout
+from raypipe.pipeline.plan import make_plan
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> Path:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    data = tar_bytes([Sample("a", [("a.txt", b"no face")])])
+    for index in range(300):
+        (folder / f"part-{index:05d}.tar").write_bytes(data)
+    return folder
+
+
+def test_fresh_shards_cost_no_request_each(inputs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = build_config({"input": str(inputs / "part-{00000..00299}.tar"), "output": str(tmp_path / "out")}, {})
+    layout = OutputLayout(str(tmp_path / "out"))
+    asked: list[str] = []
+    real = plan_module.exists
+    monkeypatch.setattr(plan_module, "exists", lambda fs, path: asked.append(path) or real(fs, path))
+    plan = make_plan(config, layout)
+    assert len(plan.pending) == 300
+    assert not [path for path in asked if path.endswith(".done.json")]  # one listing, no per-shard probe
+    assert len(asked) < 10
+
+
+def test_a_listed_marker_is_still_checked(inputs: Path, tmp_path: Path) -> None:
+    config = build_config({"input": str(inputs / "part-{00000..00001}.tar"), "output": str(tmp_path / "out")}, {})
+    layout = OutputLayout(str(tmp_path / "out"))
+    make_plan(config, layout)
+    (tmp_path / "out" / "part-00000.done.json").write_text('{"forged": true}')  # a marker without its files
+    plan = make_plan(config, layout)
+    assert sorted(w.name for w in plan.pending) == ["part-00000.tar", "part-00001.tar"]  # not taken as done
+    assert not (tmp_path / "out" / "part-00000.done.json").exists()  # dropped as it did not check out
