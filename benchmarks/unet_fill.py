@@ -128,7 +128,7 @@ def after(
         inversion_branches(text, x0.shape[0], models.id_embed_dim),
         sampling_branches(text, identity, 1.0, None),
     )
-    return unet.log.faces  # faces per call before padding (the UNet itself always sees `size`)
+    return unet.log  # faces per call before padding (the UNet itself always sees `size`)
 
 
 def summarize(calls: list[int], faces: int, size: int, seconds: float) -> dict[str, Any]:

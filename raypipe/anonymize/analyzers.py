@@ -82,7 +82,7 @@ def iou(a: Box, b: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def _best_match(boxes: list[Box], box: Box) -> int | None:
+def best_match(boxes: list[Box], box: Box) -> int | None:
     """Index of the box overlapping ``box`` most, if it overlaps at least MATCH_IOU."""
     scores = [iou(candidate, box) for candidate in boxes]
     if not scores or max(scores) < MATCH_IOU:
@@ -254,7 +254,7 @@ class DlibAnalyzer:
 
         image = _check_image(image_rgb_uint8)
         found = detections if detections is not None else self.detect_boxes(image)
-        match = _best_match(found, box)
+        match = best_match(found, box)
         if match is not None:
             x1, y1, x2, y2 = (round(v) for v in found[match])
             rect = dlib.rectangle(int(x1), int(y1), int(x2) - 1, int(y2) - 1)
@@ -412,7 +412,7 @@ class InsightFaceAnalyzer:
         """
         bgr = np.ascontiguousarray(_check_image(image_rgb_uint8)[:, :, ::-1])
         detections = self._faces(bgr)
-        match = _best_match([found[0] for found in detections], box)
+        match = best_match([found[0] for found in detections], box)
         if match is None:
             return None
         embedding, reason = self._embed_detection(bgr, *detections[match])

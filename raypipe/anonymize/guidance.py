@@ -88,7 +88,9 @@ class Branch:
 
 
 class GuidedUNet:
-    """``denoise(x, t)`` for a batch of faces: both branches in one UNet call, then guidance."""
+    """``denoise(x, t)`` for a batch of faces at one timestep: both branches in one UNet call, then
+    guidance. The call itself is :class:`~raypipe.anonymize.queue.FixedBatchUNet`'s, with the batch's
+    branches fixed (the step-by-step form of the loop, as ``invert`` and ``replay`` use it)."""
 
     def __init__(
         self,
@@ -99,54 +101,19 @@ class GuidedUNet:
         time_ids: tuple[int, ...],
         timesteps: Sequence[int] = (),
     ) -> None:
-        import torch
+        from raypipe.anonymize.queue import FixedBatchUNet
 
-        self._unet = models.unet
-        self._dtype = models.dtype
-        self._w = guidance_scale
-        batch = unconditional.identity.shape[0]
-        device = models.device
-
-        def expand(t: torch.Tensor) -> torch.Tensor:
-            return t.expand(batch, *t.shape[1:])
-
-        self._tokens = torch.cat([expand(unconditional.text.tokens), expand(conditional.text.tokens)]).to(device)
-        self._pooled = torch.cat([expand(unconditional.text.pooled), expand(conditional.text.pooled)]).to(device)
-        identity = torch.cat([unconditional.identity, conditional.identity]).to(device=device, dtype=self._dtype)
-        self._identity = identity[:, None, :]  # (2B, 1, E): one identity image per sample
-        self._time_ids = torch.tensor([time_ids], dtype=self._dtype, device=device).expand(2 * batch, -1)
-        self._device = device
-        # Every timestep of the loop goes to the device in one copy, here: none inside the step loop.
-        on_device = torch.tensor([int(t) for t in timesteps], dtype=torch.int64, device=device)
-        self._timesteps: dict[int, torch.Tensor] = {int(t): on_device[i] for i, t in enumerate(timesteps)}
+        self._batch = unconditional.identity.shape[0]
+        self._call = FixedBatchUNet(models, guidance_scale, time_ids, self._batch)
+        self._call.announce(timesteps)
+        self._texts = (unconditional.text, conditional.text)
+        self._identities = (
+            unconditional.identity.to(device=models.device, dtype=models.dtype),
+            conditional.identity.to(device=models.device, dtype=models.dtype),
+        )
 
     def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
-        import torch
-
-        latents = torch.cat([x, x]).to(self._dtype)
-        with torch.inference_mode():
-            eps = self._unet(
-                latents,
-                self._timestep(t),
-                encoder_hidden_states=self._tokens,
-                added_cond_kwargs={
-                    "text_embeds": self._pooled,
-                    "time_ids": self._time_ids,
-                    "image_embeds": [self._identity],
-                },
-                return_dict=False,
-            )[0].float()
-        eps_u, eps_c = eps.chunk(2)
-        return combine_guidance(eps_u, eps_c, self._w)
-
-    def _timestep(self, t: int) -> torch.Tensor:
-        # The 0-d int64 tensor the UNet would build from a Python int anyway (same values), but a
-        # compiled UNet then sees a tensor input instead of a new constant at every step: no recompiles.
-        import torch
-
-        if t not in self._timesteps:  # a timestep not announced at construction (tests call any t)
-            self._timesteps[t] = torch.tensor(int(t), dtype=torch.int64, device=self._device)
-        return self._timesteps[t]
+        return self._call(x, [t] * self._batch, self._texts, self._identities)
 
 
 def inversion_branches(text: TextEncoder, batch: int, id_dim: int) -> tuple[Branch, Branch]:

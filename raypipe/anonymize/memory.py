@@ -106,6 +106,15 @@ def unet_inputs(models: Models, faces: int, face_size: int, device: Any) -> tupl
     return args, kwargs
 
 
+def _stand_ins(module: Any, device: str) -> dict[str, Any]:
+    """Uninitialised tensors of the shapes and dtypes of ``module``'s weights and buffers, on ``device``."""
+    import torch
+
+    return {
+        name: torch.empty_like(t, device=device) for name, t in [*module.named_parameters(), *module.named_buffers()]
+    }
+
+
 def unet_peak_bytes(models: Models, faces: int, face_size: int, device: str = "meta") -> int:
     """Peak bytes of the activations of one guided UNet call for ``faces`` faces at ``face_size``,
     traced on ``device`` ("meta": shapes only, the weights stand in as meta tensors of their shapes)."""
@@ -113,7 +122,7 @@ def unet_peak_bytes(models: Models, faces: int, face_size: int, device: str = "m
     from torch.func import functional_call
 
     unet = models.unet
-    state = {name: torch.empty_like(t, device=device) for name, t in [*unet.named_parameters(), *unet.named_buffers()]}
+    state = _stand_ins(unet, device)
     args, kwargs = unet_inputs(models, faces, face_size, device)
     with torch.inference_mode(), PeakBytes() as peak:
         functional_call(unet, state, args, kwargs)
@@ -127,7 +136,7 @@ def vae_peak_bytes(models: Models, face_size: int, device: str = "meta") -> int:
     from torch.func import functional_call
 
     vae = models.vae
-    state = {name: torch.empty_like(t, device=device) for name, t in [*vae.named_parameters(), *vae.named_buffers()]}
+    state = _stand_ins(vae, device)
     latent = torch.zeros(
         1,
         vae.config.latent_channels,

@@ -14,7 +14,6 @@ and the result carries no image, so it can never be released by mistake.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -276,9 +275,10 @@ class Gate:
 
         from raypipe.audit.reid import UNCHECKED
 
+        seen = _gate_box(face.box, detections[0])
         weak = self.non_face_score is not None and face.score < self.non_face_score
-        doubtful = weak and _gate_box(face.box, detections[0]) is None
-        side = _shorter_side(_gate_box(face.box, detections[0]) or face.box)
+        doubtful = weak and seen is None
+        side = _shorter_side(seen or face.box)
         if side < self.min_face_px:
             why = (
                 f"{UNCHECKED}: the face is {side:.0f} px, below audit.min_face_px ({self.min_face_px}); the"
@@ -355,11 +355,10 @@ def _hide(image: np.ndarray, boxes: list[Box], method: str) -> np.ndarray:
 
 def _gate_box(box: Box, detections: Sequence[Box]) -> Box | None:
     """The gate detector's box for the face at ``box`` (the best-overlapping detection), if it saw one."""
-    from raypipe.anonymize.analyzers import MATCH_IOU, iou
+    from raypipe.anonymize.analyzers import best_match
 
-    scored = [(iou(box, found), found) for found in detections]
-    best = max(scored, default=(0.0, box))
-    return best[1] if best[0] >= MATCH_IOU else None
+    match = best_match(list(detections), box)
+    return detections[match] if match is not None else None
 
 
 def _scored(check: Any) -> str:
@@ -468,7 +467,6 @@ class ReversePersonalization:
                 "'insightface' analyzer with the 'sdxl' preset"
             )
         self.timesteps = make_timesteps(self.method.skip, self.method.num_steps)
-        self.unet_calls: Counter[int] = Counter()  # UNet calls so far, by the faces each carried
         self.schedule = NoiseSchedule.sdxl()
         self.text = TextEncoder(models)
 
@@ -630,7 +628,6 @@ class ReversePersonalization:
             inversion_branches(self.text, len(crops), models.id_embed_dim),
             sampling_branches(self.text, identity, method.id_scale, method.attribute_prompt),
         )
-        self.unet_calls.update(unet.log.faces)
         # 3. Decode; a non-finite face is reported as None, never clamped into a plausible image.
         pixels = decode_latents(models.vae, latents).permute(0, 2, 3, 1).cpu().numpy()
         log.debug("anonymized %d faces in %.2fs", len(crops), time.perf_counter() - started)

@@ -24,7 +24,6 @@ its calls beyond the round-off of batched kernels.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from raypipe.anonymize.inversion import noised_latents
@@ -35,18 +34,6 @@ if TYPE_CHECKING:
 
     from raypipe.anonymize.guidance import Branch, TextEmbedding
     from raypipe.anonymize.models import Models
-
-
-@dataclass
-class CallLog:
-    """How many faces each UNet call carried (its batch before padding), for benchmarks and tests."""
-
-    size: int
-    faces: list[int] = field(default_factory=list)
-
-    @property
-    def full_fraction(self) -> float:
-        return sum(n == self.size for n in self.faces) / len(self.faces) if self.faces else 1.0
 
 
 class FixedBatchUNet:
@@ -61,7 +48,7 @@ class FixedBatchUNet:
         self._w = guidance_scale
         self._time_ids = time_ids
         self.size = size
-        self.log = CallLog(size)
+        self.log: list[int] = []  # the faces each call carried, before padding (benchmarks, tests)
         self._timesteps: dict[int, torch.Tensor] = {}
         # Made once, on the device: nothing is copied from the host inside the step loop.
         # (the text pair, its tokens, its pooled embeddings): the pair is held, so it is never mistaken
@@ -91,7 +78,7 @@ class FixedBatchUNet:
         k = x.shape[0]
         if not 0 < k <= self.size:
             raise ValueError(f"a call carries 1 to {self.size} faces, got {k}")
-        self.log.faces.append(k)
+        self.log.append(k)
         pad = self.size - k
         if pad:  # copies of the first face: the same shape for every call, their results dropped
             x = torch.cat([x, x[:1].expand(pad, *x.shape[1:])])

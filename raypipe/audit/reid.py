@@ -15,7 +15,7 @@ relit; 45 pairs of different people): genuine pairs 0.002-0.538, every one below
 different people 0.629-0.925, none flagged. Cosine on unit-normalised descriptors (the previous rule,
 0.90) flagged one pair of different people and separated the two groups 4.4 times worse, because
 normalising drops the descriptor's norm. The margin on the impostor side is thin (0.029), so the report
-plots each face's distance against that impostor distribution (:data:`IMPOSTOR_DISTANCES`).
+plots each face's distance against that impostor distribution (:func:`calibration`).
 
 Small faces. No threshold protects faces of 25 px: on such thumbnails genuine distances reach 0.78,
 beyond the closest different people, while every real face of 35 px or more was flagged. So a face
@@ -60,12 +60,13 @@ DEFAULT_THRESHOLD = 0.6  # dlib's documented same-person distance on its raw fac
 # may frame faces differently from the one that found them.
 MISSED_IOU = MATCH_IOU
 
-# The analyzer score below which a detection that the gate's own detector does not see is not a face,
-# by the analyzer's name (its prefix). dlib HOG scores are SVM margins: the weakest real face of the
-# reference photos scores 0.37 (insightface's t1.jpg), a false hit on the astronaut's suit 0.12.
-# insightface's SCRFD scores are probabilities: 0.5 is insightface's own default cut-off (FaceAnalysis
-# det_thresh), which raypipe lowers to models.det_thresh so that weak faces are anonymized too. An
-# analyzer not listed here gets no such rule: every one of its detections is verified.
+# The analyzer score below which a detection that the gate's own detector does not see is doubtful (it
+# is masked if it fails, instead of withholding its image), by the analyzer's name (its prefix). dlib
+# HOG scores are SVM margins: the weakest real face of the reference photos scores 0.37 (insightface's
+# t1.jpg), a false hit on the astronaut's suit 0.12. insightface's SCRFD scores are probabilities: 0.5
+# is insightface's own default cut-off (FaceAnalysis det_thresh), which raypipe lowers to
+# models.det_thresh so that weak faces are anonymized too. An analyzer not listed here gets no such
+# rule: every one of its detections is verified.
 NON_FACE_SCORES = {"dlib": 0.3, "insightface": 0.5}
 
 PASSED = "at or above the threshold"

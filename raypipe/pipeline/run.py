@@ -14,6 +14,7 @@ import json
 import resource
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -228,7 +229,7 @@ def _run_holding_lease(
         shards_done=0,
         shards_skipped=len(plan.done),
         samples_processed=processed,
-        faces=_sum_counts(marker.get("face_counts") or {} for marker in produced.values()),
+        faces=dict(sorted(sum((Counter(m.get("face_counts") or {}) for m in produced.values()), Counter()).items())),
         faces_retried=sum(int(marker.get("faces_retried") or 0) for marker in produced.values()),
     )
     if key is None:
@@ -352,14 +353,6 @@ def _anchor(config: JobConfig, layout: OutputLayout, manifest: dict[str, Any], k
     from raypipe.audit.anchor import write_checkpoint
 
     return write_checkpoint(config.audit.anchor, manifest, key, config.storage, layout.root)
-
-
-def _sum_counts(counts: Any) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for one in counts:
-        for name, n in one.items():
-            total[name] = total.get(name, 0) + int(n)
-    return dict(sorted(total.items()))
 
 
 def _tally(summary: RunSummary, names: list[str], lookup: Any) -> None:

@@ -71,9 +71,9 @@ def test_every_call_is_full_but_the_last_ones_and_all_have_one_shape(tiny_models
         hook.remove()
     steps = len(TIMESTEPS)
     # 5 faces x 6 steps = 30 evaluations per phase, 4 per call: 7 full calls and one of 2, twice.
-    assert unet.log.faces == [4] * 7 + [2] + [4] * 7 + [2]
+    assert unet.log == [4] * 7 + [2] + [4] * 7 + [2]
     assert set(shapes) == {8}  # 4 faces x 2 branches in every call: one static shape, padding included
-    assert len(unet.log.faces) < 2 * steps * 2  # the step-by-step loop made 24 calls, 12 of them with 1 face
+    assert len(unet.log) < 2 * steps * 2  # the step-by-step loop made 24 calls, 12 of them with 1 face
 
 
 def test_a_face_does_not_depend_on_its_neighbours(tiny_models) -> None:
