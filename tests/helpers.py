@@ -6,6 +6,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -43,3 +44,13 @@ def face_regions(image: np.ndarray, face_size: int) -> np.ndarray:
     for face in DlibAnalyzer().analyze(image):
         region |= pasted_region(image.shape, alignment_matrix(face.landmarks, face_size), face_size)
     return region
+
+
+def released_members(task: Any) -> dict[str, bytes]:
+    """A composed task's released members as bytes: those released unchanged are read back from the
+    input shard through their references, as finalize reads them."""
+    from raypipe.io.spans import MemberRef, SpanReader
+    from raypipe.io.storage import StorageOptions
+
+    with SpanReader(task.source_uri, StorageOptions()) as reader:
+        return {name: reader.read(data) if isinstance(data, MemberRef) else data for name, data in task.out_members}

@@ -49,7 +49,12 @@ class PreparedFace:
 
     @property
     def ready(self) -> bool:
-        return self.crop is not None and self.embedding is not None
+        """Anonymizable: aligned and embedded (its crop and embedding are dropped once anonymized)."""
+        return self.error is None
+
+    def drop_inputs(self) -> None:
+        """Forget the crop and the embedding: what goes on from the GPU is the anonymized crop alone."""
+        self.crop = self.embedding = None
 
 
 @dataclass

@@ -29,9 +29,10 @@ import os
 import re
 import stat
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from raypipe.config import ConfigError
 from raypipe.logs import get_logger
@@ -232,11 +233,30 @@ def _read_key_file(path: Path, source: str, named_by_env: bool = False) -> Key:
 
 def mac(secret: bytes, *parts: bytes) -> str:
     """HMAC-SHA256 (hex) over length-prefixed ``parts`` (unambiguous: no two part lists share an input)."""
+    return _mac_of(secret, parts).hexdigest()
+
+
+def mac_file(secret: bytes, parts: Sequence[bytes], handle: IO[bytes], size: int) -> str:
+    """``mac(secret, *parts, data)`` where ``data`` is the ``size`` bytes read from ``handle``, read in
+    chunks (a file of any size, never held in memory)."""
+    tag = _mac_of(secret, parts)
+    tag.update(size.to_bytes(8, "big"))
+    left = size
+    while left:
+        chunk = handle.read(min(left, 8 * 2**20))
+        if not chunk:
+            raise ValueError(f"the file ended {left} bytes early")
+        tag.update(chunk)
+        left -= len(chunk)
+    return tag.hexdigest()
+
+
+def _mac_of(secret: bytes, parts: Sequence[bytes]) -> hmac.HMAC:
     tag = hmac.new(secret, digestmod=hashlib.sha256)
     for part in parts:
         tag.update(len(part).to_bytes(8, "big"))
         tag.update(part)
-    return tag.hexdigest()
+    return tag
 
 
 def sign(payload: bytes, key: Key) -> dict[str, str]:

@@ -59,3 +59,22 @@ class HashingReader:
         while self.read(8 * 2**20):
             pass
         return self.digest.hexdigest()
+
+
+class HashingWriter:
+    """A write-only stream wrapper that hashes (sha256) and counts what passes through it."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self._handle = handle
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        self._handle.write(data)
+        return len(data)
+
+    @property
+    def sha256(self) -> str:
+        return self.digest.hexdigest()

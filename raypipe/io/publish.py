@@ -10,10 +10,13 @@ import contextlib
 import functools
 import os
 import tempfile
+from collections.abc import Iterator
+from typing import IO
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from raypipe.io.identity import HashingWriter
 from raypipe.io.retry import retry
 from raypipe.logs import get_logger
 
@@ -22,6 +25,7 @@ logger = get_logger(__name__)
 # s3fs switches to a multipart upload above 2 x chunksize; S3 accepts single PUTs up to 5 GiB.
 _S3_SINGLE_PUT_CHUNK = 5 * 2**30
 TEMP_SUFFIX = ".tmp"
+STREAM_PART_BYTES = 32 * 2**20  # one part of a streamed upload (S3 wants at least 5 MiB, at most 10^4 parts)
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
@@ -49,7 +53,12 @@ def publish_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None
 
 
 def _publish_local(path: str, data: bytes) -> None:
-    temp_path = _durable_temp(path, data)
+    _replace(_durable_temp(path, data), path)
+    logger.debug("published %d bytes to %s", len(data), path)
+
+
+def _replace(temp_path: str, path: str) -> None:
+    """Rename a finished temporary file to ``path`` (durably); the temporary file is gone either way."""
     try:
         os.replace(temp_path, path)
     except BaseException:
@@ -57,25 +66,60 @@ def _publish_local(path: str, data: bytes) -> None:
             os.unlink(temp_path)
         raise
     _fsync_folder(os.path.dirname(path) or ".")
-    logger.debug("published %d bytes to %s", len(data), path)
 
 
 def _durable_temp(path: str, data: bytes) -> str:
     """``data`` in a new, fsynced temporary file beside ``path`` (hidden name); returns its path."""
+    with _temp_beside(path) as (handle, temp_path):
+        handle.write(data)
+    return temp_path
+
+
+@contextlib.contextmanager
+def _temp_beside(path: str) -> Iterator[tuple[IO[bytes], str]]:
+    """A new temporary file beside ``path`` (hidden name), fsynced when the block ends; removed if it
+    raises."""
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
     fd, temp_path = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(handle.fileno(), 0o666 & ~_umask())  # mkstemp creates 0600
-            handle.write(data)
+            yield handle, temp_path
             handle.flush()
             os.fsync(handle.fileno())
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_path)
         raise
-    return temp_path
+
+
+@contextlib.contextmanager
+def publish_stream(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[HashingWriter]:
+    """Write an object of any size in pieces; it appears at ``path`` all at once when the block ends,
+    and not at all if the block raises. The writer yielded counts and hashes (sha256) the bytes.
+
+    Local: a temporary file beside ``path``, fsynced, then renamed. Object stores: a streamed upload
+    that the store completes only when it is closed (a multipart upload on S3, a resumable upload on
+    GCS), aborted on error. Memory stays bounded by one upload part, whatever the object's size.
+    """
+    if is_local(fs):
+        local = fs._strip_protocol(path)
+        with _temp_beside(local) as (handle, temp_path):
+            writer = HashingWriter(handle)
+            yield writer
+        _replace(temp_path, local)
+    else:
+        handle = fs.open(path, "wb", block_size=STREAM_PART_BYTES)
+        writer = HashingWriter(handle)
+        try:
+            yield writer
+        except BaseException:
+            handle.discard()  # aborts the multipart upload: nothing appears
+            raise
+        handle.close()
+        fs.invalidate_cache(path)
+    logger.debug("published %d bytes to %s (streamed)", writer.size, path)
 
 
 def _fsync_folder(folder: str) -> None:

@@ -15,7 +15,7 @@ import re
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Protocol, cast
 
 from raypipe.logs import get_logger
 
@@ -76,10 +76,15 @@ def split_member_name(name: str) -> tuple[str, str]:
 
 @dataclass
 class Sample:
-    """One WebDataset sample: its key and its members as ``(full member name, bytes)`` in tar order."""
+    """One WebDataset sample: its key and its members as ``(full member name, bytes)`` in tar order.
+
+    ``spans`` (set by :func:`iter_samples` for an uncompressed tar) holds each member's ``(offset, size)``
+    in the tar, so its bytes can be read again later without carrying them along.
+    """
 
     key: str
     members: list[tuple[str, bytes]] = field(default_factory=list)
+    spans: list[tuple[int, int]] | None = field(default=None, compare=False, repr=False)
 
     @staticmethod
     def ext(member_name: str) -> str:
@@ -300,7 +305,8 @@ def iter_samples(
     belongs to the next sample yielded if, and only if, their keys are equal. A truncated or corrupt
     archive raises :class:`TarReadError` (naming ``source``) after the samples known to be complete;
     the sample being read when the damage was found is not yielded (it may miss members) but is
-    attached to the error as ``pending``. Compressed tars are accepted.
+    attached to the error as ``pending``. Compressed tars are accepted; only the samples of an
+    uncompressed tar carry their members' ``spans``.
     """
     ending: list[BaseException] = []
     current: Sample | None = None
@@ -322,8 +328,11 @@ def iter_samples(
                     yield skipped
                     continue
                 if current is None:
-                    current = Sample(key)
+                    plain = getattr(archive.fileobj, "comptype", "tar") == "tar"
+                    current = Sample(key, spans=[] if plain else None)
                 current.members.append((member.name, _read_member(archive, member)))
+                if current.spans is not None:
+                    current.spans.append((member.offset_data, member.size))
     except (tarfile.TarError, EOFError) as exc:
         raise TarReadError(_damage_message(source, current, str(exc)), pending=current) from exc
     problem = _end_problem(ending)
@@ -381,7 +390,13 @@ def _member_info(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def write_tar(samples: Iterable[Sample], fileobj: IO[bytes]) -> None:
+class Writable(Protocol):
+    """Where a tar can be written: anything with ``write`` (a file, an upload, a hashing wrapper)."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+
+def write_tar(samples: Iterable[Sample], fileobj: Writable) -> None:
     """Write samples as a tar, members in the given order, deterministically.
 
     Every member is a regular file with mtime 0, uid/gid 0, empty owner names and mode 0644, in POSIX
@@ -390,7 +405,8 @@ def write_tar(samples: Iterable[Sample], fileobj: IO[bytes]) -> None:
     differs from their sample's, or consecutive samples with the same key.
     """
     previous_key: str | None = None
-    with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8") as archive:
+    stream = cast(IO[bytes], fileobj)  # a "w|" tar only ever calls write
+    with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8") as archive:
         for sample in samples:
             _validate_sample(sample, previous_key)
             previous_key = sample.key

@@ -13,7 +13,10 @@ import hashlib
 import hmac
 import io
 import json
+import os
 import posixpath
+import shutil
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, overload
@@ -31,9 +34,10 @@ from raypipe.audit.manifest import (
     status_counts,
 )
 from raypipe.audit.schema import records_table, sample_digest
-from raypipe.audit.signing import mac
-from raypipe.io.publish import delete, publish_bytes, read_bytes
-from raypipe.io.tars import Sample, tar_bytes
+from raypipe.audit.signing import mac, mac_file
+from raypipe.io.publish import delete, publish_bytes, publish_stream, read_bytes
+from raypipe.io.spans import MemberRef, SpanReader
+from raypipe.io.tars import Sample, write_tar
 from raypipe.layout import OutputLayout
 from raypipe.logs import get_logger
 from raypipe.pipeline.task import SampleTask
@@ -41,22 +45,31 @@ from raypipe.records import Status
 
 log = get_logger(__name__)
 
+_REF = pa.struct([("offset", pa.int64()), ("size", pa.int64()), ("sha256", pa.string())])
 FRAGMENT_SCHEMA = pa.schema(
     [
         ("seq", pa.int64()),
         ("end", pa.bool_()),  # end-of-shard marker: seq is the shard's sample count
         ("released", pa.bool_()),
         ("audit", pa.string()),  # the sample's audit record as JSON
+        # A member is either its bytes (out_data, out_refs null) or, released unchanged from an
+        # uncompressed input, where it lies in the input shard (out_refs, out_data empty): finalize
+        # reads those from the input, so unchanged bytes are never stored twice.
         ("out_names", pa.list_(pa.string())),
         ("out_data", pa.list_(pa.large_binary())),
+        ("out_refs", pa.list_(_REF)),
         # Originals of samples held back, only when the user asked for a quarantine location.
         ("held_names", pa.list_(pa.string())),
         ("held_data", pa.list_(pa.large_binary())),
+        ("held_refs", pa.list_(_REF)),
         # JSON identity of the input shard the sample was read from (size and ETag or mtime; the end
         # row adds the sha256 of the whole shard as read): a resume never mixes two versions of an input.
         ("input", pa.string()),
     ]
 )
+_INDEX_COLUMNS = ["seq", "end", "released", "audit", "input"]  # what finalize reads of every row first
+_MEMBER_COLUMNS = [f"{prefix}_{part}" for prefix in ("out", "held") for part in ("names", "data", "refs")]
+ROW_GROUP_BYTES = 8 * 2**20  # a fragment's row groups hold about this much member data (at least a row)
 FRAGMENT_TAG_CHARS = 32  # 128 bits of HMAC in each fragment's file name
 QUARANTINE_NOTE = "raypipe-quarantine.json"  # member added to each held-back sample: why it was held
 
@@ -86,7 +99,7 @@ def audit_record(task: SampleTask, run: RunInfo) -> dict[str, Any]:
         "output_shard": task.shard_name if released else None,
         "members": [name for name, _ in task.members],
         "input_sha256": task.input_sha256 or None,
-        "output_sha256": sample_digest(task.out_members) if released and task.out_members is not None else None,
+        "output_sha256": None,  # set at finalize, from the bytes written to the output tar
         "status": status.value,
         "faces_count": len(task.faces),
         "faces": [face.to_dict() for face in task.faces],
@@ -123,19 +136,45 @@ def fragment_bytes(tasks: Iterable[SampleTask], run: RunInfo) -> bytes:
     rows: dict[str, list[Any]] = {name: [] for name in FRAGMENT_SCHEMA.names}
     for task in sorted(tasks, key=lambda t: (t.seq, t.end_of_shard)):
         released = bool(task.status and task.status.releasable and task.out_members is not None)
+        held = run.quarantine is not None and not released and not task.end_of_shard
         rows["seq"].append(task.seq)
         rows["end"].append(task.end_of_shard)
         rows["released"].append(released)
         rows["audit"].append(None if task.end_of_shard else json.dumps(audit_record(task, run), sort_keys=True))
-        rows["out_names"].append([n for n, _ in task.out_members] if released and task.out_members else [])
-        rows["out_data"].append([d for _, d in task.out_members] if released and task.out_members else [])
-        held = run.quarantine is not None and not released and not task.end_of_shard
-        rows["held_names"].append([n for n, _ in task.members] if held else [])
-        rows["held_data"].append([d for _, d in task.members] if held else [])
+        _add_members(rows, "out", task.out_members if released and task.out_members else [])
+        originals = [task.unchanged(index) for index in range(len(task.members))] if held else []
+        _add_members(rows, "held", originals)
         rows["input"].append(task.input_id)
+    table = pa.table(rows, schema=FRAGMENT_SCHEMA)
     buffer = io.BytesIO()
-    pq.write_table(pa.table(rows, schema=FRAGMENT_SCHEMA), buffer)
+    with pq.ParquetWriter(buffer, FRAGMENT_SCHEMA) as writer:
+        for start, stop in _row_groups([_stored_bytes(data) for data in rows["out_data"] + rows["held_data"]]):
+            writer.write_table(table.slice(start, stop - start))
     return buffer.getvalue()
+
+
+def _add_members(rows: dict[str, list[Any]], prefix: str, members: list[tuple[str, bytes | MemberRef]]) -> None:
+    rows[f"{prefix}_names"].append([name for name, _ in members])
+    rows[f"{prefix}_data"].append([b"" if isinstance(data, MemberRef) else data for _, data in members])
+    rows[f"{prefix}_refs"].append([data.to_dict() if isinstance(data, MemberRef) else None for _, data in members])
+
+
+def _stored_bytes(data: list[bytes]) -> int:
+    return sum(len(d) for d in data)
+
+
+def _row_groups(sizes: list[int]) -> Iterator[tuple[int, int]]:
+    """``[start, stop)`` row ranges of about ``ROW_GROUP_BYTES`` each (``sizes``: out then held bytes
+    per row), so finalize can read one group at a time."""
+    rows = len(sizes) // 2
+    start, held = 0, 0
+    for row in range(rows):
+        held += sizes[row] + sizes[rows + row]
+        if held >= ROW_GROUP_BYTES:
+            yield start, row + 1
+            start, held = row + 1, 0
+    if start < rows or rows == 0:
+        yield start, rows
 
 
 def commit_fragment(
@@ -155,7 +194,12 @@ def commit_fragment(
 
 def fragment_tag(secret: bytes, shard: str, data: bytes) -> str:
     """The HMAC a fragment's file name carries: binds its bytes to its shard under the run's key."""
-    return mac(secret, b"raypipe fragment", shard.encode(), data)[:FRAGMENT_TAG_CHARS]
+    return mac(secret, *_fragment_mac_parts(shard), data)[:FRAGMENT_TAG_CHARS]
+
+
+def _fragment_mac_parts(shard: str) -> tuple[bytes, bytes]:
+    """What a fragment tag covers before the fragment's bytes."""
+    return (b"raypipe fragment", shard.encode())
 
 
 def authentic_fragments(layout: OutputLayout, shard: str, secret: bytes | None) -> Iterator[tuple[str, bytes]]:
@@ -163,11 +207,9 @@ def authentic_fragments(layout: OutputLayout, shard: str, secret: bytes | None) 
     fragment planted by someone without the key is skipped, left for ``verify`` to report)."""
     for path in list_fragments(layout, shard):
         data = read_bytes(layout.fs, path)
-        if secret is not None:
-            tag = path.rsplit("/", 1)[-1].removesuffix(".parquet").rsplit("-", 1)[-1]
-            if not hmac.compare_digest(tag, fragment_tag(secret, shard, data)):
-                log.warning("%s: fragment %s is not authenticated by the audit key; ignored", shard, path)
-                continue
+        if secret is not None and not hmac.compare_digest(_name_tag(path), fragment_tag(secret, shard, data)):
+            log.warning("%s: fragment %s is not authenticated by the audit key; ignored", shard, path)
+            continue
         yield path, data
 
 
@@ -215,61 +257,70 @@ def is_complete(seqs: set[int], total: int | None) -> bool:
 
 
 def finalize_shard(
-    layout: OutputLayout, shard: str, quarantine: OutputLayout | None = None, secret: bytes | None = None
+    layout: OutputLayout,
+    shard: str,
+    quarantine: OutputLayout | None = None,
+    secret: bytes | None = None,
+    source: str = "",
 ) -> dict[str, Any]:
     """Build the shard's tar and audit from its fragments, publish them, then the marker; drop fragments.
+
+    The tar is streamed: fragments are copied to local temporary files (and authenticated there), an
+    index of their small columns gives the input order, and each released sample's members are read
+    one row group at a time, those released unchanged from the input shard ``source`` (checked against
+    their sha256), while the tar goes out as a streamed upload whose hashes are computed on the way.
+    So no process holds more than a row group and a sample, whatever the shard's size.
 
     With ``quarantine``, the originals of samples that were held back go to ``<quarantine>/<shard>``,
     each with a ``raypipe-quarantine.json`` member saying why (that location holds real faces: keep
     it access-restricted). With ``secret`` (the run's fragment key) only authentic fragments are used,
     and the marker carries an HMAC.
     """
-    rows: dict[int, dict[str, Any]] = {}
-    total: int | None = None
-    end_input: str | None = None
-    paths = []
-    for path, data in authentic_fragments(layout, shard, secret):
-        paths.append(path)
-        for row in pq.read_table(io.BytesIO(data)).to_pylist():
-            if row["end"]:
-                total, end_input = row["seq"], row.get("input")
-            else:
-                rows.setdefault(row["seq"], row)  # a retried write may commit a sample twice: same bytes
-    if not is_complete(set(rows), total):
-        raise RuntimeError(f"{shard}: fragments do not cover every sample yet ({len(rows)} of {total})")
-    assert total is not None
-    ordered = [rows[i] for i in range(total)]
-    source = _input_of(shard, end_input, ordered)
-    samples = [
-        Sample(key=json.loads(r["audit"])["key"], members=list(zip(r["out_names"], r["out_data"])))
-        for r in ordered
-        if r["released"]
-    ]
-    records = [json.loads(r["audit"]) for r in ordered]
-    tar = tar_bytes(samples)
+    with tempfile.TemporaryDirectory(prefix="raypipe-finalize-") as spool:
+        fragments = _Fragments(layout, shard, secret, spool)
+        total, end_input = fragments.total, fragments.end_input
+        if not is_complete(set(fragments.rows), total):
+            raise RuntimeError(f"{shard}: fragments do not cover every sample yet ({len(fragments.rows)} of {total})")
+        assert total is not None
+        ordered = [fragments.rows[i] for i in range(total)]
+        input_identity = _input_of(shard, end_input, ordered)
+        records = [json.loads(row["audit"]) for row in ordered]
+        fs = layout.fs
+        if quarantine is not None:
+            with SpanReader(source, layout.options) as inputs:
+                _publish_quarantine(quarantine, shard, ordered, records, fragments, inputs)
+        released = 0
+        with SpanReader(source, layout.options) as inputs, publish_stream(fs, layout.tar(shard)) as tar:
+
+            def samples() -> Iterator[Sample]:
+                nonlocal released
+                for row, record in zip(ordered, records):
+                    if row["released"]:
+                        members = fragments.members(row["seq"], "out", inputs)
+                        record["output_sha256"] = sample_digest(members)
+                        released += 1
+                        yield Sample(key=record["key"], members=members)
+
+            write_tar(samples(), tar)
     audit_buffer = io.BytesIO()
     pq.write_table(records_table(records), audit_buffer)
     audit = audit_buffer.getvalue()
-    fs = layout.fs
-    if quarantine is not None:
-        _publish_quarantine(quarantine, shard, ordered)
-    publish_bytes(fs, layout.tar(shard), tar)
     publish_bytes(fs, layout.audit(shard), audit)
-    # The evidence is computed from the bytes just written, never read back from storage.
+    # The evidence is computed from the bytes as they were written, never read back from storage.
     written = audit_rows(audit)
     marker = {
         "shard": shard,
         "samples": total,
-        "released": len(samples),
+        "released": released,
         "counts": status_counts(written),
         # For the run summary (the records are the evidence).
         "face_counts": face_counts(written),
         "faces_retried": faces_retried(written),
-        "tar_sha256": hashlib.sha256(tar).hexdigest(),
+        "tar_sha256": tar.sha256,
         "audit_sha256": hashlib.sha256(audit).hexdigest(),
         "records_root": records_root(written),
         "config_hash": records[0]["config_hash"] if records else None,
-        "input": source,
+        "input": input_identity,
         # What the GPU actors recorded, for the run manifest (so the driver never reads audits back).
         "weight_hashes": next(
             (r["weight_hashes"] for r in records if r.get("weight_hashes") not in (None, "{}")), None
@@ -278,10 +329,70 @@ def finalize_shard(
     if secret is not None:
         marker[MARKER_MAC] = marker_mac(marker, secret)
     publish_bytes(fs, layout.done(shard), json.dumps(marker, indent=2, sort_keys=True).encode())
-    for path in paths:
+    for path in fragments.paths:
         delete(fs, path)
-    log.info("%s finalized: %d samples, %d released", shard, total, len(samples))
+    log.info("%s finalized: %d samples, %d released", shard, total, released)
     return marker
+
+
+class _Fragments:
+    """A shard's authentic fragments, copied to local files: every row's small columns in memory
+    (``rows`` by sample position, the first copy of a sample committed twice), members on demand."""
+
+    def __init__(self, layout: OutputLayout, shard: str, secret: bytes | None, spool: str) -> None:
+        self.paths: list[str] = []  # the fragments used, where they are under OUTPUT
+        self.rows: dict[int, dict[str, Any]] = {}
+        self.total: int | None = None
+        self.end_input: str | None = None
+        self._files: list[str] = []
+        self._where: dict[int, tuple[int, int, int]] = {}  # seq -> (file, row group, row in the group)
+        self._group: tuple[tuple[int, int], dict[str, list[Any]]] | None = None  # the one group held
+        for path in list_fragments(layout, shard):
+            local = os.path.join(spool, f"{len(self._files):06d}.parquet")
+            with layout.fs.open(path, "rb") as remote, open(local, "wb") as copy:
+                shutil.copyfileobj(remote, copy, 8 * 2**20)
+            if secret is not None and not _authentic(local, _name_tag(path), secret, shard):
+                log.warning("%s: fragment %s is not authenticated by the audit key; ignored", shard, path)
+                continue
+            self.paths.append(path)
+            self._files.append(local)
+            self._index(len(self._files) - 1)
+
+    def _index(self, file: int) -> None:
+        parquet = pq.ParquetFile(self._files[file])
+        for group in range(parquet.num_row_groups):
+            table = parquet.read_row_group(group, columns=_INDEX_COLUMNS)
+            for position, row in enumerate(table.to_pylist()):
+                if row["end"]:
+                    self.total, self.end_input = row["seq"], row.get("input")
+                elif row["seq"] not in self.rows:  # a retried write may commit a sample twice: same bytes
+                    self.rows[row["seq"]] = row
+                    self._where[row["seq"]] = (file, group, position)
+
+    def members(self, seq: int, prefix: str, inputs: SpanReader) -> list[tuple[str, bytes]]:
+        """The ``out`` (released) or ``held`` (original) members of sample ``seq``, all as bytes."""
+        file, group, position = self._where[seq]
+        if self._group is None or self._group[0] != (file, group):
+            table = pq.ParquetFile(self._files[file]).read_row_group(group, columns=_MEMBER_COLUMNS)
+            self._group = ((file, group), table.to_pydict())
+        values = self._group[1]
+        names, data, refs = (values[f"{prefix}_{part}"][position] for part in ("names", "data", "refs"))
+        return [
+            (name, inputs.read(MemberRef(**ref)) if ref is not None else payload)
+            for name, payload, ref in zip(names, data, refs)
+        ]
+
+
+def _authentic(local: str, tag: str, secret: bytes, shard: str) -> bool:
+    """Whether the fragment copied to ``local`` carries the tag its name gives (read in chunks)."""
+    with open(local, "rb") as handle:
+        expected = mac_file(secret, _fragment_mac_parts(shard), handle, os.path.getsize(local))
+    return hmac.compare_digest(tag, expected[:FRAGMENT_TAG_CHARS])
+
+
+def _name_tag(path: str) -> str:
+    """The tag in a fragment's file name (``<first>-<digest>-<tag>.parquet``)."""
+    return path.rsplit("/", 1)[-1].removesuffix(".parquet").rsplit("-", 1)[-1]
 
 
 def _input_of(shard: str, end_input: str | None, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -298,7 +409,14 @@ def _input_of(shard: str, end_input: str | None, rows: list[dict[str, Any]]) -> 
     return end
 
 
-def _publish_quarantine(quarantine: OutputLayout, shard: str, rows: list[dict[str, Any]]) -> None:
+def _publish_quarantine(
+    quarantine: OutputLayout,
+    shard: str,
+    rows: list[dict[str, Any]],
+    records: list[dict[str, Any]],
+    fragments: _Fragments,
+    inputs: SpanReader,
+) -> None:
     """Every held-back original, under a key of its own: a shard may repeat a key (a, b, a), and two
     held samples with one key side by side would be merged by every reader (and refused by write_tar).
     A repeated key becomes ``<key>_seq<N>`` (N: the sample's position); its note keeps the real names."""
@@ -308,24 +426,29 @@ def _publish_quarantine(quarantine: OutputLayout, shard: str, rows: list[dict[st
         stem, dot, ext = base.partition(".")
         return posixpath.join(folder, stem + suffix) + dot + ext
 
-    held = []
-    records = [json.loads(row["audit"]) for row in rows]
+    held_rows = [(row, record) for row, record in zip(rows, records) if not row["released"]]
+    if not held_rows:
+        return
     taken = {record["key"] for record in records}  # a new key must not be one the shard uses itself
     used: set[str] = set()
-    for row, record in zip(rows, records):
-        if row["released"] or not row["held_names"]:
-            continue
-        note = {k: record[k] for k in ("key", "status", "error", "error_step", "faces", "missed_faces")}
-        key, names = record["key"], list(row["held_names"])
-        if key in used:
-            suffix = f"_seq{row['seq']}"
-            while key + suffix in taken | used:
-                suffix += "_"
-            note |= {"seq": row["seq"], "members": names}
-            key, names = key + suffix, [renamed(name, suffix) for name in names]
-        used.add(key)
-        members = list(zip(names, row["held_data"]))
-        members.append((f"{key}.{QUARANTINE_NOTE}", json.dumps(note, sort_keys=True).encode()))
-        held.append(Sample(key=key, members=members))
-    if held:
-        publish_bytes(quarantine.fs, quarantine.tar(shard), tar_bytes(held))
+
+    def held() -> Iterator[Sample]:
+        for row, record in held_rows:
+            members = fragments.members(row["seq"], "held", inputs)
+            if not members:
+                continue
+            note = {k: record[k] for k in ("key", "status", "error", "error_step", "faces", "missed_faces")}
+            key, names = record["key"], [name for name, _ in members]
+            if key in used:
+                suffix = f"_seq{row['seq']}"
+                while key + suffix in taken | used:
+                    suffix += "_"
+                note |= {"seq": row["seq"], "members": names}
+                key, names = key + suffix, [renamed(name, suffix) for name in names]
+            used.add(key)
+            out = [(name, data) for name, (_, data) in zip(names, members)]
+            out.append((f"{key}.{QUARANTINE_NOTE}", json.dumps(note, sort_keys=True).encode()))
+            yield Sample(key=key, members=out)
+
+    with publish_stream(quarantine.fs, quarantine.tar(shard)) as tar:
+        write_tar(held(), tar)

@@ -22,6 +22,7 @@ from typing import Any
 from raypipe.audit.schema import sample_digest
 from raypipe.config import LimitsConfig
 from raypipe.io.identity import HashingReader, object_identity, same_object
+from raypipe.io.spans import InputChangedError, MemberRef
 from raypipe.io.storage import StorageOptions, filesystem, redact
 from raypipe.io.tars import OVER_LIMIT, Sample, TarProblem, TarReadError, iter_samples
 from raypipe.logs import get_logger
@@ -40,10 +41,6 @@ class ShardWork:
     name: str
     committed: frozenset[int] = field(default_factory=frozenset)
     identity: dict[str, Any] | None = None  # the input as planned (raypipe.io.identity); None: not pinned
-
-
-class InputChangedError(RuntimeError):
-    """An input shard is not the version the run planned (or resumed) with."""
 
 
 @dataclass
@@ -83,6 +80,7 @@ def shard_tasks(work: ShardWork, options: StorageOptions, limits: LimitsConfig) 
             seq += 1
         shard_sha256 = reader.drain()
     end = SampleTask.end_marker(source, work.name, seq)
+    end.source_uri = work.uri
     end.input_id = json.dumps(json.loads(input_id) | {"sha256": shard_sha256}, sort_keys=True) if input_id else ""
     yield end
 
@@ -128,6 +126,7 @@ def _entries(fh: Any, source: str, limits: LimitsConfig) -> Iterator[_Entry]:
 
 def _task(work: ShardWork, seq: int, entry: _Entry, duplicate_key: bool) -> SampleTask:
     members = list(entry.sample.members) if entry.sample is not None else []
+    spans = entry.sample.spans if entry.sample is not None else []
     task = SampleTask(
         shard=redact(work.uri),
         shard_name=work.name,
@@ -135,6 +134,8 @@ def _task(work: ShardWork, seq: int, entry: _Entry, duplicate_key: bool) -> Samp
         key=entry.key,
         members=members,
         input_sha256=sample_digest(members) if entry.sample is not None else "",
+        source_uri=work.uri,
+        refs=None if spans is None else [MemberRef.of(span, data) for span, (_, data) in zip(spans, members)],
     )
     if entry.damage is not None:
         task.fail("read", entry.damage)

@@ -23,7 +23,7 @@ import yaml
 import raypipe
 from raypipe.config import AuditConfig, JobConfig, LimitsConfig, MethodConfig, ModelsConfig, UtilityConfig
 from raypipe.io.publish import publish_bytes
-from raypipe.io.storage import redact, redact_all
+from raypipe.io.storage import StorageOptions, redact, redact_all
 from raypipe.layout import OutputLayout
 from raypipe.logs import get_logger
 from raypipe.pipeline.commit import RunInfo
@@ -99,10 +99,12 @@ class AnonymizeActor:
 class ComposeActor:
     """Ray Data actor wrapping :class:`raypipe.pipeline.stages.Compose` (loads the gate's recognizer once)."""
 
-    def __init__(self, audit: AuditConfig, analyzer: str, utility: UtilityConfig) -> None:
+    def __init__(
+        self, audit: AuditConfig, analyzer: str, utility: UtilityConfig, limits: LimitsConfig, storage: StorageOptions
+    ) -> None:
         from raypipe.pipeline.stages import Compose
 
-        self.stage = Compose(audit, analyzer, utility)
+        self.stage = Compose(audit, analyzer, utility, limits, storage)
 
     def __call__(self, batch: Any) -> dict[str, list[Any]]:
         return pack_batch(self.stage(unpack_batch(batch)))
@@ -180,7 +182,7 @@ def build_dataset(config: JobConfig, plan_pending: list[Any], layout: OutputLayo
     low, high = compose_pool(config, float(ray.cluster_resources().get("CPU", 1)))
     ds = ds.map_batches(
         ComposeActor,
-        fn_constructor_args=(config.audit, config.models.analyzer, config.utility),
+        fn_constructor_args=(config.audit, config.models.analyzer, config.utility, config.limits, config.storage),
         compute=ActorPoolStrategy(min_size=low, max_size=high),
         num_cpus=COMPOSE_CPUS,
         **common,
@@ -287,7 +289,7 @@ def _process(
     produced: dict[str, dict[str, Any]] = ray.get(tracker.markers.remote())
     # A shard whose last fragment was committed but not finalized (a write task died in between), or
     # finalized by a write task that died before it could report its marker.
-    leftovers = [w.name for w in plan.pending if w.name not in produced]
+    leftovers = {w.name: w.uri for w in plan.pending if w.name not in produced}
     if leftovers:
         finish = ray.remote(num_cpus=0.5)(complete_unfinalized)
         finished: dict[str, dict[str, Any]] = ray.get(finish.remote(layout, leftovers, run_info))

@@ -111,7 +111,7 @@ def make_datasink(layout: OutputLayout, run: RunInfo, tracker: Any) -> Any:
                     continue  # a retried task's rows of a shard already finalized: nothing to add
                 seqs, total = commit_fragment(layout, shard, tasks, run)
                 if ray.get(tracker.commit.remote(shard, seqs, total)):
-                    marker = finalize_shard(layout, shard, run.quarantine, run.fragment_key)
+                    marker = finalize_shard(layout, shard, run.quarantine, run.fragment_key, tasks[0].source_uri)
                     ray.get(tracker.finalized.remote(shard, marker))
                     finalized.append(shard)
             return {
@@ -125,14 +125,14 @@ def make_datasink(layout: OutputLayout, run: RunInfo, tracker: Any) -> Any:
     return FragmentSink()
 
 
-def complete_unfinalized(layout: OutputLayout, shards: list[str], run: RunInfo) -> dict[str, dict[str, Any]]:
-    """Finalize every listed shard whose fragments already cover all samples (after a crash);
-    returns their completion markers."""
+def complete_unfinalized(layout: OutputLayout, shards: dict[str, str], run: RunInfo) -> dict[str, dict[str, Any]]:
+    """Finalize every shard (name: input URI) whose fragments already cover all samples (after a
+    crash); returns their completion markers."""
     from raypipe.pipeline.commit import committed_positions
 
     done = {}
-    for shard in shards:
+    for shard, source in shards.items():
         seqs, total = committed_positions(layout, shard, secret=run.fragment_key)
         if is_complete(seqs, total):
-            done[shard] = finalize_shard(layout, shard, run.quarantine, run.fragment_key)
+            done[shard] = finalize_shard(layout, shard, run.quarantine, run.fragment_key, source)
     return done

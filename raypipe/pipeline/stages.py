@@ -8,8 +8,8 @@ not load, a GPU that runs out of memory) raise, so Ray can retry the task.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 
 from raypipe.config import AuditConfig, LimitsConfig, MethodConfig, ModelsConfig, UtilityConfig
@@ -28,6 +28,8 @@ from raypipe.images import (
     stored_orientation,
     upright_box,
 )
+from raypipe.io.spans import SpanReader
+from raypipe.io.storage import StorageOptions
 from raypipe.logs import get_logger
 from raypipe.pipeline.task import ImageWork, SampleTask
 from raypipe.records import Status
@@ -147,6 +149,7 @@ def detect_faces(tasks: list[SampleTask], analyzer: FaceAnalyzer, method: Method
         for task in tasks:
             if task.pending:
                 _detect_sample(task, analyzer, method, limits)
+            task.slim()  # from here on: faces and names; pixels and member bytes are read again at compose
 
 
 def _detect_sample(task: SampleTask, analyzer: FaceAnalyzer, method: MethodConfig, limits: LimitsConfig) -> None:
@@ -297,6 +300,8 @@ class Anonymize:
             for task in tasks:
                 for image in task.images:
                     image.outputs = [results.get(id(face)) for face in image.faces]
+                    for face in image.faces:
+                        face.drop_inputs()
         for task in tasks:
             task.provenance.update(self.provenance)
         return tasks
@@ -330,31 +335,49 @@ class Compose:
     """
 
     def __init__(
-        self, audit: AuditConfig | None = None, analyzer: str = "insightface", utility: UtilityConfig | None = None
+        self,
+        audit: AuditConfig | None = None,
+        analyzer: str = "insightface",
+        utility: UtilityConfig | None = None,
+        limits: LimitsConfig | None = None,
+        storage: StorageOptions | None = None,
     ) -> None:
         from raypipe.anonymize.pipeline import Gate
 
         self.gate = Gate(audit, analyzer, utility=utility)  # dlib's recognizer: independent of ArcFace
         self.recognizer_weights = _hash_weights(self.gate.reid.recognizer)
+        self.limits, self.storage = limits or LimitsConfig(), storage or StorageOptions()
 
     def __call__(self, tasks: list[SampleTask]) -> list[SampleTask]:
-        with timed(tasks, "compose"):
+        with timed(tasks, "compose"), ExitStack() as inputs:
+            readers: dict[str, SpanReader] = {}
+
+            def reader(uri: str) -> SpanReader:  # one open input per shard in the batch
+                if uri not in readers:
+                    readers[uri] = inputs.enter_context(SpanReader(uri, self.storage))
+                return readers[uri]
+
             for task in tasks:
                 if task.pending:
-                    self._compose(task)
+                    self._compose(task, reader)
                 task.images = []  # pixels, crops and embeddings go no further than this stage
+                task.slim()  # nor member bytes that finalize can read from the input
         return tasks
 
-    def _compose(self, task: SampleTask) -> None:
+    def _compose(self, task: SampleTask, reader: Callable[[str], SpanReader]) -> None:
         from raypipe.anonymize.pipeline import compose
 
         task.provenance["recognizer"] = self.gate.recognizer_name
         if self.recognizer_weights:
             task.provenance["recognizer_weights"] = self.recognizer_weights
-        out_members = list(task.members)
+        if task.slimmed:
+            task.load_members([work.member for work in task.images], reader(task.source_uri))
+        out_members = [task.unchanged(index) for index in range(len(task.members))]
         for work in task.images:
-            assert work.rgb is not None
-            name = task.members[work.member][0]
+            name, data = task.members[work.member]
+            if work.rgb is None:  # dropped after detection: the same bytes (checked) decode the same
+                decoded = decode_image(data, max_pixels=self.limits.max_image_pixels)
+                work.rgb, work.release = decoded.rgb, decoded.release
             result = self.gate(work.rgb, compose(work.rgb, work.faces, work.outputs))
             task.faces.extend(result.faces)
             task.missed_faces += result.missed_faces

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from raypipe.io.spans import MemberRef, SpanReader
 from raypipe.records import FaceRecord, Status
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ class ImageWork:
 
     member: int  # index into SampleTask.members
     format: str  # the format an anonymized image is written in
-    rgb: np.ndarray | None = None
+    rgb: np.ndarray | None = None  # dropped after detection (SampleTask.slim), decoded again at compose
     orientation: int = 1  # EXIF orientation applied to make ``rgb`` upright (1: stored upright)
     pictures: list[Picture] = field(default_factory=list)
     release: bytes | None = None  # what to release when unchanged, if not the member's bytes (re-encoded)
@@ -47,15 +48,21 @@ class SampleTask:
     shard_name: str
     seq: int
     key: str
-    members: list[tuple[str, bytes]]
+    members: list[tuple[str, bytes]]  # after slim(), names with empty bytes where ``refs`` can read them
     input_sha256: str  # of the sample's members; for the end-of-shard marker: of the whole input shard
     input_id: str = ""  # JSON identity of the input shard (size, ETag or mtime) as planned
+    # The input shard as the user gave it (credentials included): for reading members again. It travels
+    # in memory only; records and fragments hold the redacted ``shard``.
+    source_uri: str = field(default="", repr=False)
+    refs: list[MemberRef] | None = None  # where each member lies in the input (uncompressed tars only)
+    slimmed: bool = False  # member bytes dropped: read them again through ``refs``
     end_of_shard: bool = False  # a marker row after a shard's last sample: ``seq`` is the sample count
     status: Status | None = None  # set as soon as the outcome is final (e.g. failed at decode)
     error: str | None = None
     error_step: str | None = None
     images: list[ImageWork] = field(default_factory=list)
-    out_members: list[tuple[str, bytes]] | None = None
+    # What is released: a member's new bytes, or a reference to its unchanged input bytes.
+    out_members: list[tuple[str, bytes | MemberRef]] | None = None
     faces: list[FaceRecord] = field(default_factory=list)
     missed_faces: int = 0
     timings: dict[str, float] = field(default_factory=dict)
@@ -65,6 +72,30 @@ class SampleTask:
         """Record a final outcome for this sample (the first one wins)."""
         if self.status is None:
             self.status, self.error_step, self.error = status, step, error
+
+    def slim(self) -> None:
+        """Drop what later stages can rebuild: decoded pixels and other pictures always, member bytes
+        when ``refs`` can read them again. What goes on is names, faces and small fields."""
+        for image in self.images:
+            image.rgb, image.pictures, image.release = None, [], None
+        if self.refs is not None and not self.slimmed:
+            self.members = [(name, b"") for name, _ in self.members]
+            self.slimmed = True
+
+    def load_members(self, indices: list[int], reader: SpanReader) -> None:
+        """Read the bytes of the given members back from the input (a no-op for members still held)."""
+        if not self.slimmed:
+            return
+        assert self.refs is not None
+        for index in indices:
+            name, data = self.members[index]
+            if not data and self.refs[index].size:
+                self.members[index] = (name, reader.read(self.refs[index]))
+
+    def unchanged(self, index: int) -> tuple[str, bytes | MemberRef]:
+        """Member ``index`` released as it is: its reference into the input when it has one."""
+        name, data = self.members[index]
+        return (name, self.refs[index]) if self.refs is not None else (name, data)
 
     @property
     def pending(self) -> bool:

@@ -21,6 +21,7 @@ from raypipe.io.tars import Sample, tar_bytes
 from raypipe.pipeline.read import ShardWork, shard_tasks
 from raypipe.pipeline.stages import Compose, Decode, detect_faces
 from raypipe.pipeline.task import SampleTask
+from tests.helpers import released_members
 from tests.integration.hostile import (
     encoded,
     exif_rotated,
@@ -163,7 +164,7 @@ def test_a_faceless_image_is_released_as_scanned(tmp_path: Path, analyzer, pictu
     task = run(tmp_path, analyzer, members)
     (released,) = Compose(AuditConfig(), analyzer="dlib")([task])
     assert released.status.value == "no_face"
-    out = dict(released.out_members or [])
+    out = released_members(released)
     assert out["k.jpg"] == jpeg and out["k.png"] == pictures["faceless_png"] and out["k.txt"] == b"x"
     assert out["k.webp"] != webp and pictures["face"] not in out["k.webp"]  # a lossless copy of the scanned picture
     with Image.open(io.BytesIO(out["k.webp"])) as copy, Image.open(io.BytesIO(webp)) as original:

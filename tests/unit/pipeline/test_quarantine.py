@@ -42,7 +42,7 @@ def run_shard(shard: Path, out: Path, held: Path, anonymize: Anonymize) -> dict[
     tasks = Compose(AuditConfig())(anonymize(Decode(LimitsConfig())(tasks)))
     run = RunInfo(config_hash="c" * 64, code_version="test", method={}, quarantine=quarantine)
     commit_fragment(layout, shard.name, tasks, run)
-    return finalize_shard(layout, shard.name, quarantine)
+    return finalize_shard(layout, shard.name, quarantine, source=str(shard))
 
 
 def test_a_repeated_key_fails_its_sample_and_the_quarantine_keeps_every_original(

@@ -34,7 +34,7 @@ def run_stages(shard: Path, out: Path, anonymize: Anonymize, quarantine: Path | 
     tasks = Compose(AuditConfig())(anonymize(Decode(LimitsConfig())(tasks)))
     run_info = RunInfo(config_hash="c" * 64, code_version="test", method={}, quarantine=held)
     commit_fragment(layout, shard.name, tasks, run_info)
-    marker = finalize_shard(layout, shard.name, held)
+    marker = finalize_shard(layout, shard.name, held, source=str(shard))
     run = {"config_hash": "c" * 64, "code_version": "test"}
     added = {shard.name: entry_from_marker(marker)}
     write_manifest(layout, build_manifest(read_manifest(layout), added, run), KEY)
