@@ -312,6 +312,7 @@ def iter_samples(
     current: Sample | None = None
     try:
         with tarfile.open(fileobj=fileobj, mode="r|*", tarinfo=_tracking_tarinfo(ending)) as archive:
+            plain = getattr(archive.fileobj, "comptype", "tar") == "tar"  # offsets mean something
             for member in archive:
                 # tarfile keeps every header it read in ``members``, even when streaming: forget them,
                 # so memory stays bounded by a member, not by the shard.
@@ -328,7 +329,6 @@ def iter_samples(
                     yield skipped
                     continue
                 if current is None:
-                    plain = getattr(archive.fileobj, "comptype", "tar") == "tar"
                     current = Sample(key, spans=[] if plain else None)
                 current.members.append((member.name, _read_member(archive, member)))
                 if current.spans is not None:

@@ -148,7 +148,8 @@ def fragment_bytes(tasks: Iterable[SampleTask], run: RunInfo) -> bytes:
     table = pa.table(rows, schema=FRAGMENT_SCHEMA)
     buffer = io.BytesIO()
     with pq.ParquetWriter(buffer, FRAGMENT_SCHEMA) as writer:
-        for start, stop in _row_groups([_stored_bytes(data) for data in rows["out_data"] + rows["held_data"]]):
+        sizes = [sum(map(len, out)) + sum(map(len, held)) for out, held in zip(rows["out_data"], rows["held_data"])]
+        for start, stop in _row_groups(sizes):
             writer.write_table(table.slice(start, stop - start))
     return buffer.getvalue()
 
@@ -159,22 +160,17 @@ def _add_members(rows: dict[str, list[Any]], prefix: str, members: list[tuple[st
     rows[f"{prefix}_refs"].append([data.to_dict() if isinstance(data, MemberRef) else None for _, data in members])
 
 
-def _stored_bytes(data: list[bytes]) -> int:
-    return sum(len(d) for d in data)
-
-
 def _row_groups(sizes: list[int]) -> Iterator[tuple[int, int]]:
-    """``[start, stop)`` row ranges of about ``ROW_GROUP_BYTES`` each (``sizes``: out then held bytes
-    per row), so finalize can read one group at a time."""
-    rows = len(sizes) // 2
+    """``[start, stop)`` row ranges holding about ``ROW_GROUP_BYTES`` of member data each (``sizes``:
+    the bytes of each row), so finalize can read one group at a time."""
     start, held = 0, 0
-    for row in range(rows):
-        held += sizes[row] + sizes[rows + row]
+    for row, size in enumerate(sizes):
+        held += size
         if held >= ROW_GROUP_BYTES:
             yield start, row + 1
             start, held = row + 1, 0
-    if start < rows or rows == 0:
-        yield start, rows
+    if start < len(sizes) or not sizes:
+        yield start, len(sizes)
 
 
 def commit_fragment(
@@ -289,19 +285,17 @@ def finalize_shard(
         if quarantine is not None:
             with SpanReader(source, layout.options) as inputs:
                 _publish_quarantine(quarantine, shard, ordered, records, fragments, inputs)
-        released = 0
         with SpanReader(source, layout.options) as inputs, publish_stream(fs, layout.tar(shard)) as tar:
 
             def samples() -> Iterator[Sample]:
-                nonlocal released
                 for row, record in zip(ordered, records):
                     if row["released"]:
                         members = fragments.members(row["seq"], "out", inputs)
                         record["output_sha256"] = sample_digest(members)
-                        released += 1
                         yield Sample(key=record["key"], members=members)
 
             write_tar(samples(), tar)
+    released = sum(1 for row in ordered if row["released"])
     audit_buffer = io.BytesIO()
     pq.write_table(records_table(records), audit_buffer)
     audit = audit_buffer.getvalue()

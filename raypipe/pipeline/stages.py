@@ -370,8 +370,7 @@ class Compose:
         task.provenance["recognizer"] = self.gate.recognizer_name
         if self.recognizer_weights:
             task.provenance["recognizer_weights"] = self.recognizer_weights
-        if task.slimmed:
-            task.load_members([work.member for work in task.images], reader(task.source_uri))
+        task.load_members([work.member for work in task.images], reader(task.source_uri))
         out_members = [task.unchanged(index) for index in range(len(task.members))]
         for work in task.images:
             name, data = task.members[work.member]

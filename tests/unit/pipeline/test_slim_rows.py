@@ -89,3 +89,20 @@ def test_a_streamed_publish_that_fails_leaves_nothing(tmp_path: Path) -> None:
     with publish_stream(fs, path) as out:
         out.write(tar_bytes([Sample("a", [("a.txt", b"x")])]))
     assert read_tar((tmp_path / "a.tar").read_bytes()) == [Sample("a", [("a.txt", b"x")])]
+
+
+def test_a_fragment_is_stored_in_row_groups_that_finalize_reads_one_at_a_time(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from raypipe.pipeline.commit import ROW_GROUP_BYTES, fragment_bytes
+    from raypipe.pipeline.task import SampleTask
+
+    member = ROW_GROUP_BYTES // 3 + 1
+    tasks = []
+    for seq in range(7):
+        task = SampleTask("in.tar", "in.tar", seq, f"k{seq}", [(f"k{seq}.bin", bytes([seq]) * member)], "")
+        task.status, task.out_members = Status.NO_FACE, list(task.members)
+        tasks.append(task)
+    parquet = pq.ParquetFile(io.BytesIO(fragment_bytes(tasks, RUN)))
+    groups = [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)]
+    assert groups == [3, 3, 1]  # a group closes once it holds ROW_GROUP_BYTES of member data
