@@ -15,6 +15,7 @@ from typing import Any
 
 from raypipe.audit.manifest import ManifestError, entry_from_files, marked_shards
 from raypipe.config import ConfigError, JobConfig
+from raypipe.io.concurrent import map_bounded
 from raypipe.io.identity import object_identity, same_object
 from raypipe.io.publish import delete, exists, publish_bytes, read_bytes
 from raypipe.io.shards import expand_shards, shard_name
@@ -96,28 +97,42 @@ def make_plan(
     if overwrote:
         signed = {}
     plan = Plan(config_hash=digest, shards=shards, overwrite=overwrote)
-    identities = _identities([uri for uri, _ in shards], config)
+    identities = dict(zip(uris, map_bounded(lambda uri: object_identity(uri, config.storage), uris)))
+    for uri, name in shards:  # before anything is dropped: a changed signed input stops the run
+        if name in signed:
+            _check_signed_input(name, signed[name], identities[uri])
     with_fragments = _shards_with_fragments(layout)
     # One listing instead of one request per input shard (10^5 shards at 20 ms each: half an hour).
     with_markers = set(marked_shards(layout))
-    for uri, name in shards:
-        identity = identities[uri]
+
+    def look(shard: tuple[str, str]) -> dict[str, Any] | frozenset[int] | None:
+        """The shard's storage requests: None when signed, its entry when finalized but not signed,
+        else the positions committed (for its current input)."""
+        uri, name = shard
         if name in signed:
-            _check_signed_input(name, signed[name], identity)
-            plan.done.append(name)
             _drop_fragments(layout, name, with_fragments, "already finalized and signed")
+            return None
+        if name in with_markers:
+            entry = _finalized_unsigned(layout, name, secret)
+            if entry is not None:
+                _drop_fragments(layout, name, with_fragments, "already finalized")
+                return entry
+        if name not in with_fragments:
+            return frozenset()
+        seqs, _, inputs = committed_positions(layout, name, True, secret=secret)
+        if any(not same_object(json.loads(i), identities[uri]) for i in inputs):
+            log.warning("%s: the input changed since its committed work was read; restarting that shard", name)
+            _drop_fragments(layout, name, with_fragments, "read from another version of the input")
+            return frozenset()
+        return frozenset(seqs)
+
+    for (uri, name), found in zip(shards, map_bounded(look, shards)):
+        if isinstance(found, frozenset):
+            plan.pending.append(ShardWork(uri=uri, name=name, committed=found, identity=identities[uri]))
             continue
-        if name in with_markers and _finalized_unsigned(layout, name, plan, secret):
-            _drop_fragments(layout, name, with_fragments, "already finalized")
-            continue
-        seqs: set[int] = set()
-        if name in with_fragments:
-            seqs, _, inputs = committed_positions(layout, name, True, secret=secret)
-            if any(not same_object(json.loads(i), identity) for i in inputs):
-                log.warning("%s: the input changed since its committed work was read; restarting that shard", name)
-                _drop_fragments(layout, name, with_fragments, "read from another version of the input")
-                seqs = set()
-        plan.pending.append(ShardWork(uri=uri, name=name, committed=frozenset(seqs), identity=identity))
+        plan.done.append(name)
+        if found is not None:
+            plan.unsigned[name] = found
     log.info(
         "%d input shards: %d done, %d to process (%d samples already committed)",
         len(shards),
@@ -126,17 +141,6 @@ def make_plan(
         sum(len(w.committed) for w in plan.pending),
     )
     return plan
-
-
-IDENTITY_THREADS = 16  # metadata requests in flight while planning
-
-
-def _identities(uris: list[str], config: JobConfig) -> dict[str, dict[str, Any]]:
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=IDENTITY_THREADS) as pool:
-        found = pool.map(lambda uri: object_identity(uri, config.storage), uris)
-        return dict(zip(uris, found))
 
 
 def _check_signed_input(name: str, entry: dict[str, Any], identity: dict[str, Any]) -> None:
@@ -148,19 +152,18 @@ def _check_signed_input(name: str, entry: dict[str, Any], identity: dict[str, An
         )
 
 
-def _finalized_unsigned(layout: OutputLayout, name: str, plan: Plan, secret: bytes | None = None) -> bool:
-    """True when ``name`` was finalized after the last signed manifest and its files still match."""
+def _finalized_unsigned(layout: OutputLayout, name: str, secret: bytes | None = None) -> dict[str, Any] | None:
+    """The checked entry of ``name`` when it was finalized after the last signed manifest and its files
+    still match; None (its files deleted) when they do not."""
     if not exists(layout.fs, layout.done(name)):
-        return False
+        return None
     try:
-        plan.unsigned[name] = entry_from_files(layout, name, secret)
+        return entry_from_files(layout, name, secret)
     except (ManifestError, OSError, ValueError, TypeError) as exc:
         log.warning("%s: finalized but never signed, and %s; processing it again", name, exc)
         for path in (layout.done(name), layout.tar(name), layout.audit(name)):
             delete(layout.fs, path)
-        return False
-    plan.done.append(name)
-    return True
+        return None
 
 
 def _shards_with_fragments(layout: OutputLayout) -> set[str]:

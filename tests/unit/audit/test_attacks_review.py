@@ -102,15 +102,14 @@ def test_a_planted_fragment_is_never_signed(tmp_path: Path, hmac_key: Key) -> No
 
 
 def test_a_laundered_unsigned_shard_is_not_signed_by_the_next_run(tmp_path: Path, hmac_key: Key) -> None:
-    from raypipe.pipeline.plan import Plan, _finalized_unsigned
+    from raypipe.pipeline.plan import _finalized_unsigned
     from raypipe.pipeline.run import FRAGMENT_KEY_PURPOSE
 
     layout = make_output(tmp_path / "out", shards=1)  # finalized, the run died before its manifest
     launder(layout)  # the quarantined face is back in the tar, its record says no_face, marker recomputed
-    plan = Plan(config_hash="c0ffee", shards=[])
     # The marker carries no HMAC under the run's key (the attacker cannot make one): the shard is redone.
-    assert not _finalized_unsigned(layout, "data-00000.tar", plan, hmac_key.derive(FRAGMENT_KEY_PURPOSE))
-    assert plan.unsigned == {} and not Path(layout.tar("data-00000.tar")).exists()
+    assert _finalized_unsigned(layout, "data-00000.tar", hmac_key.derive(FRAGMENT_KEY_PURPOSE)) is None
+    assert not Path(layout.tar("data-00000.tar")).exists()
 
 
 # ------------------------------------------------------------------ (b) rollback / substitution
@@ -267,11 +266,11 @@ def test_handled_a_link_to_a_folder_outside_output_is_extra_and_not_walked(
 
 @pytest.mark.parametrize("marker", ["[1]", "[" * 100_000 + "]" * 100_000])
 def test_a_hostile_unsigned_marker_does_not_crash_planning(tmp_path: Path, marker: str) -> None:
-    from raypipe.pipeline.plan import Plan, _finalized_unsigned
+    from raypipe.pipeline.plan import _finalized_unsigned
 
     layout = make_output(tmp_path / "out", shards=1)
     Path(layout.done("data-00000.tar")).write_text(marker)
-    assert not _finalized_unsigned(layout, "data-00000.tar", Plan(config_hash="c0ffee", shards=[]))
+    assert _finalized_unsigned(layout, "data-00000.tar") is None
 
 
 # ------------------------------------------------------------------ the lease

@@ -45,3 +45,39 @@ def test_a_listed_marker_is_still_checked(inputs: Path, tmp_path: Path) -> None:
     plan = make_plan(config, layout)
     assert sorted(w.name for w in plan.pending) == ["part-00000.tar", "part-00001.tar"]  # not taken as done
     assert not (tmp_path / "out" / "part-00000.done.json").exists()  # dropped as it did not check out
+
+
+def test_per_shard_requests_run_concurrently_and_bounded(
+    inputs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each storage request of planning takes 20 ms here (identity, committed fragments): one after
+    # another 300 shards would take 12 s; at most REQUESTS_IN_FLIGHT of them run at once.
+    import threading
+    import time
+
+    from raypipe.io.concurrent import REQUESTS_IN_FLIGHT
+
+    lock, running, peaks = threading.Lock(), [0], {"identity": 0, "fragments": 0}
+
+    def slow(kind: str, real: object):
+        def call(*args: object, **kwargs: object) -> object:
+            with lock:
+                running[0] += 1
+                peaks[kind] = max(peaks[kind], running[0])
+            time.sleep(0.02)
+            with lock:
+                running[0] -= 1
+            return real(*args, **kwargs)  # type: ignore[operator]
+
+        return call
+
+    config = build_config({"input": str(inputs / "part-{00000..00299}.tar"), "output": str(tmp_path / "out")}, {})
+    layout = OutputLayout(str(tmp_path / "out"))
+    monkeypatch.setattr(plan_module, "object_identity", slow("identity", plan_module.object_identity))
+    monkeypatch.setattr(plan_module, "_shards_with_fragments", lambda layout: {f"part-{i:05d}.tar" for i in range(300)})
+    monkeypatch.setattr(plan_module, "committed_positions", slow("fragments", lambda *a, **k: ({0}, None, set())))
+    plan = make_plan(config, layout)
+    assert [w.committed for w in plan.pending] == [frozenset({0})] * 300
+    assert [w.name for w in plan.pending] == [f"part-{i:05d}.tar" for i in range(300)]  # in input order
+    assert 1 < peaks["identity"] <= REQUESTS_IN_FLIGHT
+    assert 1 < peaks["fragments"] <= REQUESTS_IN_FLIGHT
