@@ -280,7 +280,7 @@ def _process(
     from raypipe.pipeline.watchdog import stall_watchdog
 
     connect(config)
-    committed: dict[str, tuple[set[int], int | None]] = {w.name: (set(w.committed), None) for w in plan.pending}
+    committed = {w.name: (w.committed, None) for w in plan.pending}
     tracker = make_tracker(committed)
     ds, sink = build_dataset(config, plan.pending, layout, run_info, tracker)
     with stall_watchdog(tracker, config.pipeline.stall_timeout_s):  # StalledJobError if nothing commits

@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 import signal
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from raypipe.layout import OutputLayout
 from raypipe.logs import get_logger
 from raypipe.pipeline.commit import RunInfo, commit_fragment, finalize_shard, is_complete
 from raypipe.pipeline.faults import KILL_DRIVER_AFTER_FRAGMENTS
+from raypipe.pipeline.intervals import Positions
 from raypipe.pipeline.task import SampleTask, unpack_batch
 
 log = get_logger(__name__)
@@ -27,15 +29,19 @@ KILL_AFTER_FRAGMENTS_ENV = KILL_DRIVER_AFTER_FRAGMENTS
 
 
 class ShardTracker:
-    """Ray actor (created by :func:`make_tracker`): committed sample positions per shard."""
+    """Ray actor (created by :func:`make_tracker`): committed sample positions per open shard.
+
+    Its state is O(open shards): positions are held as runs (:class:`Positions`), and a shard's are
+    dropped once it is claimed for finalizing; only its name is kept, to answer :meth:`is_finalized`.
+    """
 
     def __init__(
         self,
-        committed: dict[str, tuple[set[int], int | None]],
+        committed: Mapping[str, tuple[Iterable[int], int | None]],
         driver_pid: int,
         kill_after_fragments: int | None,
     ) -> None:
-        self._seqs: dict[str, set[int]] = {s: set(seqs) for s, (seqs, _) in committed.items()}
+        self._seqs: dict[str, Positions] = {s: Positions(seqs) for s, (seqs, _) in committed.items()}
         self._totals: dict[str, int | None] = {s: total for s, (_, total) in committed.items()}
         self._claimed: set[str] = set()
         self._markers: dict[str, dict[str, Any]] = {}
@@ -46,11 +52,6 @@ class ShardTracker:
 
     def commit(self, shard: str, seqs: list[int], total: int | None) -> bool:
         """Record a committed fragment; True exactly once per shard: when it first becomes complete."""
-        known = self._seqs.setdefault(shard, set())
-        self._samples += len(set(seqs) - known)
-        known.update(seqs)
-        if total is not None:
-            self._totals[shard] = total
         self._fragments += 1
         if self._kill_after is not None and self._fragments >= self._kill_after:
             log.warning(
@@ -59,8 +60,16 @@ class ShardTracker:
                 self._fragments,
             )
             os.kill(self._driver_pid, signal.SIGKILL)
-        if shard not in self._claimed and is_complete(known, self._totals.get(shard)):
+        if shard in self._claimed:
+            return False  # a retried task's rows of a shard already claimed: counted the first time
+        known = self._seqs.setdefault(shard, Positions())
+        self._samples += known.add(seqs)
+        if total is not None:
+            self._totals[shard] = total
+        total = self._totals.get(shard)
+        if total is not None and known.covers(total):
             self._claimed.add(shard)
+            del self._seqs[shard], self._totals[shard]
             return True
         return False
 
@@ -82,7 +91,7 @@ class ShardTracker:
         }
 
 
-def make_tracker(committed: dict[str, tuple[set[int], int | None]]) -> Any:
+def make_tracker(committed: Mapping[str, tuple[Iterable[int], int | None]]) -> Any:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
