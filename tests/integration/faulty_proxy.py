@@ -27,14 +27,24 @@ ERRORS = {
 class FaultyProxy:
     """``url`` forwards to ``upstream``; every ``error_500``-th request gets a 500, every ``error_503``-th a
     503, every ``stall``-th is stalled for ``stall_s`` (counted in arrival order, so every kind of fault
-    happens in any run of a few dozen requests). ``counts`` says how many requests met each fate."""
+    happens in any run of a few dozen requests; None turns a kind off). Every request is delayed by
+    ``latency_s`` first, as a remote store's round trip would. ``counts`` says how many requests met each
+    fate."""
 
     def __init__(
-        self, upstream: str, error_500: int = 13, error_503: int = 17, stall: int = 29, stall_s: float = 6.0
+        self,
+        upstream: str,
+        error_500: int | None = 13,
+        error_503: int | None = 17,
+        stall: int | None = 29,
+        stall_s: float = 6.0,
+        latency_s: float = 0.0,
     ) -> None:
         self.upstream = urlsplit(upstream)
-        self.schedule: list[tuple[int | str, int]] = [(500, error_500), (503, error_503), ("stall", stall)]
+        planned: list[tuple[int | str, int | None]] = [(500, error_500), (503, error_503), ("stall", stall)]
+        self.schedule = [(fate, every) for fate, every in planned if every]
         self.stall_s = stall_s
+        self.latency_s = latency_s
         self.counts: Counter[str] = Counter()
         self._requests = 0
         self._lock = threading.Lock()
@@ -104,6 +114,8 @@ class FaultyProxy:
 
             def _handle(self) -> None:
                 body = self._body()
+                if proxy.latency_s:
+                    time.sleep(proxy.latency_s)
                 fate = proxy.fate()
                 if isinstance(fate, int):
                     self._refuse(fate)

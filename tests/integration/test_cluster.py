@@ -24,8 +24,8 @@ import yaml
 
 from raypipe.audit.signing import parse_key
 from raypipe.audit.verify import verify_output
-from tests.integration.conftest import _free_port
 from tests.integration.jobs import TEST_METHOD, TEST_MODELS, TEST_PIPELINE, sample_shards
+from tests.integration.s3server import free_port as _free_port
 
 pytestmark = [pytest.mark.isolated, pytest.mark.slow]
 

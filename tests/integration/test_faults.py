@@ -30,6 +30,7 @@ from raypipe.cli import main as raypipe_main
 from raypipe.pipeline import faults
 from tests.integration.faulty_proxy import FaultyProxy
 from tests.integration.jobs import TEST_METHOD, TEST_MODELS, TEST_PIPELINE, read_audit, read_tar, sample_shards
+from tests.integration.s3server import free_port as _free_port
 from tests.integration.test_job_resume import VOLATILE, audit_rows, run_job
 
 pytestmark = [pytest.mark.isolated, pytest.mark.slow]
@@ -170,12 +171,6 @@ def test_s3_errors_and_stalls_are_retried_until_the_job_completes(
 
 
 # --- a worker node lost mid-run -----------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Node:
