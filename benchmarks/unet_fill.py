@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from benchmarks.photos import real_photos  # noqa: E402
 from raypipe.anonymize.guidance import GuidedUNet, TextEncoder, inversion_branches, sampling_branches  # noqa: E402
 from raypipe.anonymize.inversion import invert, replay  # noqa: E402
 from raypipe.anonymize.models import build_tiny_models  # noqa: E402
@@ -52,31 +53,10 @@ IMAGES_PER_BATCH = 8
 
 def photo_face_counts() -> dict[str, int]:
     """Faces dlib's HOG detector (the tiny preset's analyzer) finds in each real photo of the mix."""
-    import insightface
-    import matplotlib
-    import numpy as np
-    from PIL import Image
-    from skimage import data
-
     from raypipe.anonymize.analyzers import DlibAnalyzer
 
-    insight = Path(insightface.__file__).parent / "data" / "images"
-    group = np.asarray(Image.open(insight / "t1.jpg").convert("RGB"))
-    photos = {
-        "astronaut": data.astronaut(),
-        "camera": np.stack([data.camera()] * 3, axis=-1),
-        "coffee": data.coffee(),
-        "chelsea": data.chelsea(),
-        "t1.jpg": group,
-        "t1.jpg left half": group[:, : group.shape[1] // 2],
-        "t1.jpg right half": group[:, group.shape[1] // 2 :],
-        "Tom_Hanks_54745.png": np.asarray(Image.open(insight / "Tom_Hanks_54745.png").convert("RGB")),
-        "grace_hopper.jpg": np.asarray(
-            Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg").convert("RGB")
-        ),
-    }
     analyzer = DlibAnalyzer()
-    return {name: len(analyzer.detect_boxes(np.ascontiguousarray(image))) for name, image in photos.items()}
+    return {name: len(analyzer.detect_boxes(image)) for name, image in real_photos().items()}
 
 
 def counting(unet: Any) -> tuple[list[int], Callable[[], None]]:
