@@ -78,7 +78,7 @@ class SampleTask:
         when ``refs`` can read them again. What goes on is names, faces and small fields."""
         for image in self.images:
             image.rgb, image.pictures, image.release = None, [], None
-        if self.refs is not None and not self.slimmed:
+        if self.refs is not None:  # also after load_members read some back (compose): they go no further
             self.members = [(name, b"") for name, _ in self.members]
             self.slimmed = True
 

@@ -106,3 +106,14 @@ def test_a_fragment_is_stored_in_row_groups_that_finalize_reads_one_at_a_time(tm
     parquet = pq.ParquetFile(io.BytesIO(fragment_bytes(tasks, RUN)))
     groups = [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)]
     assert groups == [3, 3, 1]  # a group closes once it holds ROW_GROUP_BYTES of member data
+
+
+def test_members_read_back_at_compose_are_dropped_again_before_the_write(shard: Path) -> None:
+    from raypipe.io.spans import SpanReader
+
+    (task, *_) = _released(shard)
+    with SpanReader(str(shard), StorageOptions()) as reader:
+        task.load_members([0], reader)  # what compose does to re-decode the image
+    assert task.members[0][1] == _png(0)
+    task.slim()  # compose's last step: the bytes go no further than this stage
+    assert all(data == b"" for _, data in task.members) and task.unchanged(0)[1] == task.refs[0]
