@@ -184,3 +184,24 @@ def test_the_finalize_memory_figures_are_the_benchmarks() -> None:
     text = (ROOT / "BENCHMARKS.md").read_text()
     assert f"{largest['input_shard_mb']:.0f} MB shard" in text
     assert f"{largest['process_peak_mb']:.0f} MB" in text
+
+
+def test_row_bytes_quick_shows_the_gpu_hops_carry_crops_only(tmp_path: Path) -> None:
+    pytest.importorskip("dlib")
+    out = tmp_path / "rows.json"
+    assert load_benchmark("row_bytes").main(["--quick", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    hops = {r["hop"]: r for r in report["rows"]}
+    crop_mb = 256 * 256 * 3 / 2**20  # one face's crop at the quick face size
+    for hop in ("detect -> anonymize", "anonymize -> compose"):  # into and out of the GPU actor
+        assert crop_mb <= hops[hop]["now_mb_per_face"] < 1.1 * crop_mb
+        assert hops[hop]["before_mb_per_face"] > 2 * hops[hop]["now_mb_per_face"]
+    assert hops["compose -> write"]["before_mb_per_face"] > 1.5 * hops["compose -> write"]["now_mb_per_face"]
+    assert report["faces"] == 4 and report["faces_released"] == 4
+
+
+def test_the_row_bytes_figures_are_the_benchmarks() -> None:
+    report = json.loads((ROOT / "benchmarks" / "results" / "row_bytes.json").read_text())
+    text = (ROOT / "BENCHMARKS.md").read_text()
+    for row in report["rows"]:
+        assert f"| {row['hop']} | {row['before_mb_per_face']:.2f} MB | {row['now_mb_per_face']:.2f} MB |" in text
