@@ -1,19 +1,25 @@
 """Where everything of a run lives under OUTPUT (used by the job, ``status`` and ``audit verify``).
 
 ```
-OUTPUT/<shard>.tar                  anonymized shard, same name as the input shard
-OUTPUT/<shard>.audit.parquet        one audit record per input sample
-OUTPUT/<shard>.done.json            completion marker, written last: hashes and counts
-OUTPUT/_raypipe/config.yaml         the resolved job configuration
-OUTPUT/_raypipe/run.json            run manifest (plan, counts, timings)
-OUTPUT/_raypipe/fragments/<shard>/  committed work of shards not yet finalized
+OUTPUT/<shard>.tar                      anonymized shard, same name as the input shard
+OUTPUT/<shard>.audit.parquet            one audit record per input sample
+OUTPUT/<shard>.done.json                completion marker, written last: hashes and counts
+OUTPUT/_raypipe/job.json                the configuration hash this OUTPUT holds results of
+OUTPUT/_raypipe/config.yaml             the resolved job configuration
+OUTPUT/_raypipe/lease.json              the lease of the run writing here now
+OUTPUT/_raypipe/manifest.json           the signed manifest: every finalized shard's evidence
+OUTPUT/_raypipe/manifests/<n>.json      the signed history: every earlier manifest, by sequence number
+OUTPUT/_raypipe/runs/<run id>.json      what each run did (plan, counts, timings)
+OUTPUT/_raypipe/fragments/<shard>/      committed work of shards not yet finalized
 ```
-Readers trust only completion markers and the manifest, never a listing of whatever exists.
+Readers trust only completion markers and the manifest, never a listing of whatever exists. The names
+of the files under ``_raypipe/`` are defined here; the modules that write them use them.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +27,12 @@ from raypipe.io.publish import exists, read_bytes
 from raypipe.io.storage import StorageOptions, filesystem, join
 
 STATE_DIR = "_raypipe"
+JOB_FILE = "job.json"
+CONFIG_FILE = "config.yaml"
+LEASE_FILE = "lease.json"
+MANIFEST_FILE = "manifest.json"
+HISTORY_DIR = "manifests"
+RUNS_DIR = "runs"
 
 
 @dataclass(frozen=True)
@@ -68,3 +80,28 @@ class OutputLayout:
 def shard_stem(shard: str) -> str:
     """``data-00001.tar`` -> ``data-00001``."""
     return shard[: -len(".tar")] if shard.endswith(".tar") else shard
+
+
+@dataclass
+class Tally:
+    """What the completion markers of some shards say: which are done, and samples per status."""
+
+    done: list[str] = field(default_factory=list)
+    incomplete: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def tally_from(names: list[str], lookup: Callable[[str], dict[str, Any] | None]) -> Tally:
+    """Done shards and samples per status, from whatever ``lookup`` gives per shard (a completion
+    marker or a manifest entry, both with ``counts``; None: not done)."""
+    result = Tally()
+    for name in names:
+        marker = lookup(name)
+        if marker is None:
+            result.incomplete.append(name)
+            continue
+        result.done.append(name)
+        for status, n in marker["counts"].items():
+            result.counts[status] = result.counts.get(status, 0) + n
+    result.counts = dict(sorted(result.counts.items()))
+    return result

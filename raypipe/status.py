@@ -5,9 +5,7 @@ Reads only committed objects: the stored configuration, completion markers and f
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import yaml
 
@@ -15,9 +13,8 @@ from raypipe.config import ConfigError, build_config
 from raypipe.io.publish import exists, read_bytes
 from raypipe.io.shards import expand_shards, shard_name
 from raypipe.io.storage import StorageOptions, redact
-from raypipe.layout import OutputLayout
+from raypipe.layout import CONFIG_FILE, OutputLayout, Tally, tally_from
 from raypipe.pipeline.commit import committed_positions
-from raypipe.pipeline.plan import CONFIG_FILE
 
 
 @dataclass
@@ -39,34 +36,9 @@ class OutputStatus:
         return "\n".join(lines)
 
 
-@dataclass
-class Tally:
-    """What the completion markers of some shards say: which are done, and samples per status."""
-
-    done: list[str] = field(default_factory=list)
-    incomplete: list[str] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
-
-
 def tally(layout: OutputLayout, names: list[str]) -> Tally:
     """What the completion markers of ``names`` say (one small read per shard)."""
     return tally_from(names, layout.read_marker)
-
-
-def tally_from(names: list[str], lookup: Callable[[str], dict[str, Any] | None]) -> Tally:
-    """Done shards and samples per status, from whatever ``lookup`` gives per shard (a completion
-    marker or a manifest entry, both with ``counts``; None: not done)."""
-    result = Tally()
-    for name in names:
-        marker = lookup(name)
-        if marker is None:
-            result.incomplete.append(name)
-            continue
-        result.done.append(name)
-        for status, n in marker["counts"].items():
-            result.counts[status] = result.counts.get(status, 0) + n
-    result.counts = dict(sorted(result.counts.items()))
-    return result
 
 
 def output_status(output: str, options: StorageOptions | None = None) -> OutputStatus:

@@ -60,15 +60,13 @@ from raypipe.audit.merkle import MerkleBuilder
 from raypipe.audit.signing import Key, canonical, describe_mismatch, mac, sign, verify
 from raypipe.io.publish import exists, publish_bytes, read_bytes
 from raypipe.io.storage import redact
-from raypipe.layout import STATE_DIR, OutputLayout
+from raypipe.layout import HISTORY_DIR, MANIFEST_FILE, STATE_DIR, OutputLayout
 from raypipe.logs import get_logger
 from raypipe.records import Status
 
 log = get_logger(__name__)
 
 FORMAT = "raypipe.manifest/2"
-MANIFEST_FILE = "manifest.json"
-HISTORY_DIR = "manifests"
 MERKLE_TREE = "rfc6962-sha256"
 LEAF_ENCODING = "canonical JSON of {name, entry} per shard, shards by name"
 ENTRY_FIELDS = (

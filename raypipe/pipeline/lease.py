@@ -23,12 +23,10 @@ from typing import Any
 from raypipe.config import ConfigError
 from raypipe.io.publish import create_exclusive, delete, is_local, publish_bytes, read_bytes
 from raypipe.io.storage import redact
-from raypipe.layout import OutputLayout
+from raypipe.layout import LEASE_FILE, OutputLayout
 from raypipe.logs import get_logger
 
 log = get_logger(__name__)
-
-LEASE_FILE = "lease.json"
 
 
 class LeaseHeldError(ConfigError):

@@ -20,15 +20,12 @@ from raypipe.io.identity import object_identity, same_object
 from raypipe.io.publish import delete, exists, publish_bytes, read_bytes
 from raypipe.io.shards import expand_shards, shard_name
 from raypipe.io.storage import filesystem, redact
-from raypipe.layout import STATE_DIR, OutputLayout
+from raypipe.layout import CONFIG_FILE, JOB_FILE, RUNS_DIR, STATE_DIR, OutputLayout
 from raypipe.logs import get_logger
 from raypipe.pipeline.commit import committed_positions, list_fragments
 from raypipe.pipeline.read import ShardWork
 
 log = get_logger(__name__)
-
-JOB_FILE = "job.json"
-CONFIG_FILE = "config.yaml"
 
 
 class OutputConflictError(ConfigError):
@@ -234,7 +231,7 @@ def clear_output(layout: OutputLayout, names: list[str]) -> None:
             delete(fs, path)
         for path in (layout.done(name), layout.tar(name), layout.audit(name)):
             delete(fs, path)
-    for name in (CONFIG_FILE, "runs"):
+    for name in (CONFIG_FILE, RUNS_DIR):
         path = layout.state(name)
         if fs.exists(path):
             fs.rm(path, recursive=True)

@@ -24,10 +24,10 @@ import raypipe
 from raypipe.config import AuditConfig, JobConfig, LimitsConfig, MethodConfig, ModelsConfig, UtilityConfig
 from raypipe.io.publish import publish_bytes
 from raypipe.io.storage import StorageOptions, redact, redact_all
-from raypipe.layout import OutputLayout
+from raypipe.layout import CONFIG_FILE, RUNS_DIR, OutputLayout, tally_from
 from raypipe.logs import get_logger
 from raypipe.pipeline.commit import RunInfo
-from raypipe.pipeline.plan import CONFIG_FILE, make_plan
+from raypipe.pipeline.plan import make_plan
 from raypipe.pipeline.task import over_tasks, pack_batch, unpack_batch
 
 log = get_logger(__name__)
@@ -261,7 +261,7 @@ def _run_holding_lease(
     }
     publish_bytes(
         layout.fs,
-        layout.state(f"runs/{run_id}.json"),
+        layout.state(f"{RUNS_DIR}/{run_id}.json"),
         json.dumps(record | summary.to_dict(), indent=2).encode(),
     )
     return summary
@@ -359,8 +359,6 @@ def _anchor(config: JobConfig, layout: OutputLayout, manifest: dict[str, Any], k
 
 def _tally(summary: RunSummary, names: list[str], lookup: Any) -> None:
     """Done and incomplete shards and samples per status, from the manifest's entries or the markers."""
-    from raypipe.status import tally_from
-
     found = tally_from(names, lookup)
     summary.shards_done, summary.counts, summary.incomplete_shards = len(found.done), found.counts, found.incomplete
 
