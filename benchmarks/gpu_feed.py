@@ -6,15 +6,17 @@ compose with the re-identification gate on, write fragments, finalize shards, si
 WebDataset shards of real photos with a realistic mix of faces per image (the photos of
 ``benchmarks/unet_fill.py``: 0, 1, 3 or 6 faces as dlib finds them). Only the anonymizer is replaced:
 
-- **The stand-in** (:class:`SleepingAnonymizer`) takes the place of ``raypipe.pipeline.run.AnonymizeActor``
-  (same constructor and call: pyarrow batch -> ``unpack_batch`` -> set ``image.outputs`` per face ->
-  ``pack_batch``). Per batch it holds the "GPU" for ``c`` seconds per face, with ``time.sleep``: this
-  machine has no GPU, and a sleeping actor is the honest model of one whose GPU is busy (it takes no CPU
-  from the stages that feed it, as a GPU kernel would not). Its output crop for each face is the aligned
-  crop with the face box masked (``raypipe.anonymize.classic.obscure``), so the real gate in the compose
-  stage checks every face (recognizer distance, missed-face search) and releases it only if it passes.
-  The class lives in this script; cloudpickle ships it to the Ray workers by value, and each call
-  appends its busy interval to a log, which also proves the stand-in really ran in the workers.
+- **The stand-in** (:class:`SleepingAnonymizer`) is a subclass of the job's ``Anonymize`` stage
+  (``raypipe.pipeline.stages``): same constructor, resources, pool and batch size as the job gives the
+  real one, but its ``setup`` loads no model and its call sets ``image.outputs`` per face and drops the
+  faces' GPU inputs as the real stage does. Per batch it holds the "GPU" for ``c`` seconds per face,
+  with ``time.sleep``: this machine has no GPU, and a sleeping actor is the honest model of one whose
+  GPU is busy (it takes no CPU from the stages that feed it, as a GPU kernel would not). Its output
+  crop for each face is the aligned crop with the face box masked (``raypipe.anonymize.classic.obscure``),
+  so the real gate in the compose stage checks every face (recognizer distance, missed-face search) and
+  releases it only if it passes. The class lives in this script; cloudpickle ships it to the Ray
+  workers, and each call appends its busy interval to a log, which also proves the stand-in really ran
+  in the workers.
 - **Busy fraction** of an actor: seconds it held the GPU / (end of the job's last anonymize batch, on any
   actor, - the start of this actor's first batch): the share of its life in the job that it worked.
   ``busy_until_last_start`` uses the start of the job's last anonymize batch as the end instead: idle
@@ -65,6 +67,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.photos import real_photos  # noqa: E402
 from benchmarks.report import write_report  # noqa: E402
+from raypipe.pipeline.stages import Anonymize  # noqa: E402
 
 STAND_IN_DEVICE = "stand-in: time.sleep per face (no GPU)"
 
@@ -128,41 +131,41 @@ def masked_outputs(tasks: list[Any]) -> int:
     return done
 
 
-class SleepingAnonymizer:
-    """Stands in for ``raypipe.pipeline.run.AnonymizeActor``: holds its "GPU" for ``cost_s`` per face
+class SleepingAnonymizer(Anonymize):
+    """Stands in for the job's ``Anonymize`` stage: holds its "GPU" for ``cost_s`` per face
     (``time.sleep``), returns masked crops, and logs each call's interval to ``log_dir``.
 
-    Configured by subclassing (:func:`stand_in`): the constructor's signature is the real actor's.
+    Configured by subclassing (:func:`stand_in`); the job builds it as it builds the real stage.
     """
 
     cost_s: float = 0.0
     log_dir: str = ""
 
-    def __init__(self, models: Any, method: Any, limits: Any, detect: bool, audit: Any) -> None:
-        if detect:
+    def setup(self) -> None:
+        if self.detect:
             raise ValueError("the stand-in anonymizer does not detect: run with pipeline.detect: cpu")
         self.actor = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.log = Path(self.log_dir) / f"anonymize-{self.actor}.jsonl"
+        self.is_set_up = True
 
-    def __call__(self, batch: Any) -> dict[str, list[Any]]:
-        from raypipe.pipeline.task import pack_batch, unpack_batch
-
+    def __call__(self, tasks: list[Any]) -> list[Any]:
         called = time.time()
-        tasks = unpack_batch(batch)
         faces = sum(1 for t in tasks if t.pending for image in t.images for f in image.faces if f.ready)
         held = time.time()
         masked_outputs(tasks)  # what the GPU would return, made while it is held
         time.sleep(max(0.0, held + self.cost_s * faces - time.time()))
         released = time.time()
         for task in tasks:
+            for image in task.images:
+                for face in image.faces:
+                    face.drop_inputs()  # as the real stage: crops and embeddings do not travel on
             if task.pending:
                 task.timings["anonymize"] = round((released - held) / max(len(tasks), 1), 6)
             task.provenance["device"] = STAND_IN_DEVICE
-        packed = pack_batch(tasks)
         record = {"actor": self.actor, "call": [called, time.time()], "hold": [held, released]}
         with open(self.log, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record | {"faces": faces, "samples": len(tasks)}) + "\n")
-        return packed
+        return tasks
 
 
 def stand_in(cost_s: float, log_dir: Path) -> type:
@@ -196,9 +199,9 @@ def serial_costs(photos: dict[str, np.ndarray], encoded: dict[str, bytes], confi
     from raypipe.pipeline.stages import Compose, Decode, Detect
     from raypipe.pipeline.task import SampleTask
 
-    decode = Decode(config.limits)
-    detect = Detect(config.models, config.method, config.limits)
-    compose = Compose(config.audit, config.models.analyzer, config.utility)
+    decode = Decode(config.limits).ready()
+    detect = Detect(config.models, config.method, config.limits).ready()
+    compose = Compose(config.audit, config.models.analyzer, config.utility).ready()
 
     def one(name: str) -> tuple[SampleTask, int, dict[str, float]]:
         task = SampleTask(
@@ -360,17 +363,17 @@ def run_setting(cost_s: float, actors: int, shards: list[Path], work: Path, sett
     logs.mkdir(parents=True)
     pattern = str(shards[0].parent / f"part-{{00000..{len(shards) - 1:05d}}}.tar")
     config = job_config(pattern, output, settings, actors)
-    real_actor, real_decode = job.AnonymizeActor, getattr(stages, "Decode", None)
+    real_anonymize, real_decode = stages.Anonymize, getattr(stages, "Decode", None)
     probe = first_decode_probe(logs)
-    job.AnonymizeActor = stand_in(cost_s, logs)  # build_dataset reads this name when it builds the plan
+    stages.Anonymize = stand_in(cost_s, logs)  # type: ignore[misc]  # run.job_stages builds stages.Anonymize
     if probe is not None:
-        stages.Decode = probe  # type: ignore[misc]  # build_dataset imports it when it builds the plan
+        stages.Decode = probe  # type: ignore[misc]  # run.job_stages builds stages.Decode
     load = os.getloadavg()[0]
     started = time.time()
     try:
         summary = job.run(config)
     finally:
-        job.AnonymizeActor = real_actor
+        stages.Anonymize = real_anonymize  # type: ignore[misc]
         if real_decode is not None:
             stages.Decode = real_decode  # type: ignore[misc]
     wall = time.time() - started

@@ -84,10 +84,13 @@ def hop_bytes(shard: Path, face_size: int, slim: bool) -> dict[str, Any]:
     try:
         tasks = list(shard_tasks(ShardWork(str(shard), shard.name), StorageOptions(), config.limits))
         steps = (
-            (HOPS[1], Decode(config.limits)),
-            (HOPS[2], Detect(config.models, config.method, config.limits)),
+            (HOPS[1], Decode(config.limits).ready()),
+            (HOPS[2], Detect(config.models, config.method, config.limits).ready()),
             (HOPS[3], with_outputs),
-            (HOPS[4], Compose(config.audit, config.models.analyzer, config.utility, config.limits, StorageOptions())),
+            (
+                HOPS[4],
+                Compose(config.audit, config.models.analyzer, config.utility, config.limits, StorageOptions()).ready(),
+            ),
         )
         measured = {HOPS[0]: sum(len(pack(t)["task"]) for t in tasks)}
         for hop, stage in steps:

@@ -1,4 +1,5 @@
-"""Read stage: a Ray Data datasource with one read task per input shard.
+"""Read stage: every sample of an input shard as a task (Ray-free; Ray Data runs it through
+:class:`raypipe.pipeline.source.ShardDatasource`, one read task per shard).
 
 raypipe reads tars with its own streaming reader (:mod:`raypipe.io.tars`) rather than
 ``read_webdataset``: it keeps every member's exact name and order (output shards must hold the same
@@ -12,7 +13,6 @@ recomputed.
 
 from __future__ import annotations
 
-import functools
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -26,11 +26,9 @@ from raypipe.io.spans import InputChangedError, MemberRef
 from raypipe.io.storage import StorageOptions, filesystem, redact
 from raypipe.io.tars import OVER_LIMIT, Sample, TarProblem, TarReadError, iter_samples
 from raypipe.logs import get_logger
-from raypipe.pipeline.task import SampleTask, pack_batch
+from raypipe.pipeline.task import SampleTask
 
 log = get_logger(__name__)
-
-ROWS_PER_BLOCK = 16
 
 
 @dataclass(frozen=True)
@@ -160,40 +158,3 @@ def _problem_message(problem: TarProblem) -> str:
     if problem.reason == OVER_LIMIT:
         return f"{message} ({problem.detail}; limits.max_member_bytes)"
     return f"{message} ({problem.detail})" if problem.detail else message
-
-
-def make_datasource(shards: list[ShardWork], options: StorageOptions, limits: LimitsConfig) -> Any:
-    """A Ray Data datasource over ``shards``: one read task per shard, blocks of packed tasks."""
-    import pyarrow as pa
-    from ray.data.block import BlockMetadata
-    from ray.data.datasource import Datasource, ReadTask
-
-    def read_shard(work: ShardWork) -> Iterator[pa.Table]:
-        batch: list[SampleTask] = []
-        for task in shard_tasks(work, options, limits):
-            batch.append(task)
-            if len(batch) >= ROWS_PER_BLOCK:
-                yield pa.table(pack_batch(batch))
-                batch = []
-        if batch:
-            yield pa.table(pack_batch(batch))
-
-    class ShardDatasource(Datasource):
-        def estimate_inmemory_data_size(self) -> int | None:
-            return None
-
-        def get_read_tasks(
-            self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None
-        ) -> list[ReadTask]:
-            return [
-                ReadTask(
-                    functools.partial(read_shard, work),
-                    BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=(redact(work.uri),)),
-                )
-                for work in shards
-            ]
-
-        def get_name(self) -> str:
-            return "ReadShards"
-
-    return ShardDatasource()

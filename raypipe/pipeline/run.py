@@ -1,10 +1,13 @@
 """``run(config) -> RunSummary``: the Ray Data plan of the job (DESIGN.md, "Data flow").
 
 ```
-read (one task per shard) -> decode (CPU tasks) -> detect (CPU actors; or inside the GPU actors)
-  -> anonymize (GPU actor pool, models loaded once per actor) -> compose (CPU tasks)
-  -> write (fragments; shards finalized as they complete)
+read (ShardDatasource: one task per shard) -> decode (CPU tasks) -> detect (CPU actors; or inside
+  the GPU actors) -> anonymize (GPU actor pool, models loaded once per actor) -> compose (CPU actors)
+  -> write (FragmentSink: fragments; shards finalized as they complete, leftovers at the end)
 ```
+
+Each stage declares its resources and loads its models in ``setup`` (:mod:`raypipe.pipeline.stage`);
+:func:`job_stages` sizes them for the cluster, and one adapter puts each into the plan.
 """
 
 from __future__ import annotations
@@ -21,19 +24,20 @@ from typing import Any
 import yaml
 
 import raypipe
-from raypipe.config import AuditConfig, JobConfig, LimitsConfig, MethodConfig, ModelsConfig, UtilityConfig
+from raypipe.config import JobConfig
 from raypipe.io.publish import publish_bytes
-from raypipe.io.storage import StorageOptions, redact, redact_all
+from raypipe.io.storage import redact, redact_all
 from raypipe.layout import CONFIG_FILE, RUNS_DIR, OutputLayout, tally_from
 from raypipe.logs import get_logger
+from raypipe.pipeline import stages
 from raypipe.pipeline.commit import RunInfo
 from raypipe.pipeline.plan import make_plan
-from raypipe.pipeline.task import over_tasks, pack_batch, unpack_batch
+from raypipe.pipeline.stage import Resources, Stage, add_stage
+from raypipe.pipeline.stages import TASK_CPUS
 
 log = get_logger(__name__)
 
-TASK_CPUS = 0.25
-COMPOSE_CPUS = 0.5  # each compose actor (the gate's dlib runs on one core)
+COMPOSE_CPUS = stages.COMPOSE_RESOURCES.num_cpus
 FRAGMENT_KEY_PURPOSE = "fragments and markers"  # what the run's derived key authenticates
 
 
@@ -67,49 +71,6 @@ class RunSummary:
         return dataclasses.asdict(self)
 
 
-class DetectActor:
-    """Ray Data actor wrapping :class:`raypipe.pipeline.stages.Detect`."""
-
-    def __init__(self, models: ModelsConfig, method: MethodConfig, limits: LimitsConfig) -> None:
-        from raypipe.pipeline.stages import Detect
-
-        self.stage = Detect(models, method, limits)
-
-    def __call__(self, batch: Any) -> dict[str, list[Any]]:
-        return pack_batch(self.stage(unpack_batch(batch)))
-
-
-class AnonymizeActor:
-    """Ray Data actor wrapping :class:`raypipe.pipeline.stages.Anonymize` (loads the models once)."""
-
-    def __init__(
-        self, models: ModelsConfig, method: MethodConfig, limits: LimitsConfig, detect: bool, audit: AuditConfig
-    ) -> None:
-        import ray
-
-        from raypipe.pipeline.stages import Anonymize
-
-        node = ray.get_runtime_context().get_node_id()
-        self.stage = Anonymize(models, method, limits, detect=detect, node=node, audit=audit)
-
-    def __call__(self, batch: Any) -> dict[str, list[Any]]:
-        return pack_batch(self.stage(unpack_batch(batch)))
-
-
-class ComposeActor:
-    """Ray Data actor wrapping :class:`raypipe.pipeline.stages.Compose` (loads the gate's recognizer once)."""
-
-    def __init__(
-        self, audit: AuditConfig, analyzer: str, utility: UtilityConfig, limits: LimitsConfig, storage: StorageOptions
-    ) -> None:
-        from raypipe.pipeline.stages import Compose
-
-        self.stage = Compose(audit, analyzer, utility, limits, storage)
-
-    def __call__(self, batch: Any) -> dict[str, list[Any]]:
-        return pack_batch(self.stage(unpack_batch(batch)))
-
-
 def connect(config: JobConfig) -> None:
     """Join the cluster named by ``pipeline.address`` or ``RAY_ADDRESS``, or start a local Ray."""
     import ray
@@ -124,14 +85,6 @@ def connect(config: JobConfig) -> None:
     log.info("Ray cluster resources: %s", ray.cluster_resources())
 
 
-def gpus_per_actor(config: JobConfig) -> float:
-    import ray
-
-    if config.pipeline.num_gpus_per_actor is not None:
-        return config.pipeline.num_gpus_per_actor
-    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-
-
 def compose_pool(config: JobConfig, cluster_cpus: float) -> tuple[int, int]:
     """(min, max) compose actors. A number in ``pipeline.compose_actors`` is both; ``auto`` starts one
     and lets Ray Data add actors while batches queue for them, up to the CPUs that the other pools and
@@ -140,54 +93,50 @@ def compose_pool(config: JobConfig, cluster_cpus: float) -> tuple[int, int]:
     p = config.pipeline
     if p.compose_actors != "auto":
         return int(p.compose_actors), int(p.compose_actors)
-    held = p.anonymize_actors_max * p.num_cpus_per_actor + (0 if p.detect == "gpu_actor" else p.detect_actors * 0.5)
+    held = p.anonymize_actors_max * p.num_cpus_per_actor + (
+        0 if p.detect == "gpu_actor" else p.detect_actors * stages.DETECT_RESOURCES.num_cpus
+    )
     room = cluster_cpus - held - 1.0
     return 1, max(1, int(room // COMPOSE_CPUS))
 
 
-def build_dataset(config: JobConfig, plan_pending: list[Any], layout: OutputLayout, run: RunInfo, tracker: Any) -> Any:
-    import ray
-    from ray.data import ActorPoolStrategy
-
-    from raypipe.pipeline.read import make_datasource
-    from raypipe.pipeline.sink import make_datasink
-    from raypipe.pipeline.stages import Decode
-
-    p = config.pipeline
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = p.progress
-    common = {"batch_format": "pyarrow", "batch_size": p.batch_size}
-    # Light tasks ask for a quarter CPU: the actor pools must never take every CPU, or the read and
-    # write tasks could not be scheduled and the job would wait forever.
-    ds = ray.data.read_datasource(make_datasource(plan_pending, config.storage, config.limits), num_cpus=TASK_CPUS)
-    ds = ds.map_batches(over_tasks(Decode(config.limits)), num_cpus=TASK_CPUS, **common)
+def job_stages(config: JobConfig, cluster: dict[str, float]) -> list[Stage]:
+    """The job's stages after the read, in order, each with the resources, pool and batch size it runs
+    with on a cluster whose resource totals are ``cluster``."""
+    p, batch = config.pipeline, config.pipeline.batch_size
     detect_in_actor = p.detect == "gpu_actor"
+    chain: list[Stage] = [stages.Decode(config.limits, stages.DECODE_RESOURCES, batch)]
     if not detect_in_actor:
-        ds = ds.map_batches(
-            DetectActor,
-            fn_constructor_args=(config.models, config.method, config.limits),
-            compute=ActorPoolStrategy(size=p.detect_actors),
-            num_cpus=0.5,
-            **common,
+        detect = dataclasses.replace(stages.DETECT_RESOURCES, actors=(p.detect_actors, p.detect_actors))
+        chain.append(stages.Detect(config.models, config.method, config.limits, detect, batch))
+    gpus = p.num_gpus_per_actor
+    if gpus is None:
+        gpus = 1.0 if cluster.get("GPU", 0) > 0 else 0.0
+    pool = (p.anonymize_actors_min, p.anonymize_actors_max)
+    anonymize = Resources(p.num_cpus_per_actor, gpus, dict(p.anonymize_actor_resources or {}), actors=pool)
+    chain.append(
+        stages.Anonymize(config.models, config.method, config.limits, detect_in_actor, config.audit, anonymize, batch)
+    )
+    compose = dataclasses.replace(stages.COMPOSE_RESOURCES, actors=compose_pool(config, float(cluster.get("CPU", 1))))
+    chain.append(
+        stages.Compose(
+            config.audit, config.models.analyzer, config.utility, config.limits, config.storage, compose, batch
         )
-    ds = ds.map_batches(
-        AnonymizeActor,
-        fn_constructor_args=(config.models, config.method, config.limits, detect_in_actor, config.audit),
-        compute=ActorPoolStrategy(min_size=p.anonymize_actors_min, max_size=p.anonymize_actors_max),
-        num_gpus=gpus_per_actor(config),
-        num_cpus=p.num_cpus_per_actor,
-        resources=p.anonymize_actor_resources,
-        **common,
     )
-    low, high = compose_pool(config, float(ray.cluster_resources().get("CPU", 1)))
-    ds = ds.map_batches(
-        ComposeActor,
-        fn_constructor_args=(config.audit, config.models.analyzer, config.utility, config.limits, config.storage),
-        compute=ActorPoolStrategy(min_size=low, max_size=high),
-        num_cpus=COMPOSE_CPUS,
-        **common,
-    )
-    return ds, make_datasink(layout, run, tracker)
+    return chain
+
+
+def build_dataset(config: JobConfig, pending: list[Any]) -> Any:
+    """The Ray Data plan up to the write: read the pending shards, then run every stage."""
+    import ray
+
+    from raypipe.pipeline.source import ShardDatasource
+
+    ray.data.DataContext.get_current().enable_progress_bars = config.pipeline.progress
+    ds = ray.data.read_datasource(ShardDatasource(pending, config.storage, config.limits), num_cpus=TASK_CPUS)
+    for stage in job_stages(config, ray.cluster_resources()):
+        ds = add_stage(ds, stage)
+    return ds
 
 
 def run(config: JobConfig, overwrite: bool = False) -> RunSummary:
@@ -274,33 +223,17 @@ def _process(
     shards it finalized (their evidence as written)."""
     import ray
 
-    from raypipe.audit.manifest import ManifestError, entry_from_files
-    from raypipe.io.publish import exists
-    from raypipe.pipeline.sink import complete_unfinalized, make_tracker
+    from raypipe.pipeline.sink import FragmentSink, make_tracker
     from raypipe.pipeline.watchdog import stall_watchdog
 
     connect(config)
-    committed = {w.name: (w.committed, None) for w in plan.pending}
-    tracker = make_tracker(committed)
-    ds, sink = build_dataset(config, plan.pending, layout, run_info, tracker)
+    tracker = make_tracker({w.name: (w.committed, None) for w in plan.pending})
+    sink = FragmentSink(layout, run_info, tracker, {w.name: w.uri for w in plan.pending})
+    ds = build_dataset(config, plan.pending)
     with stall_watchdog(tracker, config.pipeline.stall_timeout_s):  # StalledJobError if nothing commits
         ds.write_datasink(sink, ray_remote_args={"num_cpus": TASK_CPUS})
     processed = int(ray.get(tracker.progress.remote())["samples"])
-    produced: dict[str, dict[str, Any]] = ray.get(tracker.markers.remote())
-    # A shard whose last fragment was committed but not finalized (a write task died in between), or
-    # finalized by a write task that died before it could report its marker.
-    leftovers = {w.name: w.uri for w in plan.pending if w.name not in produced}
-    if leftovers:
-        finish = ray.remote(num_cpus=0.5)(complete_unfinalized)
-        finished: dict[str, dict[str, Any]] = ray.get(finish.remote(layout, leftovers, run_info))
-        produced |= finished
-    for name in leftovers:
-        if name not in produced and exists(layout.fs, layout.done(name)):
-            try:
-                produced[name] = entry_from_files(layout, name, run_info.fragment_key)
-            except ManifestError as exc:
-                log.error("%s: %s; it is left out of the manifest, and the next run redoes it", name, exc)
-    return processed, produced
+    return processed, sink.produced
 
 
 def previous_manifest(layout: OutputLayout, key: Any) -> dict[str, Any] | None:

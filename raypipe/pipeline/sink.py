@@ -4,7 +4,7 @@ Each write task groups its rows by shard and publishes one fragment per shard. A
 :class:`ShardTracker`, learns which samples every fragment covers; the write task whose fragment
 completes a shard is told so (exactly once) and finalizes it on the spot, so output shards appear
 while the job runs instead of at its end. Anything a crash leaves unfinalized is finalized by the
-driver's final sweep or by the rerun.
+sink's ``on_write_complete`` on the driver, or by the rerun.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import signal
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from ray.data.datasource import Datasink
 
 from raypipe.layout import OutputLayout
 from raypipe.logs import get_logger
@@ -104,34 +106,81 @@ def make_tracker(committed: Mapping[str, tuple[Iterable[int], int | None]]) -> A
     return actor.remote(committed, os.getpid(), env_count(KILL_AFTER_FRAGMENTS_ENV))
 
 
-def make_datasink(layout: OutputLayout, run: RunInfo, tracker: Any) -> Any:
-    import ray
-    from ray.data.datasource import Datasink
+class FragmentSink(Datasink):
+    """The job's Ray Data datasink: where a shard's results are committed and made into evidence.
 
-    class FragmentSink(Datasink):
-        def write(self, blocks: Any, ctx: Any) -> dict[str, Any]:
-            by_shard: dict[str, list[SampleTask]] = defaultdict(list)
-            for block in blocks:
-                for task in unpack_batch(block):
-                    by_shard[task.shard_name].append(task)
-            finalized = []
-            for shard, tasks in sorted(by_shard.items()):
-                if ray.get(tracker.is_finalized.remote(shard)):
-                    continue  # a retried task's rows of a shard already finalized: nothing to add
-                seqs, total = commit_fragment(layout, shard, tasks, run)
-                if ray.get(tracker.commit.remote(shard, seqs, total)):
-                    marker = finalize_shard(layout, shard, run.quarantine, run.fragment_key, tasks[0].source_uri)
-                    ray.get(tracker.finalized.remote(shard, marker))
-                    finalized.append(shard)
-            return {
-                "samples": sum(1 for ts in by_shard.values() for t in ts if not t.end_of_shard),
-                "finalized": finalized,
-            }
+    - :meth:`write` (each write task): groups its rows by shard and publishes one fragment per shard;
+      the task whose fragment completes a shard (the tracker says so exactly once) finalizes it on the
+      spot, so output shards appear while the job runs.
+    - :meth:`on_write_complete` (the driver, once every write task is done): collects the markers of
+      the shards finalized, then finishes what a lost write task left: a shard whose fragments cover
+      every sample but that was not finalized, or finalized without reporting its marker. The result
+      is :attr:`produced`, the marker (evidence as written) of every shard this run completed.
 
-        def get_name(self) -> str:
-            return "WriteFragments"
+    A shard that is still incomplete after that is simply not in :attr:`produced`: the rerun redoes it.
+    """
 
-    return FragmentSink()
+    def __init__(self, layout: OutputLayout, run: RunInfo, tracker: Any, shards: Mapping[str, str]) -> None:
+        self.layout, self.run, self.tracker = layout, run, tracker
+        self.shards = dict(shards)  # name -> input URI of every shard this run writes
+        self.produced: dict[str, dict[str, Any]] = {}
+
+    def write(self, blocks: Iterable[Any], ctx: Any) -> dict[str, Any]:
+        import ray
+
+        by_shard: dict[str, list[SampleTask]] = defaultdict(list)
+        for block in blocks:
+            for task in unpack_batch(block):
+                by_shard[task.shard_name].append(task)
+        finalized = []
+        for shard, tasks in sorted(by_shard.items()):
+            if ray.get(self.tracker.is_finalized.remote(shard)):
+                continue  # a retried task's rows of a shard already finalized: nothing to add
+            seqs, total = commit_fragment(self.layout, shard, tasks, self.run)
+            if ray.get(self.tracker.commit.remote(shard, seqs, total)):
+                marker = finalize_shard(
+                    self.layout, shard, self.run.quarantine, self.run.fragment_key, tasks[0].source_uri
+                )
+                ray.get(self.tracker.finalized.remote(shard, marker))
+                finalized.append(shard)
+        return {
+            "samples": sum(1 for ts in by_shard.values() for t in ts if not t.end_of_shard),
+            "finalized": finalized,
+        }
+
+    def on_write_complete(self, write_result: Any) -> None:
+        import ray
+
+        self.produced = dict(ray.get(self.tracker.markers.remote()))
+        leftovers = {name: uri for name, uri in self.shards.items() if name not in self.produced}
+        if not leftovers:
+            return
+        finish = ray.remote(num_cpus=0.5)(complete_unfinalized)  # on a worker: finalize streams a whole shard
+        finished: dict[str, dict[str, Any]] = ray.get(finish.remote(self.layout, leftovers, self.run))
+        self.produced |= finished
+        for name in leftovers:
+            if name not in self.produced:
+                marker = finalized_marker(self.layout, name, self.run.fragment_key)
+                if marker is not None:
+                    self.produced[name] = marker
+
+    def get_name(self) -> str:
+        return "WriteFragments"
+
+
+def finalized_marker(layout: OutputLayout, shard: str, secret: bytes | None) -> dict[str, Any] | None:
+    """The evidence of a shard finalized by a write task that died before reporting it; None if the
+    shard has no marker, or one that does not check out (the next run redoes that shard)."""
+    from raypipe.audit.manifest import ManifestError, entry_from_files
+    from raypipe.io.publish import exists
+
+    if not exists(layout.fs, layout.done(shard)):
+        return None
+    try:
+        return entry_from_files(layout, shard, secret)
+    except ManifestError as exc:
+        log.error("%s: %s; it is left out of the manifest, and the next run redoes it", shard, exc)
+        return None
 
 
 def complete_unfinalized(layout: OutputLayout, shards: dict[str, str], run: RunInfo) -> dict[str, dict[str, Any]]:

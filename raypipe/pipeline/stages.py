@@ -1,6 +1,8 @@
 """The job's stages as plain callables over lists of :class:`SampleTask` (Ray-free logic).
 
-decode (CPU) -> detect (CPU actor, or inside the GPU actor) -> anonymize (GPU actor) -> compose (CPU).
+decode (CPU tasks) -> detect (CPU actors, or inside the GPU actors) -> anonymize (GPU actors) -> compose
+(CPU actors). Each follows the stage contract (:mod:`raypipe.pipeline.stage`): it declares its
+resources and batch size, loads its models in ``setup``, and is called with a batch of tasks.
 Per-sample problems become the sample's status and error; infrastructure errors (a model that does
 not load, a GPU that runs out of memory) raise, so Ray can retry the task.
 """
@@ -31,6 +33,7 @@ from raypipe.images import (
 from raypipe.io.spans import SpanReader
 from raypipe.io.storage import StorageOptions
 from raypipe.logs import get_logger
+from raypipe.pipeline.stage import Resources, Stage
 from raypipe.pipeline.task import ImageWork, SampleTask
 from raypipe.records import Status
 
@@ -53,14 +56,29 @@ def timed(tasks: list[SampleTask], step: str) -> Iterator[None]:
         task.timings[step] = round(task.timings.get(step, 0.0) + share, 6)
 
 
-class Decode:
+TASK_CPUS = 0.25  # a light task's share of a core: the pools must never take every CPU (TESTING.md)
+BATCH_SIZE = 8  # pipeline.batch_size's default
+# What each stage holds by default; the job sizes the pools from its configuration (run.job_stages).
+DECODE_RESOURCES = Resources(TASK_CPUS)
+DETECT_RESOURCES = Resources(0.5, actors=(1, 1))
+ANONYMIZE_RESOURCES = Resources(1.0, actors=(1, 1))
+COMPOSE_RESOURCES = Resources(0.5, actors=(1, 1))  # the gate's dlib runs on one core
+
+
+class Decode(Stage):
     """Image members -> upright RGB arrays. A member that cannot be decoded or scanned fails its sample.
 
     A member is an image if its extension says so or if its bytes are a picture (whatever its name).
     The sample's pixel budget is checked from the images' headers before any of them is decoded.
+    Stateless: it runs as Ray tasks.
     """
 
-    def __init__(self, limits: LimitsConfig) -> None:
+    name = "Decode"
+
+    def __init__(
+        self, limits: LimitsConfig, resources: Resources = DECODE_RESOURCES, batch_size: int = BATCH_SIZE
+    ) -> None:
+        super().__init__(resources, batch_size)
         self.limits = limits
 
     def __call__(self, tasks: list[SampleTask]) -> list[SampleTask]:
@@ -237,24 +255,41 @@ def _centre_inside(box: Box, other: Box) -> bool:
     return other[0] <= x <= other[2] and other[1] <= y <= other[3]
 
 
-class Detect:
-    """CPU actor: loads the face analyzer once, then detects faces batch after batch."""
+class Detect(Stage):
+    """CPU actors: each loads the face analyzer once, then detects faces batch after batch."""
 
-    def __init__(self, models: ModelsConfig, method: MethodConfig, limits: LimitsConfig) -> None:
+    name = "Detect"
+
+    def __init__(
+        self,
+        models: ModelsConfig,
+        method: MethodConfig,
+        limits: LimitsConfig,
+        resources: Resources = DETECT_RESOURCES,
+        batch_size: int = BATCH_SIZE,
+    ) -> None:
+        super().__init__(resources, batch_size)
+        self.models, self.method, self.limits = models, method, limits
+        self.analyzer: FaceAnalyzer | None = None
+
+    def setup(self) -> None:
         from raypipe.anonymize.pipeline import load_analyzer_from_config
 
-        self.analyzer = load_analyzer_from_config(models)
-        self.method, self.limits = method, limits
+        self.analyzer = load_analyzer_from_config(self.models)
         _hash_weights(self.analyzer)
+        super().setup()
 
     def __call__(self, tasks: list[SampleTask]) -> list[SampleTask]:
+        assert self.analyzer is not None, "Detect.setup() loads the analyzer"
         detect_faces(tasks, self.analyzer, self.method, self.limits)
         return tasks
 
 
-class Anonymize:
-    """GPU actor: loads the models once; anonymizes the faces of many samples in shared UNet batches,
-    and anonymizes again the faces whose result fails the gate's screen (``audit.retries``)."""
+class Anonymize(Stage):
+    """GPU actors: each loads the models once; anonymizes the faces of many samples in shared UNet
+    batches, and anonymizes again the faces whose result fails the gate's screen (``audit.retries``)."""
+
+    name = "Anonymize"
 
     def __init__(
         self,
@@ -262,29 +297,37 @@ class Anonymize:
         method: MethodConfig,
         limits: LimitsConfig,
         detect: bool,
-        node: str = "",
         audit: AuditConfig | None = None,
+        resources: Resources = ANONYMIZE_RESOURCES,
+        batch_size: int = BATCH_SIZE,
     ) -> None:
+        super().__init__(resources, batch_size)
+        self.models, self.method, self.limits, self.audit = models, method, limits, audit or AuditConfig()
+        self.detect = detect
+        self.batches = 0
+        self.provenance: dict[str, Any] = {}
+
+    def setup(self) -> None:
         from raypipe.anonymize.pipeline import Gate, ReversePersonalization
 
-        audit = audit or AuditConfig()
-        self.rp = ReversePersonalization.from_pretrained(models, method, load_analyzer=detect, audit=audit)
+        self.rp = ReversePersonalization.from_pretrained(
+            self.models, self.method, load_analyzer=self.detect, audit=self.audit
+        )
         # Retries are decided here, where the GPU is, with the gate the compose stage runs (its analyzer
         # named as the job's, so its not-a-face rule is the same).
-        self.rp.gate = Gate(audit, models.analyzer)
-        if detect:
+        self.rp.gate = Gate(self.audit, self.models.analyzer)
+        if self.detect:
             _hash_weights(self.rp.analyzer)
-        self.detect, self.method, self.limits = detect, method, limits
-        self.batches = 0
         optimizations = self.rp.models.optimizations
         self.provenance = {
-            "node": node,
+            "node": _ray_node(),
             "device": _device_name(self.rp.models.device),
             # Speed-ups that change round-off are part of how a face was made: the audit says which ran.
             "models": dict(self.rp.models.sources)
             | ({"optimizations": ",".join(optimizations)} if optimizations else {}),
             "weight_hashes": dict(self.rp.models.weight_hashes),
         }
+        super().setup()
 
     def __call__(self, tasks: list[SampleTask]) -> list[SampleTask]:
         from raypipe.pipeline import faults
@@ -317,6 +360,16 @@ def _hash_weights(model: Any) -> str | None:
     return getattr(model, "weights_hash", None)
 
 
+def _ray_node() -> str:
+    """The Ray node this worker runs on, for the audit; empty outside Ray."""
+    import sys
+
+    ray = sys.modules.get("ray")  # never imported here: a stage outside Ray has no node
+    if ray is None or not ray.is_initialized():
+        return ""
+    return str(ray.get_runtime_context().get_node_id())
+
+
 def _device_name(device: Any) -> str:
     if getattr(device, "type", "cpu") == "cuda":
         import torch
@@ -325,7 +378,7 @@ def _device_name(device: Any) -> str:
     return str(device)
 
 
-class Compose:
+class Compose(Stage):
     """Paste faces back, verify them with the anonymizer's gate (:class:`raypipe.anonymize.pipeline.Gate`,
     the same code the API and ``anonymize-image`` run), re-encode only the images that changed, and
     settle each sample's status.
@@ -334,6 +387,8 @@ class Compose:
     nothing was anonymized, quarantines the sample: it is never released.
     """
 
+    name = "Compose"
+
     def __init__(
         self,
         audit: AuditConfig | None = None,
@@ -341,12 +396,19 @@ class Compose:
         utility: UtilityConfig | None = None,
         limits: LimitsConfig | None = None,
         storage: StorageOptions | None = None,
+        resources: Resources = COMPOSE_RESOURCES,
+        batch_size: int = BATCH_SIZE,
     ) -> None:
+        super().__init__(resources, batch_size)
+        self.audit, self.analyzer, self.utility = audit, analyzer, utility
+        self.limits, self.storage = limits or LimitsConfig(), storage or StorageOptions()
+
+    def setup(self) -> None:
         from raypipe.anonymize.pipeline import Gate
 
-        self.gate = Gate(audit, analyzer, utility=utility)  # dlib's recognizer: independent of ArcFace
+        self.gate = Gate(self.audit, self.analyzer, utility=self.utility)  # dlib's recognizer: independent of ArcFace
         self.recognizer_weights = _hash_weights(self.gate.reid.recognizer)
-        self.limits, self.storage = limits or LimitsConfig(), storage or StorageOptions()
+        super().setup()
 
     def __call__(self, tasks: list[SampleTask]) -> list[SampleTask]:
         with timed(tasks, "compose"), ExitStack() as inputs:

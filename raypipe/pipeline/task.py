@@ -8,7 +8,6 @@ inside the task (they are never deserialized).
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -126,15 +125,3 @@ def unpack_batch(batch: pa.Table) -> list[SampleTask]:
 def pack_batch(tasks: list[SampleTask]) -> dict[str, list[Any]]:
     rows = [pack(t) for t in tasks]
     return {name: [r[name] for r in rows] for name in ("shard", "seq", "task")}
-
-
-def over_tasks(
-    fn: Callable[[list[SampleTask]], list[SampleTask]],
-) -> Callable[[pa.Table], dict[str, list[Any]]]:
-    """Adapt a function over sample tasks to a Ray Data ``map_batches`` function (pyarrow batches)."""
-
-    def apply(batch: pa.Table) -> dict[str, list[Any]]:
-        return pack_batch(fn(unpack_batch(batch)))
-
-    apply.__name__ = getattr(fn, "__name__", "stage")
-    return apply

@@ -135,7 +135,7 @@ def test_the_job_compose_stage_runs_the_same_fallback(astronaut: np.ndarray) -> 
     faces = prepare_faces(astronaut, DlibAnalyzer().analyze(astronaut), 128, 7, "astronaut")
     work = ImageWork(member=0, format="PNG", rgb=astronaut, faces=faces, outputs=[f.crop for f in faces])
     task = SampleTask("in.tar", "in.tar", 0, "astronaut", [("astronaut.png", b"...")], "", images=[work])
-    (done,) = Compose(AuditConfig(fallback="mask"), "dlib")([task])
+    (done,) = Compose(AuditConfig(fallback="mask"), "dlib").ready()([task])
     assert done.status is Status.ANONYMIZED and done.out_members is not None
     assert done.faces[0].status is FaceStatus.OBSCURED
 

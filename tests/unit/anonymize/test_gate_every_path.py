@@ -132,7 +132,7 @@ def test_the_job_compose_stage_quarantines_the_original_face(astronaut: np.ndarr
     faces = prepare_faces(astronaut, DlibAnalyzer().analyze(astronaut), 128, 7, "astronaut")
     work = ImageWork(member=0, format="PNG", rgb=astronaut, faces=faces, outputs=[f.crop for f in faces])
     task = SampleTask("in.tar", "in.tar", 0, "astronaut", [("astronaut.png", b"...")], "", images=[work])
-    (done,) = Compose()([task])
+    (done,) = Compose().ready()([task])
     assert done.status is Status.QUARANTINED and done.error_step == "verify" and done.out_members is None
     assert done.faces[0].status is FaceStatus.REIDENTIFIED
 

@@ -162,7 +162,7 @@ def test_a_faceless_image_is_released_as_scanned(tmp_path: Path, analyzer, pictu
     jpeg = with_segment(pictures["faceless_jpeg"], exif_thumbnail_segment(encoded(pictures["faceless"], "JPEG")))
     members = [("k.jpg", jpeg), ("k.webp", webp), ("k.png", pictures["faceless_png"]), ("k.txt", b"x")]
     task = run(tmp_path, analyzer, members)
-    (released,) = Compose(AuditConfig(), analyzer="dlib")([task])
+    (released,) = Compose(AuditConfig(), analyzer="dlib").ready()([task])
     assert released.status.value == "no_face"
     out = released_members(released)
     assert out["k.jpg"] == jpeg and out["k.png"] == pictures["faceless_png"] and out["k.txt"] == b"x"

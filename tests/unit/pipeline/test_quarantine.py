@@ -32,14 +32,14 @@ SHARD = [
 @pytest.fixture(scope="module")
 def anonymize() -> Anonymize:
     models = ModelsConfig(preset="tiny", analyzer="dlib", device="cpu")
-    return Anonymize(models, MethodConfig(num_steps=2, face_size=128), LimitsConfig(), detect=True)
+    return Anonymize(models, MethodConfig(num_steps=2, face_size=128), LimitsConfig(), detect=True).ready()
 
 
 def run_shard(shard: Path, out: Path, held: Path, anonymize: Anonymize) -> dict[str, object]:
     """read -> decode -> anonymize -> compose -> commit -> finalize, in this process, as the job does."""
     layout, quarantine = OutputLayout(str(out)), OutputLayout(str(held))
     tasks = list(shard_tasks(ShardWork(str(shard), shard.name), StorageOptions(), LimitsConfig()))
-    tasks = Compose(AuditConfig())(anonymize(Decode(LimitsConfig())(tasks)))
+    tasks = Compose(AuditConfig()).ready()(anonymize(Decode(LimitsConfig())(tasks)))
     run = RunInfo(config_hash="c" * 64, code_version="test", method={}, quarantine=quarantine)
     commit_fragment(layout, shard.name, tasks, run)
     return finalize_shard(layout, shard.name, quarantine, source=str(shard))

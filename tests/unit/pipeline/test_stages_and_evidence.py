@@ -31,7 +31,7 @@ def run_stages(shard: Path, out: Path, anonymize: Anonymize, quarantine: Path | 
     layout = OutputLayout(str(out))
     held = OutputLayout(str(quarantine)) if quarantine else None
     tasks: list[SampleTask] = list(shard_tasks(ShardWork(str(shard), shard.name), StorageOptions(), LimitsConfig()))
-    tasks = Compose(AuditConfig())(anonymize(Decode(LimitsConfig())(tasks)))
+    tasks = Compose(AuditConfig()).ready()(anonymize(Decode(LimitsConfig())(tasks)))
     run_info = RunInfo(config_hash="c" * 64, code_version="test", method={}, quarantine=held)
     commit_fragment(layout, shard.name, tasks, run_info)
     marker = finalize_shard(layout, shard.name, held, source=str(shard))
@@ -50,7 +50,7 @@ def shard(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def anonymize() -> Anonymize:
-    return Anonymize(MODELS, METHOD, LimitsConfig(), detect=True)
+    return Anonymize(MODELS, METHOD, LimitsConfig(), detect=True).ready()
 
 
 def test_a_real_run_of_the_stages_verifies(shard: Path, anonymize: Anonymize, tmp_path: Path) -> None:
@@ -116,7 +116,7 @@ def test_an_image_that_does_not_decode_fails_its_sample_naming_the_member(tmp_pa
 def test_unchanged_images_are_searched_again_only_by_another_detector(shard: Path, monkeypatch) -> None:
     calls: list[int] = []
     for analyzer, expected in (("dlib", 0), ("insightface", 2)):
-        compose = Compose(AuditConfig(), analyzer=analyzer)
+        compose = Compose(AuditConfig(), analyzer=analyzer).ready()
         real = compose.gate.reid.recognizer.detect_boxes
         monkeypatch.setattr(
             compose.gate.reid.recognizer, "detect_boxes", lambda image, real=real: calls.append(1) or real(image)
