@@ -6,8 +6,10 @@ box, detector score, outcome, re-identification distance and utility deltas only
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -72,6 +74,52 @@ AUDIT_SCHEMA = pa.schema(
 )
 
 AUDIT_COLUMNS = tuple(AUDIT_SCHEMA.names)
+# One record as a struct (every column but the version, which the file carries): how fragments hold it.
+RECORD_TYPE = pa.struct([f for f in AUDIT_SCHEMA if f.name != "schema_version"])
+
+
+@dataclass(kw_only=True)
+class AuditRecord:
+    """The audit record of one input sample, field for field the columns of :data:`AUDIT_SCHEMA`
+    (a test keeps the two in step). JSON-valued columns (``models``, ``weight_hashes``, ``timings``)
+    are strings here, as they are stored."""
+
+    key: str
+    seq: int
+    source_shard: str
+    output_shard: str | None = None
+    members: list[str] = field(default_factory=list)
+    input_sha256: str | None = None
+    output_sha256: str | None = None  # set at finalize, from the bytes written to the output tar
+    status: str
+    faces_count: int = 0
+    faces: list[dict[str, Any]] = field(default_factory=list)  # FACE_TYPE fields
+    missed_faces: int = 0
+    error: str | None = None
+    error_step: str | None = None
+    guidance_scale: float | None = None
+    skip: float | None = None
+    num_steps: int | None = None
+    seed: int | None = None
+    attribute_prompt: str | None = None
+    models: str = "{}"
+    weight_hashes: str = "{}"
+    config_hash: str | None = None
+    code_version: str | None = None
+    detector: str | None = None
+    recognizer: str | None = None
+    node: str | None = None
+    device: str | None = None
+    timings: str = "{}"
+
+    def to_row(self) -> dict[str, Any]:
+        """The record as a row of :data:`RECORD_TYPE` (plain values)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> AuditRecord:
+        """A record from a row read back (a fragment's struct or an audit parquet row)."""
+        return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls) if f.name in row})
 
 
 def sample_digest(members: Sequence[tuple[str, bytes]]) -> str:
@@ -89,8 +137,9 @@ def sample_digest(members: Sequence[tuple[str, bytes]]) -> str:
     return digest.hexdigest()
 
 
-def records_table(records: Sequence[dict[str, Any]]) -> pa.Table:
-    """Audit records (dicts with the schema's columns) as a table; missing columns are null."""
-    columns = {name: [r.get(name) for r in records] for name in AUDIT_COLUMNS}
-    columns["schema_version"] = [SCHEMA_VERSION] * len(records)
+def records_table(records: Sequence[AuditRecord]) -> pa.Table:
+    """Audit records as a table in :data:`AUDIT_SCHEMA`'s columns."""
+    rows = [record.to_row() for record in records]
+    columns: dict[str, list[Any]] = {"schema_version": [SCHEMA_VERSION] * len(rows)}
+    columns |= {name: [row[name] for row in rows] for name in AUDIT_COLUMNS[1:]}
     return pa.table(columns, schema=AUDIT_SCHEMA)

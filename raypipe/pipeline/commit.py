@@ -33,7 +33,7 @@ from raypipe.audit.manifest import (
     records_root,
     status_counts,
 )
-from raypipe.audit.schema import records_table, sample_digest
+from raypipe.audit.schema import RECORD_TYPE, AuditRecord, records_table, sample_digest
 from raypipe.audit.signing import mac, mac_file
 from raypipe.io.publish import delete, publish_bytes, publish_stream, read_bytes
 from raypipe.io.spans import MemberRef, SpanReader
@@ -51,7 +51,7 @@ FRAGMENT_SCHEMA = pa.schema(
         ("seq", pa.int64()),
         ("end", pa.bool_()),  # end-of-shard marker: seq is the shard's sample count
         ("released", pa.bool_()),
-        ("audit", pa.string()),  # the sample's audit record as JSON
+        ("audit", RECORD_TYPE),  # the sample's audit record, in the audit's own columns
         # A member is either its bytes (out_data, out_refs null) or, released unchanged from an
         # uncompressed input, where it lies in the input shard (out_refs, out_data empty): finalize
         # reads those from the input, so unchanged bytes are never stored twice.
@@ -87,40 +87,39 @@ class RunInfo:
     fragment_key: bytes | None = field(default=None, repr=False)
 
 
-def audit_record(task: SampleTask, run: RunInfo) -> dict[str, Any]:
+def audit_record(task: SampleTask, run: RunInfo) -> AuditRecord:
     """The audit record of one sample. Holds hashes, boxes and scores: nothing biometric or secret."""
     status = task.status or Status.FAILED
     released = status.releasable and task.out_members is not None
     prov = task.provenance
-    return {
-        "key": task.key,
-        "seq": task.seq,
-        "source_shard": task.shard,
-        "output_shard": task.shard_name if released else None,
-        "members": [name for name, _ in task.members],
-        "input_sha256": task.input_sha256 or None,
-        "output_sha256": None,  # set at finalize, from the bytes written to the output tar
-        "status": status.value,
-        "faces_count": len(task.faces),
-        "faces": [face.to_dict() for face in task.faces],
-        "missed_faces": task.missed_faces,
-        "error": task.error,
-        "error_step": task.error_step,
-        "guidance_scale": run.method.get("guidance_scale"),
-        "skip": run.method.get("skip"),
-        "num_steps": run.method.get("num_steps"),
-        "seed": run.method.get("seed"),
-        "attribute_prompt": run.method.get("attribute_prompt"),
-        "models": json.dumps(prov.get("models", {}), sort_keys=True),
-        "weight_hashes": json.dumps(_weight_hashes(prov), sort_keys=True),
-        "config_hash": run.config_hash,
-        "code_version": run.code_version,
-        "detector": prov.get("detector"),
-        "recognizer": prov.get("recognizer"),
-        "node": prov.get("node"),
-        "device": prov.get("device"),
-        "timings": json.dumps(task.timings, sort_keys=True),
-    }
+    return AuditRecord(
+        key=task.key,
+        seq=task.seq,
+        source_shard=task.shard,
+        output_shard=task.shard_name if released else None,
+        members=[name for name, _ in task.members],
+        input_sha256=task.input_sha256 or None,
+        status=status.value,
+        faces_count=len(task.faces),
+        faces=[face.to_dict() for face in task.faces],
+        missed_faces=task.missed_faces,
+        error=task.error,
+        error_step=task.error_step,
+        guidance_scale=run.method.get("guidance_scale"),
+        skip=run.method.get("skip"),
+        num_steps=run.method.get("num_steps"),
+        seed=run.method.get("seed"),
+        attribute_prompt=run.method.get("attribute_prompt"),
+        models=json.dumps(prov.get("models", {}), sort_keys=True),
+        weight_hashes=json.dumps(_weight_hashes(prov), sort_keys=True),
+        config_hash=run.config_hash,
+        code_version=run.code_version,
+        detector=prov.get("detector"),
+        recognizer=prov.get("recognizer"),
+        node=prov.get("node"),
+        device=prov.get("device"),
+        timings=json.dumps(task.timings, sort_keys=True),
+    )
 
 
 def _weight_hashes(prov: dict[str, Any]) -> dict[str, Any]:
@@ -140,7 +139,7 @@ def fragment_bytes(tasks: Iterable[SampleTask], run: RunInfo) -> bytes:
         rows["seq"].append(task.seq)
         rows["end"].append(task.end_of_shard)
         rows["released"].append(released)
-        rows["audit"].append(None if task.end_of_shard else json.dumps(audit_record(task, run), sort_keys=True))
+        rows["audit"].append(None if task.end_of_shard else audit_record(task, run).to_row())
         _add_members(rows, "out", task.out_members if released and task.out_members else [])
         originals = [task.unchanged(index) for index in range(len(task.members))] if held else []
         _add_members(rows, "held", originals)
@@ -280,7 +279,7 @@ def finalize_shard(
         assert total is not None
         ordered = [fragments.rows[i] for i in range(total)]
         input_identity = _input_of(shard, end_input, ordered)
-        records = [json.loads(row["audit"]) for row in ordered]
+        records = [AuditRecord.from_row(row["audit"]) for row in ordered]
         fs = layout.fs
         if quarantine is not None:
             with SpanReader(source, layout.options) as inputs:
@@ -291,8 +290,8 @@ def finalize_shard(
                 for row, record in zip(ordered, records):
                     if row["released"]:
                         members = fragments.members(row["seq"], "out", inputs)
-                        record["output_sha256"] = sample_digest(members)
-                        yield Sample(key=record["key"], members=members)
+                        record.output_sha256 = sample_digest(members)
+                        yield Sample(key=record.key, members=members)
 
             write_tar(samples(), tar)
     released = sum(1 for row in ordered if row["released"])
@@ -313,12 +312,10 @@ def finalize_shard(
         "tar_sha256": tar.sha256,
         "audit_sha256": hashlib.sha256(audit).hexdigest(),
         "records_root": records_root(written),
-        "config_hash": records[0]["config_hash"] if records else None,
+        "config_hash": records[0].config_hash if records else None,
         "input": input_identity,
         # What the GPU actors recorded, for the run manifest (so the driver never reads audits back).
-        "weight_hashes": next(
-            (r["weight_hashes"] for r in records if r.get("weight_hashes") not in (None, "{}")), None
-        ),
+        "weight_hashes": next((r.weight_hashes for r in records if r.weight_hashes not in (None, "{}")), None),
     }
     if secret is not None:
         marker[MARKER_MAC] = marker_mac(marker, secret)
@@ -407,7 +404,7 @@ def _publish_quarantine(
     quarantine: OutputLayout,
     shard: str,
     rows: list[dict[str, Any]],
-    records: list[dict[str, Any]],
+    records: list[AuditRecord],
     fragments: _Fragments,
     inputs: SpanReader,
 ) -> None:
@@ -423,7 +420,7 @@ def _publish_quarantine(
     held_rows = [(row, record) for row, record in zip(rows, records) if not row["released"]]
     if not held_rows:
         return
-    taken = {record["key"] for record in records}  # a new key must not be one the shard uses itself
+    taken = {record.key for record in records}  # a new key must not be one the shard uses itself
     used: set[str] = set()
 
     def held() -> Iterator[Sample]:
@@ -431,8 +428,9 @@ def _publish_quarantine(
             members = fragments.members(row["seq"], "held", inputs)
             if not members:
                 continue
-            note = {k: record[k] for k in ("key", "status", "error", "error_step", "faces", "missed_faces")}
-            key, names = record["key"], [name for name, _ in members]
+            values = record.to_row()
+            note = {k: values[k] for k in ("key", "status", "error", "error_step", "faces", "missed_faces")}
+            key, names = record.key, [name for name, _ in members]
             if key in used:
                 suffix = f"_seq{row['seq']}"
                 while key + suffix in taken | used:

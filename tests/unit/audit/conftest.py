@@ -26,7 +26,7 @@ from raypipe.audit.manifest import (
     records_root,
     write_manifest,
 )
-from raypipe.audit.schema import records_table, sample_digest
+from raypipe.audit.schema import AuditRecord, records_table, sample_digest
 from raypipe.audit.signing import Key, parse_key
 from raypipe.io.tars import Sample, tar_bytes
 from raypipe.layout import OutputLayout
@@ -110,7 +110,7 @@ def _record(shard: str, shard_index: int, seq: int, status: str) -> tuple[dict[s
 
 def audit_bytes(records: list[dict[str, Any]]) -> bytes:
     buffer = io.BytesIO()
-    pq.write_table(records_table(records), buffer)
+    pq.write_table(records_table([AuditRecord(**record) for record in records]), buffer)
     return buffer.getvalue()
 
 
