@@ -40,6 +40,7 @@ from raypipe.io.spans import MemberRef, SpanReader
 from raypipe.io.tars import Sample, write_tar
 from raypipe.layout import OutputLayout
 from raypipe.logs import get_logger
+from raypipe.pipeline.intervals import Positions
 from raypipe.pipeline.task import SampleTask
 from raypipe.records import Status
 
@@ -218,13 +219,13 @@ def list_fragments(layout: OutputLayout, shard: str) -> list[str]:
 @overload
 def committed_positions(
     layout: OutputLayout, shard: str, *, secret: bytes | None = None
-) -> tuple[set[int], int | None]: ...
+) -> tuple[Positions, int | None]: ...
 
 
 @overload
 def committed_positions(
     layout: OutputLayout, shard: str, with_inputs: Literal[True], *, secret: bytes | None = None
-) -> tuple[set[int], int | None, set[str]]: ...
+) -> tuple[Positions, int | None, set[str]]: ...
 
 
 def committed_positions(
@@ -232,23 +233,26 @@ def committed_positions(
 ) -> Any:
     """Sample positions committed in (authentic) fragments of ``shard``, and its size if known; with
     ``with_inputs`` also the input identities (JSON) the fragments were read from."""
-    seqs: set[int] = set()
+    seqs = Positions()
     inputs: set[str] = set()
     total: int | None = None
     for _, data in authentic_fragments(layout, shard, secret):
         table = pq.read_table(io.BytesIO(data), columns=["seq", "end", "input"])
+        found = []
         for seq, end, source in zip(*(table.column(c).to_pylist() for c in ("seq", "end", "input"))):
             if end:
                 total = seq
             else:
-                seqs.add(seq)
+                found.append(seq)
                 if source:
                     inputs.add(source)
+        seqs.add(found)
     return (seqs, total, inputs) if with_inputs else (seqs, total)
 
 
-def is_complete(seqs: set[int], total: int | None) -> bool:
-    return total is not None and len(seqs) >= total and all(i in seqs for i in range(total))
+def is_complete(seqs: Positions, total: int | None) -> bool:
+    """Whether the positions committed cover every sample of a shard of ``total`` (None: size unknown)."""
+    return total is not None and seqs.covers(total)
 
 
 def finalize_shard(
@@ -274,7 +278,7 @@ def finalize_shard(
     with tempfile.TemporaryDirectory(prefix="raypipe-finalize-") as spool:
         fragments = _Fragments(layout, shard, secret, spool)
         total, end_input = fragments.total, fragments.end_input
-        if not is_complete(set(fragments.rows), total):
+        if not is_complete(Positions(fragments.rows), total):
             raise RuntimeError(f"{shard}: fragments do not cover every sample yet ({len(fragments.rows)} of {total})")
         assert total is not None
         ordered = [fragments.rows[i] for i in range(total)]

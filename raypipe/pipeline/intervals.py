@@ -1,6 +1,6 @@
 """A set of sample positions held as runs, so that its size follows the gaps, not the samples.
 
-The ShardTracker keeps the committed positions of every open shard. Fragments cover runs of
+The plan, the read tasks and the ShardTracker keep the committed positions of every open shard. Fragments cover runs of
 consecutive positions (a block of a shard's samples, in order), so a shard whose samples have all been
 committed up to some point is one run however many samples it has: at 10^8 samples a set of ints
 would hold gigabytes, this holds a few numbers per open shard.
@@ -9,7 +9,7 @@ would hold gigabytes, this holds a few numbers per open shard.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 
 class Positions:
@@ -21,7 +21,10 @@ class Positions:
         self._starts: list[int] = []
         self._ends: list[int] = []
         self._count = 0
-        self.add(values)
+        if isinstance(values, Positions):  # a copy: run by run, never position by position
+            self._starts, self._ends, self._count = list(values._starts), list(values._ends), values._count
+        else:
+            self.add(values)
 
     def add(self, values: Iterable[int]) -> int:
         """Add ``values``; returns how many of them were new."""
@@ -57,6 +60,16 @@ class Positions:
 
     def __len__(self) -> int:
         return self._count
+
+    def __iter__(self) -> Iterator[int]:
+        """Every position, in order (as many steps as positions: for tests and small shards)."""
+        for start, end in zip(self._starts, self._ends):
+            yield from range(start, end)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Positions) and self.runs == other.runs
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
 
     def __contains__(self, value: object) -> bool:
         if not isinstance(value, int):

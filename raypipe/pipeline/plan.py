@@ -23,6 +23,7 @@ from raypipe.io.storage import filesystem, redact
 from raypipe.layout import CONFIG_FILE, JOB_FILE, RUNS_DIR, STATE_DIR, OutputLayout
 from raypipe.logs import get_logger
 from raypipe.pipeline.commit import committed_positions, list_fragments
+from raypipe.pipeline.intervals import Positions
 from raypipe.pipeline.read import ShardWork
 
 log = get_logger(__name__)
@@ -102,7 +103,7 @@ def make_plan(
     # One listing instead of one request per input shard (10^5 shards at 20 ms each: half an hour).
     with_markers = set(marked_shards(layout))
 
-    def look(shard: tuple[str, str]) -> dict[str, Any] | frozenset[int] | None:
+    def look(shard: tuple[str, str]) -> dict[str, Any] | Positions | None:
         """The shard's storage requests: None when signed, its entry when finalized but not signed,
         else the positions committed (for its current input)."""
         uri, name = shard
@@ -115,16 +116,16 @@ def make_plan(
                 _drop_fragments(layout, name, with_fragments, "already finalized")
                 return entry
         if name not in with_fragments:
-            return frozenset()
+            return Positions()
         seqs, _, inputs = committed_positions(layout, name, True, secret=secret)
         if any(not same_object(json.loads(i), identities[uri]) for i in inputs):
             log.warning("%s: the input changed since its committed work was read; restarting that shard", name)
             _drop_fragments(layout, name, with_fragments, "read from another version of the input")
-            return frozenset()
-        return frozenset(seqs)
+            return Positions()
+        return seqs
 
     for (uri, name), found in zip(shards, map_bounded(look, shards)):
-        if isinstance(found, frozenset):
+        if isinstance(found, Positions):
             plan.pending.append(ShardWork(uri=uri, name=name, committed=found, identity=identities[uri]))
             continue
         plan.done.append(name)

@@ -26,6 +26,7 @@ from raypipe.io.spans import InputChangedError, MemberRef
 from raypipe.io.storage import StorageOptions, filesystem, redact
 from raypipe.io.tars import OVER_LIMIT, Sample, TarProblem, TarReadError, iter_samples
 from raypipe.logs import get_logger
+from raypipe.pipeline.intervals import Positions
 from raypipe.pipeline.task import SampleTask
 
 log = get_logger(__name__)
@@ -37,7 +38,7 @@ class ShardWork:
 
     uri: str
     name: str
-    committed: frozenset[int] = field(default_factory=frozenset)
+    committed: Positions = field(default_factory=Positions)  # runs: O(gaps), not O(samples)
     identity: dict[str, Any] | None = None  # the input as planned (raypipe.io.identity); None: not pinned
 
 

@@ -43,7 +43,7 @@ class ShardTracker:
         driver_pid: int,
         kill_after_fragments: int | None,
     ) -> None:
-        self._seqs: dict[str, Positions] = {s: Positions(seqs) for s, (seqs, _) in committed.items()}
+        self._seqs: dict[str, Positions] = {s: Positions(seqs) for s, (seqs, _) in committed.items()}  # copies
         self._totals: dict[str, int | None] = {s: total for s, (_, total) in committed.items()}
         self._claimed: set[str] = set()
         self._markers: dict[str, dict[str, Any]] = {}

@@ -11,6 +11,7 @@ from raypipe.config import LimitsConfig, build_config
 from raypipe.io.storage import StorageOptions
 from raypipe.layout import OutputLayout
 from raypipe.pipeline.commit import RunInfo, commit_fragment, committed_positions, finalize_shard
+from raypipe.pipeline.intervals import Positions
 from raypipe.pipeline.plan import make_plan
 from raypipe.pipeline.read import InputChangedError, shard_tasks
 from raypipe.records import Status
@@ -42,12 +43,12 @@ def inputs(tmp_path: Path) -> Path:
 def test_committed_work_of_a_changed_input_is_dropped(inputs: Path, tmp_path: Path) -> None:
     config, layout = _config(inputs, tmp_path / "out"), OutputLayout(str(tmp_path / "out"))
     _commit_first_samples(layout, make_plan(config, layout), 2)
-    assert make_plan(config, layout).pending[0].committed == {0, 1}  # unchanged input: resumed
+    assert set(make_plan(config, layout).pending[0].committed) == {0, 1}  # unchanged input: resumed
     shard = inputs / "part-00000.tar"
     shard.write_bytes(sample_shards(shards=1, per_shard=4)["part-00000.tar"])  # swapped before the resume
     plan = make_plan(config, layout)
-    assert plan.pending[0].committed == frozenset()
-    assert committed_positions(layout, "part-00000.tar") == (set(), None)
+    assert len(plan.pending[0].committed) == 0
+    assert committed_positions(layout, "part-00000.tar") == (Positions(), None)
 
 
 def test_an_input_that_changes_after_planning_stops_its_read(inputs: Path, tmp_path: Path) -> None:

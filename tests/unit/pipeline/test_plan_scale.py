@@ -12,6 +12,7 @@ import raypipe.pipeline.plan as plan_module
 from raypipe.config import build_config
 from raypipe.io.tars import Sample, tar_bytes
 from raypipe.layout import OutputLayout
+from raypipe.pipeline.intervals import Positions
 from raypipe.pipeline.plan import make_plan
 
 
@@ -75,9 +76,11 @@ def test_per_shard_requests_run_concurrently_and_bounded(
     layout = OutputLayout(str(tmp_path / "out"))
     monkeypatch.setattr(plan_module, "object_identity", slow("identity", plan_module.object_identity))
     monkeypatch.setattr(plan_module, "_shards_with_fragments", lambda layout: {f"part-{i:05d}.tar" for i in range(300)})
-    monkeypatch.setattr(plan_module, "committed_positions", slow("fragments", lambda *a, **k: ({0}, None, set())))
+    monkeypatch.setattr(
+        plan_module, "committed_positions", slow("fragments", lambda *a, **k: (Positions({0}), None, set()))
+    )
     plan = make_plan(config, layout)
-    assert [w.committed for w in plan.pending] == [frozenset({0})] * 300
+    assert [w.committed for w in plan.pending] == [Positions({0})] * 300
     assert [w.name for w in plan.pending] == [f"part-{i:05d}.tar" for i in range(300)]  # in input order
     assert 1 < peaks["identity"] <= REQUESTS_IN_FLIGHT
     assert 1 < peaks["fragments"] <= REQUESTS_IN_FLIGHT

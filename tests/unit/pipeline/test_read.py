@@ -8,6 +8,7 @@ from pathlib import Path
 
 from raypipe.config import LimitsConfig
 from raypipe.io.storage import StorageOptions
+from raypipe.pipeline.intervals import Positions
 from raypipe.pipeline.read import ShardWork, shard_tasks
 from raypipe.pipeline.task import SampleTask
 
@@ -96,7 +97,7 @@ def test_not_a_tar_at_all_is_one_failed_sample(tmp_path: Path) -> None:
 def test_committed_samples_are_skipped_and_positions_stay_the_same(tmp_path: Path) -> None:
     data = raw_tar([("a.jpg", b"1", REG), ("b.txt", None, SYM), ("c.jpg", b"2", REG)])
     everything = tasks_of(tmp_path, data)
-    resumed = tasks_of(tmp_path, data, committed=frozenset({0}))
+    resumed = tasks_of(tmp_path, data, committed=Positions({0}))
     assert [outcome(t) for t in resumed] == [outcome(t) for t in everything[1:]]
 
 

@@ -82,3 +82,19 @@ def test_state_does_not_grow_with_the_samples_committed() -> None:
             tracker.commit("open.tar", list(range(start, start + 500)), None)
     assert state_bytes(large) <= state_bytes(small) + 64
     assert len(large._seqs["open.tar"].runs) == 1
+
+
+def test_a_planned_shard_carries_its_committed_positions_as_runs() -> None:
+    """What the plan hands every read task: a million committed samples with one gap are two runs."""
+    import pickle
+
+    from raypipe.pipeline.read import ShardWork
+
+    committed = Positions(i for i in range(1_000_001) if i != 500_000)
+    work = ShardWork(uri="s3://b/in/a.tar", name="a.tar", committed=committed)
+    assert committed.runs == [(0, 500_000), (500_001, 1_000_001)] and len(committed) == 1_000_000
+    assert len(pickle.dumps(work)) < 1_000
+    copy = Positions(committed)
+    copy.add([500_000])
+    assert copy.covers(1_000_001) and not committed.covers(1_000_001)  # a copy, not a view
+    assert 500_000 not in committed and 499_999 in committed
