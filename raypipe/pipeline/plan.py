@@ -19,7 +19,7 @@ from raypipe.io.concurrent import map_bounded
 from raypipe.io.identity import object_identity, same_object
 from raypipe.io.publish import delete, exists, publish_bytes, read_bytes
 from raypipe.io.shards import expand_shards, shard_name
-from raypipe.io.storage import filesystem, redact
+from raypipe.io.storage import filesystem, redact, redact_all
 from raypipe.layout import CONFIG_FILE, JOB_FILE, RUNS_DIR, STATE_DIR, OutputLayout
 from raypipe.logs import get_logger
 from raypipe.pipeline.commit import committed_positions, list_fragments
@@ -33,10 +33,13 @@ class OutputConflictError(ConfigError):
     """OUTPUT holds the results of a different configuration (or would overwrite an input)."""
 
 
-def config_hash(config: JobConfig) -> str:
-    """Fingerprint of everything that decides the output bytes (not how Ray runs the job)."""
+def output_settings(config: JobConfig) -> dict[str, Any]:
+    """Everything that decides the output bytes of a shard (not how Ray runs the job, nor which shards).
+
+    The input list is not one of them: the set of input shards may grow under one configuration, and
+    each shard is pinned by its own input (a changed or removed one is refused by name, see make_plan).
+    """
     relevant: dict[str, Any] = {
-        "input": list(config.input),
         "models": dataclasses.asdict(config.models),
         "method": dataclasses.asdict(config.method),
         "limits": dataclasses.asdict(config.limits),
@@ -51,7 +54,24 @@ def config_hash(config: JobConfig) -> str:
     relevant["audit"].pop("anchor", None)  # where the evidence is pinned does not change the output
     relevant["models"].pop("device", None)  # where it runs does not change what it computes
     relevant["models"].pop("cache_dir", None)
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+    return relevant
+
+
+def config_hash(config: JobConfig) -> str:
+    """Fingerprint of :func:`output_settings`: two runs may share an OUTPUT only when theirs are equal."""
+    return hashlib.sha256(json.dumps(output_settings(config), sort_keys=True).encode()).hexdigest()
+
+
+def changed_settings(before: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
+    """``section.key: old -> new`` for every setting that differs (nested mappings flattened)."""
+    changes = []
+    for key in sorted(set(before) | set(now)):
+        old, new = before.get(key), now.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += changed_settings(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changes.append(f"{prefix}{key}: {old!r} -> {new!r}")
+    return changes
 
 
 @dataclass
@@ -75,6 +95,7 @@ def make_plan(
     previous: dict[str, Any] | None = None,
     overwrite: bool = False,
     secret: bytes | None = None,
+    uris: list[str] | None = None,
 ) -> Plan:
     """List the input shards, check OUTPUT, and find what earlier runs already committed.
 
@@ -84,24 +105,31 @@ def make_plan(
     committed work of an input that changed since is dropped and the shard restarts, and a signed
     shard whose input changed stops the run. With ``secret`` (the run's fragment key) only fragments
     and markers it authenticates count: anything planted under OUTPUT without the key is ignored.
+    ``uris``: the input shards, when the caller already expanded ``config.input``.
     """
-    uris = expand_shards(list(config.input), config.storage)
+    uris = uris if uris is not None else expand_shards(list(config.input), config.storage)
     shards = [(uri, shard_name(uri)) for uri in uris]
     _check_names(shards)
     _check_not_overwriting_inputs(shards, layout)
     digest = config_hash(config)
     signed = previous["shards"] if previous else {}
-    overwrote = _claim_output(layout, digest, sorted({name for _, name in shards} | set(signed)), overwrite)
+    # One listing instead of one request per input shard (10^5 shards at 20 ms each: half an hour).
+    with_markers = set(marked_shards(layout))
+    names = {name for _, name in shards}
+    settings = redact_all(output_settings(config))
+    removed = sorted((set(signed) | with_markers) - names)
+    everything = sorted(names | set(signed) | with_markers)
+    overwrote = _claim_output(layout, digest, settings, everything, overwrite, clear=overwrite and bool(removed))
     if overwrote:
-        signed = {}
+        signed, with_markers = {}, set()
+    else:
+        _check_none_removed(layout, removed)
     plan = Plan(config_hash=digest, shards=shards, overwrite=overwrote)
     identities = dict(zip(uris, map_bounded(lambda uri: object_identity(uri, config.storage), uris)))
     for uri, name in shards:  # before anything is dropped: a changed signed input stops the run
         if name in signed:
             _check_signed_input(name, signed[name], identities[uri])
     with_fragments = _shards_with_fragments(layout)
-    # One listing instead of one request per input shard (10^5 shards at 20 ms each: half an hour).
-    with_markers = set(marked_shards(layout))
 
     def look(shard: tuple[str, str]) -> dict[str, Any] | Positions | None:
         """The shard's storage requests: None when signed, its entry when finalized but not signed,
@@ -113,6 +141,7 @@ def make_plan(
         if name in with_markers:
             entry = _finalized_unsigned(layout, name, secret)
             if entry is not None:
+                _check_signed_input(name, entry, identities[uri], "finalized")
                 _drop_fragments(layout, name, with_fragments, "already finalized")
                 return entry
         if name not in with_fragments:
@@ -141,12 +170,24 @@ def make_plan(
     return plan
 
 
-def _check_signed_input(name: str, entry: dict[str, Any], identity: dict[str, Any]) -> None:
+def _check_signed_input(name: str, entry: dict[str, Any], identity: dict[str, Any], how: str = "signed") -> None:
+    """Refuse a shard of OUTPUT whose input is no longer the one it was made from."""
     pinned = entry.get("input")
     if isinstance(pinned, dict) and not same_object(pinned, identity):
         raise OutputConflictError(
-            f"input: {identity['uri']} changed since {name} was anonymized and signed (was {pinned}, now "
+            f"input: {identity['uri']} changed since {name} was anonymized and {how} (was {pinned}, now "
             f"{identity}); restore that input, or use --overwrite to start again"
+        )
+
+
+def _check_none_removed(layout: OutputLayout, removed: list[str]) -> None:
+    """Refuse a run whose INPUT no longer lists a shard that OUTPUT holds: the set may grow, not shrink
+    (OUTPUT's evidence would otherwise speak of shards that this configuration no longer covers)."""
+    if removed:
+        shown = ", ".join(removed[:5]) + (f" and {len(removed) - 5} more" if len(removed) > 5 else "")
+        raise OutputConflictError(
+            f"input: OUTPUT {redact(layout.root)} holds {shown}, which INPUT no longer lists; the input shards "
+            "may grow between runs, not shrink: list them again, or use another OUTPUT, or --overwrite"
         )
 
 
@@ -200,22 +241,33 @@ def _check_not_overwriting_inputs(shards: list[tuple[str, str]], layout: OutputL
             raise OutputConflictError(f"output: {redact(layout.root)} would overwrite the input shard {redact(uri)}")
 
 
-def _claim_output(layout: OutputLayout, digest: str, names: list[str], overwrite: bool) -> bool:
-    """Check OUTPUT holds this configuration's results (or none); True when ``overwrite`` cleared it."""
+def _claim_output(
+    layout: OutputLayout, digest: str, settings: dict[str, Any], names: list[str], overwrite: bool, clear: bool
+) -> bool:
+    """Check OUTPUT holds this configuration's results (or none); True when it was cleared: by
+    ``overwrite`` for another configuration, or because ``clear`` (the input shrank, with --overwrite).
+
+    The job file keeps the settings (credentials redacted) beside their hash, so that a refusal can name
+    the settings that changed."""
     fs, job_path = layout.fs, layout.state(JOB_FILE)
     cleared = False
-    if exists(fs, job_path):
-        previous = json.loads(read_bytes(fs, job_path)).get("config_hash")
+    if clear:
+        clear_output(layout, names)
+        cleared = True
+    elif exists(fs, job_path):
+        stored = json.loads(read_bytes(fs, job_path))
+        previous = stored.get("config_hash")
         if previous != digest:
             if not overwrite:
+                changes = changed_settings(stored["settings"], settings) if "settings" in stored else []
+                what = "; ".join(changes[:8]) if changes else f"config hash {str(previous)[:12]}, now {digest[:12]}"
                 raise OutputConflictError(
-                    f"output: {redact(layout.root)} holds results of a different configuration "
-                    f"(config hash {str(previous)[:12]}, now {digest[:12]}); use another OUTPUT, or --overwrite "
-                    "to delete those results and start again"
+                    f"output: {redact(layout.root)} holds results of a different configuration ({what}); use "
+                    "another OUTPUT, or --overwrite to delete those results and start again"
                 )
             clear_output(layout, names)
             cleared = True
-    publish_bytes(fs, job_path, json.dumps({"config_hash": digest}, indent=2).encode())
+    publish_bytes(fs, job_path, json.dumps({"config_hash": digest, "settings": settings}, indent=2).encode())
     return cleared
 
 

@@ -145,23 +145,32 @@ def run(config: JobConfig, overwrite: bool = False) -> RunSummary:
     The run holds OUTPUT's lease from before planning to after its manifest, so no second driver can
     write there meanwhile.
     """
+    from raypipe.io.shards import expand_shards
     from raypipe.pipeline.lease import lease
 
     started = time.time()
     key = signing_key(config)
+    uris = expand_shards(list(config.input), config.storage)  # a bad INPUT stops here: OUTPUT untouched
     layout = OutputLayout(config.output, config.storage)
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + "-" + uuid.uuid4().hex[:8]
     with lease(layout, run_id, config.pipeline.lease_ttl_s) as held:
-        return _run_holding_lease(config, layout, key, run_id, started, overwrite, held)
+        return _run_holding_lease(config, layout, key, run_id, started, overwrite, held, uris)
 
 
 def _run_holding_lease(
-    config: JobConfig, layout: OutputLayout, key: Any, run_id: str, started: float, overwrite: bool, held: Any
+    config: JobConfig,
+    layout: OutputLayout,
+    key: Any,
+    run_id: str,
+    started: float,
+    overwrite: bool,
+    held: Any,
+    uris: list[str],
 ) -> RunSummary:
     previous = previous_manifest(layout, key)
     _check_not_rolled_back(config, previous, key)
     secret = key.derive(FRAGMENT_KEY_PURPOSE) if key is not None else None
-    plan = make_plan(config, layout, previous, overwrite=overwrite, secret=secret)
+    plan = make_plan(config, layout, previous, overwrite=overwrite, secret=secret, uris=uris)
     publish_bytes(layout.fs, layout.state(CONFIG_FILE), yaml.safe_dump(_resolved(config), sort_keys=False).encode())
     run_info = RunInfo(
         config_hash=plan.config_hash,
