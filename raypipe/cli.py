@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from raypipe.config import ANALYZERS, PRESETS, ConfigError
+from raypipe.io.shards import ShardSpecError
+from raypipe.io.storage import CredentialsInURIError, UnsupportedURIError
 from raypipe.logs import configure_logging, get_logger
 
 log = get_logger(__name__)
@@ -199,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="raypipe", description="Anonymize the faces of image datasets with Reverse Personalization on Ray."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"raypipe {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("anonymize-image", help="anonymize every face in one image, without Ray")
@@ -247,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    import raypipe
+
+    return raypipe.__version__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -255,6 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
+        return EXIT_USAGE
+    except (ShardSpecError, UnsupportedURIError, CredentialsInURIError) as exc:  # a bad INPUT or OUTPUT
+        log.error("%s", exc)
         return EXIT_USAGE
     except FileNotFoundError as exc:
         log.error("not found: %s", exc)

@@ -456,7 +456,9 @@ def build_config(data: dict[str, Any], overrides: dict[str, Any], require_io: bo
     allowed = {"input", "output", *SECTIONS}
     unknown = sorted(set(data) - allowed)
     if unknown:
-        raise ConfigError(f"unknown section(s) {unknown}; allowed are {sorted(allowed)}")
+        raise ConfigError(
+            f"unknown section(s) {unknown}{did_you_mean(unknown, allowed)}; allowed are {sorted(allowed)}"
+        )
     merged: dict[str, Any] = {}
     for name in SECTIONS:
         section = data.get(name) or {}
@@ -503,6 +505,18 @@ def _check_storage(section: dict[str, Any]) -> None:
     _check(isinstance(value, bool), "storage.anonymous", "true or false", value)
 
 
+def did_you_mean(unknown: list[Any], known: set[str], prefix: str = "") -> str:
+    """`` (did you mean 'x'?)`` for the unknown names that are close to a known one; empty if none is."""
+    import difflib
+
+    guesses = []
+    for name in unknown:
+        close = difflib.get_close_matches(str(name), sorted(known), n=1, cutoff=0.6)
+        if close:
+            guesses.append(f"{name!r}: did you mean {prefix + close[0]!r}?")
+    return f" ({'; '.join(guesses)})" if guesses else ""
+
+
 def from_mapping(cls: type, data: Any, section: str) -> Any:
     """Build the dataclass ``cls`` from a mapping, rejecting unknown keys by name."""
     if data is None:
@@ -512,7 +526,8 @@ def from_mapping(cls: type, data: Any, section: str) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(f"{section}: unknown key(s) {unknown}; allowed keys are {sorted(known)}")
+        hint = did_you_mean(unknown, known, f"{section}.")
+        raise ConfigError(f"{section}: unknown key(s) {unknown}{hint}; allowed keys are {sorted(known)}")
     try:
         return cls(**data)
     except ConfigError:

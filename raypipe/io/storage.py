@@ -220,7 +220,13 @@ def filesystem(uri_or_path: str, options: StorageOptions | None = None) -> tuple
         ) from exc
     except ValueError as exc:
         raise UnsupportedURIError(f"{redact(uri_or_path)}: unknown storage protocol {protocol!r}") from exc
-    fs = cls(**options.to_fsspec(protocol))
+    try:
+        fs = cls(**options.to_fsspec(protocol))
+    except TypeError as exc:  # a protocol that needs its address as arguments (ftp, sftp, ...)
+        raise UnsupportedURIError(
+            f"{redact(uri_or_path)}: raypipe cannot open {protocol}:// locations ({exc}); use a local path, "
+            "s3:// or gs://"
+        ) from exc
     return fs, cls._strip_protocol(uri_or_path)
 
 

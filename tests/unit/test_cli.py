@@ -1,0 +1,39 @@
+"""The ``raypipe`` command's own behaviour: version, exit codes for bad usage, config key hints."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import raypipe
+from raypipe.cli import EXIT_USAGE, main
+
+
+def test_version_prints_the_package_version() -> None:
+    done = subprocess.run([sys.executable, "-m", "raypipe.cli", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == f"raypipe {raypipe.__version__}"
+
+
+@pytest.mark.parametrize(
+    "given",
+    ["{tmp}/no-such-folder/", "{tmp}/jpgs", "{tmp}/jpgs/*.tar", "ftp://host/a.tar", "s3://key:secret@bucket/a.tar"],
+)
+def test_a_bad_input_is_bad_usage_and_is_named(given: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "jpgs").mkdir()
+    (tmp_path / "jpgs" / "a.jpg").write_bytes(b"not a shard")
+    spec = given.format(tmp=tmp_path)
+    assert main(["anonymize", spec, str(tmp_path / "out"), "--preset", "tiny"]) == EXIT_USAGE
+    shown = spec.replace("key:secret@", "") if "secret" in spec else spec
+    assert shown.split("/")[-1] in caplog.text or "credentials" in caplog.text
+    assert "secret" not in caplog.text
+    assert not (tmp_path / "out").exists()  # nothing was written
+
+
+def test_a_misspelt_config_key_gets_a_suggestion(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = tmp_path / "job.yaml"
+    config.write_text("method:\n  guidance: -8\npipline:\n  batch_size: 2\n")
+    assert main(["anonymize", "in.tar", str(tmp_path / "out"), "--config", str(config)]) == EXIT_USAGE
+    assert "'pipline': did you mean 'pipeline'?" in caplog.text
