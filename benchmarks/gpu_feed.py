@@ -312,7 +312,7 @@ def gate_evidence(output: Path) -> dict[str, Any]:
     statuses: dict[str, int] = {}
     distances: list[float] = []
     devices: set[str] = set()
-    for path in sorted(output.glob("*.audit.parquet")):
+    for path in sorted(output.glob(".raypipe/shards/*.audit.parquet")):
         table = pq.read_table(path, columns=["faces", "device"]).to_pylist()
         for row in table:
             for face in row["faces"] or []:

@@ -141,7 +141,7 @@ def run_job(inputs: str, out: Path, config: Path) -> dict[str, Any]:
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"the job failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    records = sorted(glob.glob(str(out / "_raypipe" / "runs" / "*.json")))
+    records = sorted(glob.glob(str(out / ".raypipe" / "runs" / "*.json")))
     run_record = json.loads(Path(records[-1]).read_text())
     return {"wall_s": wall, "run": run_record, "step_cpu_s": audit_step_seconds(out)}
 
@@ -151,7 +151,7 @@ def audit_step_seconds(out: Path) -> dict[str, float]:
     import pyarrow.parquet as pq
 
     totals = dict.fromkeys(STEPS, 0.0)
-    for path in sorted(out.glob("*.audit.parquet")):
+    for path in sorted(out.glob(".raypipe/shards/*.audit.parquet")):
         for value in pq.read_table(path, columns=["timings"]).column("timings").to_pylist():
             for step, seconds in json.loads(value or "{}").items():
                 totals[step] = totals.get(step, 0.0) + seconds

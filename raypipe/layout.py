@@ -1,19 +1,25 @@
 """Where everything of a run lives under OUTPUT (used by the job, ``status`` and ``audit verify``).
 
 ```
-OUTPUT/<shard>.tar                      anonymized shard, same name as the input shard
-OUTPUT/<shard>.audit.parquet            one audit record per input sample
-OUTPUT/<shard>.done.json                completion marker, written last: hashes and counts
-OUTPUT/_raypipe/job.json                the configuration hash this OUTPUT holds results of
-OUTPUT/_raypipe/config.yaml             the resolved job configuration
-OUTPUT/_raypipe/lease.json              the lease of the run writing here now
-OUTPUT/_raypipe/manifest.json           the signed manifest: every finalized shard's evidence
-OUTPUT/_raypipe/manifests/<n>.json      the signed history: every earlier manifest, by sequence number
-OUTPUT/_raypipe/runs/<run id>.json      what each run did (plan, counts, timings)
-OUTPUT/_raypipe/fragments/<shard>/      committed work of shards not yet finalized
+OUTPUT/<shard>.tar                              anonymized shard, same name as the input shard
+OUTPUT/.raypipe/shards/<shard>.audit.parquet    one audit record per input sample
+OUTPUT/.raypipe/shards/<shard>.done.json        completion marker, written last: hashes and counts
+OUTPUT/.raypipe/job.json                        the configuration hash this OUTPUT holds results of
+OUTPUT/.raypipe/config.yaml                     the resolved job configuration
+OUTPUT/.raypipe/lease.json                      the lease of the run writing here now
+OUTPUT/.raypipe/manifest.json                   the signed manifest: every finalized shard's evidence
+OUTPUT/.raypipe/manifests/<n>.json              the signed history: every earlier manifest, by sequence number
+OUTPUT/.raypipe/runs/<run id>.json              what each run did (plan, counts, timings)
+OUTPUT/.raypipe/fragments/<shard>/              committed work of shards not yet finalized
 ```
+Only the anonymized tars sit at the top of OUTPUT, so OUTPUT is a dataset its readers open as it is:
+``webdataset``, ``ray.data.read_webdataset(OUTPUT)`` and ``datasets.load_dataset("webdataset",
+data_dir=OUTPUT)`` all skip a folder whose name starts with a dot. (An OUTPUT written by raypipe
+with the earlier layout keeps its state in ``_raypipe/`` and sidecars beside the tars: see
+:func:`legacy_state`.)
+
 Readers trust only completion markers and the manifest, never a listing of whatever exists. The names
-of the files under ``_raypipe/`` are defined here; the modules that write them use them.
+of the files under ``.raypipe/`` are defined here; the modules that write them use them.
 """
 
 from __future__ import annotations
@@ -26,7 +32,11 @@ from typing import Any
 from raypipe.io.publish import exists, read_bytes
 from raypipe.io.storage import StorageOptions, filesystem, join
 
-STATE_DIR = "_raypipe"
+STATE_DIR = ".raypipe"
+SHARDS_DIR = "shards"  # under STATE_DIR: every finalized shard's audit and completion marker
+LEGACY_STATE_DIR = "_raypipe"  # the earlier layout kept its state here
+AUDIT_SUFFIX = ".audit.parquet"
+DONE_SUFFIX = ".done.json"
 JOB_FILE = "job.json"
 CONFIG_FILE = "config.yaml"
 LEASE_FILE = "lease.json"
@@ -52,10 +62,14 @@ class OutputLayout:
         return self.path(shard)
 
     def audit(self, shard: str) -> str:
-        return self.path(shard_stem(shard) + ".audit.parquet")
+        return self.path(audit_name(shard))
 
     def done(self, shard: str) -> str:
-        return self.path(shard_stem(shard) + ".done.json")
+        return self.path(done_name(shard))
+
+    def markers(self) -> str:
+        """The folder of every shard's audit and completion marker."""
+        return self.path(STATE_DIR, SHARDS_DIR)
 
     def fragments(self, shard: str) -> str:
         return self.path(STATE_DIR, "fragments", shard_stem(shard))
@@ -80,6 +94,25 @@ class OutputLayout:
 def shard_stem(shard: str) -> str:
     """``data-00001.tar`` -> ``data-00001``."""
     return shard[: -len(".tar")] if shard.endswith(".tar") else shard
+
+
+def audit_name(shard: str) -> str:
+    """A shard's audit, relative to OUTPUT: ``.raypipe/shards/data-00001.audit.parquet``."""
+    return f"{STATE_DIR}/{SHARDS_DIR}/{shard_stem(shard)}{AUDIT_SUFFIX}"
+
+
+def done_name(shard: str) -> str:
+    """A shard's completion marker, relative to OUTPUT: ``.raypipe/shards/data-00001.done.json``."""
+    return f"{STATE_DIR}/{SHARDS_DIR}/{shard_stem(shard)}{DONE_SUFFIX}"
+
+
+def legacy_state(layout: OutputLayout) -> str | None:
+    """``OUTPUT/_raypipe`` when OUTPUT was written with the earlier layout (sidecars beside the tars, not under
+    ``.raypipe/``), else None. Such an OUTPUT is refused, never mixed with the current layout."""
+    legacy = layout.path(LEGACY_STATE_DIR, JOB_FILE)
+    if exists(layout.fs, legacy) and not exists(layout.fs, layout.state(JOB_FILE)):
+        return f"{LEGACY_STATE_DIR}/{JOB_FILE}"
+    return None
 
 
 @dataclass

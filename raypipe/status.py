@@ -13,7 +13,7 @@ from raypipe.config import ConfigError, build_config
 from raypipe.io.publish import exists, read_bytes
 from raypipe.io.shards import expand_shards, shard_name
 from raypipe.io.storage import StorageOptions, redact
-from raypipe.layout import CONFIG_FILE, OutputLayout, Tally, tally_from
+from raypipe.layout import CONFIG_FILE, STATE_DIR, OutputLayout, Tally, tally_from
 from raypipe.pipeline.commit import committed_positions
 
 
@@ -45,7 +45,7 @@ def output_status(output: str, options: StorageOptions | None = None) -> OutputS
     layout = OutputLayout(output, options or StorageOptions())
     config_path = layout.state(CONFIG_FILE)
     if not exists(layout.fs, config_path):
-        raise ConfigError(f"{redact(output)}: no raypipe run found (missing _raypipe/{CONFIG_FILE})")
+        raise ConfigError(f"{redact(output)}: no raypipe run found (missing {STATE_DIR}/{CONFIG_FILE})")
     stored = yaml.safe_load(read_bytes(layout.fs, config_path))
     config = build_config(
         {k: stored[k] for k in ("input", "storage", "models", "method", "limits")}, {}, require_io=False

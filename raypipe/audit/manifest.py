@@ -1,6 +1,6 @@
 """The signed run manifest: what a run released, in a form a compliance officer can check.
 
-``OUTPUT/_raypipe/manifest.json`` holds one entry per finalized shard: the sha256 of its tar and audit
+``OUTPUT/.raypipe/manifest.json`` holds one entry per finalized shard: the sha256 of its tar and audit
 file and the RFC 6962 Merkle root of its audit records (all computed at finalize from the bytes as
 they were written, never read back), its sample counts and its pinned input; totals per status; the
 Merkle root over the shard entries (so every record is committed to through its shard's root); the
@@ -11,7 +11,7 @@ manifest: it carries every earlier entry over unchanged and adds entries only fo
 produced. An entry never changes along the chain unless the manifest that changes it says why (an
 ``--overwrite`` run records every entry it dropped in ``overwrite.removed``). A run that produced
 nothing writes no manifest. Each manifest's ``previous`` is the sha256 of the one it replaces, which
-is kept as ``_raypipe/manifests/<sequence:06d>.json``: the manifests form a hash chain, so no earlier
+is kept as ``.raypipe/manifests/<sequence:06d>.json``: the manifests form a hash chain, so no earlier
 run can be rewritten without breaking every later link. Building a manifest reads no shard files, so
 the evidence of a run costs O(its work), not O(output).
 
@@ -60,7 +60,7 @@ from raypipe.audit.merkle import MerkleBuilder
 from raypipe.audit.signing import Key, canonical, describe_mismatch, mac, sign, verify
 from raypipe.io.publish import exists, publish_bytes, read_bytes
 from raypipe.io.storage import redact
-from raypipe.layout import HISTORY_DIR, MANIFEST_FILE, STATE_DIR, OutputLayout
+from raypipe.layout import DONE_SUFFIX, HISTORY_DIR, MANIFEST_FILE, STATE_DIR, OutputLayout
 from raypipe.logs import get_logger
 from raypipe.records import Status
 
@@ -203,10 +203,10 @@ def finished_shards(layout: OutputLayout, manifest: dict[str, Any] | None) -> li
 def marked_shards(layout: OutputLayout) -> list[str]:
     """Names (``<stem>.tar``) of the shards whose completion marker OUTPUT lists, from one (paginated)
     listing. A listing only rules shards out: a marker it shows must still be read and checked."""
-    if not exists(layout.fs, layout.path()):
+    if not exists(layout.fs, layout.markers()):
         return []
-    names = [path.rstrip("/").rsplit("/", 1)[-1] for path in layout.fs.ls(layout.path(), detail=False)]
-    return sorted(name[: -len(".done.json")] + ".tar" for name in names if name.endswith(".done.json"))
+    names = [path.rstrip("/").rsplit("/", 1)[-1] for path in layout.fs.ls(layout.markers(), detail=False)]
+    return sorted(name[: -len(DONE_SUFFIX)] + ".tar" for name in names if name.endswith(DONE_SUFFIX))
 
 
 def audit_rows(data: bytes) -> list[dict[str, Any]]:
@@ -395,9 +395,9 @@ def build_manifest(
 
 
 def write_manifest(layout: OutputLayout, manifest: dict[str, Any], key: Key) -> dict[str, Any]:
-    """Sign ``manifest`` and publish it as ``_raypipe/manifest.json``; returns the signed manifest.
+    """Sign ``manifest`` and publish it as ``.raypipe/manifest.json``; returns the signed manifest.
 
-    The manifest it replaces is first copied to ``_raypipe/manifests/<its sequence>.json``, so the file
+    The manifest it replaces is first copied to ``.raypipe/manifests/<its sequence>.json``, so the file
     under the final name is always a complete, signed manifest, and an interrupted write leaves at worst
     a history copy identical to the current manifest (which ``verify`` accepts). Raises
     :class:`ManifestError` when the current manifest is not the one ``manifest`` chains to (another run

@@ -59,7 +59,7 @@ from raypipe.io.identity import HashingReader
 from raypipe.io.publish import exists, is_local, read_bytes
 from raypipe.io.storage import StorageOptions, redact
 from raypipe.io.tars import Sample, TarProblem, TarReadError, iter_samples
-from raypipe.layout import STATE_DIR, OutputLayout, shard_stem
+from raypipe.layout import STATE_DIR, OutputLayout, audit_name, done_name
 from raypipe.logs import get_logger
 
 log = get_logger(__name__)
@@ -81,10 +81,10 @@ MAX_PER_FILE = 20
 MAX_COUNT = 10**12  # no shard or manifest count is larger; bounds the work a forged number can ask for
 MAX_AUDIT_BYTES = 4 * 2**30  # an audit file of a shard is far smaller (about 1 KB a sample)
 SAFE_SHARD_NAME = re.compile(r"^[^/\\\x00-\x1f.][^/\\\x00-\x1f]*\.tar$")
-# What raypipe itself keeps under OUTPUT/_raypipe besides the manifests and fragments.
+# What raypipe itself keeps under OUTPUT/.raypipe besides the shards' sidecars, manifests and fragments.
 STATE_FILES = ("manifest.json", "config.yaml", "job.json", "lease.json")
-_RUN_RECORD = re.compile(rf"^{STATE_DIR}/runs/\d{{8}}T\d{{6}}Z-[0-9a-f]{{8}}\.json$")
-_FRAGMENT = re.compile(rf"^{STATE_DIR}/fragments/(?P<stem>[^/]+)/[^/]+\.parquet$")
+_RUN_RECORD = re.compile(rf"^{re.escape(STATE_DIR)}/runs/\d{{8}}T\d{{6}}Z-[0-9a-f]{{8}}\.json$")
+_FRAGMENT = re.compile(rf"^{re.escape(STATE_DIR)}/fragments/(?P<stem>[^/]+)/[^/]+\.parquet$")
 
 
 @dataclass(frozen=True)
@@ -360,10 +360,8 @@ class _Verifier:
         if not SAFE_SHARD_NAME.match(shard) or ".." in shard:
             self.add("modified", f"{STATE_DIR}/{MANIFEST_FILE}", f"shard name {shard[:80]!r} is not a plain .tar name")
             return None
-        stem = shard_stem(shard)
-        audit_name, done_name = f"{stem}.audit.parquet", f"{stem}.done.json"
-        self.check_marker(shard, entry, done_name)
-        rows = self.check_audit(shard, entry, audit_name)
+        self.check_marker(shard, entry, done_name(shard))
+        rows = self.check_audit(shard, entry, audit_name(shard))
         self.check_tar(shard, entry, rows)
         if rows is None:
             return None
@@ -520,7 +518,7 @@ class _Verifier:
         known = {f"{STATE_DIR}/{name}" for name in STATE_FILES}
         known |= {f"{STATE_DIR}/{HISTORY_DIR}/{n:06d}.json" for n in range(1, sequence + 1)}
         for shard in shards:
-            known |= {shard, f"{shard_stem(shard)}.audit.parquet", f"{shard_stem(shard)}.done.json"}
+            known |= {shard, audit_name(shard), done_name(shard)}
         unfinished: set[str] = set()
         for path in sorted(self.fs.find(root, withdirs=False)):
             name = path[len(root) + 1 :] if path.startswith(root + "/") else path

@@ -171,10 +171,10 @@ def _expand_spec(spec: str, options: StorageOptions) -> list[str]:
         fs, _ = filesystem(names[0], options)
         fs.invalidate_cache()  # a listing cached earlier in this process may be stale
         literal = [n for n in names if not has_glob(n)]
-        for name in literal:
-            if not name.endswith(SHARD_SUFFIX):
-                raise ShardSpecError(f"{redact(spec)}: {redact(name)} is not a {SHARD_SUFFIX} shard")
-        present, absent = _check_exist(fs, scheme, literal)
+        folders = [n for n in literal if not n.endswith(SHARD_SUFFIX)]
+        for name in folders:
+            shards.extend(_folder_shards(fs, scheme, spec, name))
+        present, absent = _check_exist(fs, scheme, [n for n in literal if n.endswith(SHARD_SUFFIX)])
         shards.extend(present)
         missing.extend(absent)
         for name in names:
@@ -185,6 +185,30 @@ def _expand_spec(spec: str, options: StorageOptions) -> list[str]:
     if not shards:
         raise ShardSpecError(f"{redact(spec)} matches no {SHARD_SUFFIX} shards")
     return shards
+
+
+def _folder_shards(fs: fsspec.AbstractFileSystem, scheme: str | None, spec: str, name: str) -> list[str]:
+    """A folder (or prefix) named as INPUT stands for every ``.tar`` directly inside it, sorted."""
+    path = fs._strip_protocol(name).rstrip("/")
+    if not retry(lambda: fs.isdir(path), description=f"stat {redact(name)}"):
+        what = (
+            "does not exist" if not retry(lambda: fs.exists(path), description=f"stat {redact(name)}") else "is a file"
+        )
+        raise ShardSpecError(
+            f"{redact(spec)}: {redact(name)} {what}; INPUT names {SHARD_SUFFIX} shards or folders of them"
+        )
+    entries = retry(lambda: fs.ls(path, detail=True), description=f"list {redact(name)}")
+    shards = [
+        to_uri(scheme, fs, fs._strip_protocol(e["name"]))
+        for e in entries
+        if e.get("type") == "file" and e["name"].endswith(SHARD_SUFFIX)
+    ]
+    if not shards:
+        raise ShardSpecError(
+            f"{redact(spec)}: the folder {redact(name)} holds no {SHARD_SUFFIX} shards (folders of image files and "
+            "Parquet are not inputs raypipe reads)"
+        )
+    return sorted(shards)
 
 
 def _glob(fs: fsspec.AbstractFileSystem, scheme: str | None, name: str) -> list[str]:

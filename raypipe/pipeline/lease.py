@@ -1,6 +1,6 @@
 """One writer per OUTPUT: the lease a run takes before any work and gives back at its end.
 
-``OUTPUT/_raypipe/lease.json`` names its holder (host, process, run id) and when it expires. It is
+``OUTPUT/.raypipe/lease.json`` names its holder (host, process, run id) and when it expires. It is
 created exclusively (``O_EXCL``-style locally, a conditional PUT on S3), so of two drivers started on
 one OUTPUT exactly one gets it, and the other stops before touching anything. The holder renews it
 while the run goes on; a lease whose holder stopped renewing (it expired, or its process is gone from
@@ -23,7 +23,7 @@ from typing import Any
 from raypipe.config import ConfigError
 from raypipe.io.publish import create_exclusive, delete, is_local, publish_bytes, read_bytes
 from raypipe.io.storage import redact
-from raypipe.layout import LEASE_FILE, OutputLayout
+from raypipe.layout import LEASE_FILE, STATE_DIR, OutputLayout
 from raypipe.logs import get_logger
 
 log = get_logger(__name__)
@@ -161,7 +161,7 @@ def acquire(layout: OutputLayout, holder: Holder, ttl_s: float) -> None:
             raise LeaseHeldError(
                 f"output: {redact(layout.root)} is being written by another run (run {lease.get('run_id')}, "
                 f"process {lease.get('pid')} on {lease.get('host')}); its lease expires at {until} unless "
-                f"renewed. Wait for that run, or remove {redact(layout.root)}/_raypipe/{LEASE_FILE} if you "
+                f"renewed. Wait for that run, or remove {redact(layout.root)}/{STATE_DIR}/{LEASE_FILE} if you "
                 "know it is dead"
             )
         log.warning("taking over a stale lease on %s (%s; was %s)", redact(layout.root), reason, lease)

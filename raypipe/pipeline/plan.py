@@ -20,7 +20,7 @@ from raypipe.io.identity import object_identity, same_object
 from raypipe.io.publish import delete, exists, publish_bytes, read_bytes
 from raypipe.io.shards import expand_shards, shard_name
 from raypipe.io.storage import filesystem, redact, redact_all
-from raypipe.layout import CONFIG_FILE, JOB_FILE, RUNS_DIR, STATE_DIR, OutputLayout
+from raypipe.layout import CONFIG_FILE, JOB_FILE, RUNS_DIR, STATE_DIR, OutputLayout, legacy_state
 from raypipe.logs import get_logger
 from raypipe.pipeline.commit import committed_positions, list_fragments
 from raypipe.pipeline.intervals import Positions
@@ -111,6 +111,7 @@ def make_plan(
     shards = [(uri, shard_name(uri)) for uri in uris]
     _check_names(shards)
     _check_not_overwriting_inputs(shards, layout)
+    _check_current_layout(layout)
     digest = config_hash(config)
     signed = previous["shards"] if previous else {}
     # One listing instead of one request per input shard (10^5 shards at 20 ms each: half an hour).
@@ -239,6 +240,16 @@ def _check_not_overwriting_inputs(shards: list[tuple[str, str]], layout: OutputL
         fs, path = filesystem(uri, layout.options)
         if type(fs) is type(layout.fs) and fs._strip_protocol(path) == layout.tar(name):
             raise OutputConflictError(f"output: {redact(layout.root)} would overwrite the input shard {redact(uri)}")
+
+
+def _check_current_layout(layout: OutputLayout) -> None:
+    legacy = legacy_state(layout)
+    if legacy is not None:
+        raise OutputConflictError(
+            f"output: {redact(layout.root)} was written with raypipe's earlier layout ({legacy}; its audits and "
+            f"markers sit beside the tars); this raypipe keeps them under {STATE_DIR}/. Use another OUTPUT, or "
+            "verify that one with the raypipe release that wrote it"
+        )
 
 
 def _claim_output(

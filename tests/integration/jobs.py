@@ -58,6 +58,28 @@ def sample_shards(shards: int = 3, per_shard: int = 5) -> dict[str, bytes]:
     return out
 
 
+def uniform_shards(shards: int = 2, per_shard: int = 3) -> dict[str, bytes]:
+    """Shards whose samples all have the same members (``jpg`` + ``json``), as readers that infer one
+    schema from the first samples need (Hugging Face ``datasets``); the first sample of each is a portrait."""
+    from skimage import data
+
+    portrait, faceless = jpeg(np.ascontiguousarray(data.astronaut())), jpeg(np.ascontiguousarray(data.coffee()))
+    out = {}
+    for shard in range(shards):
+        samples = [
+            Sample(
+                key=f"{shard:03d}{i:05d}",
+                members=[
+                    (f"{shard:03d}{i:05d}.jpg", portrait if i == 0 else faceless),
+                    (f"{shard:03d}{i:05d}.json", b"{}"),
+                ],
+            )
+            for i in range(per_shard)
+        ]
+        out[f"part-{shard:05d}.tar"] = tar_bytes(samples)
+    return out
+
+
 def job_config(inputs: str | list[str], output: str, **sections: dict[str, Any]) -> JobConfig:
     data: dict[str, Any] = {
         "input": inputs,

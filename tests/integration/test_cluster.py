@@ -134,7 +134,7 @@ def test_ray_job_submit_runs_the_job_on_both_nodes(cluster: Cluster, tmp_path: P
     assert "succeeded" in result.stdout.lower()
     nodes = set()
     for name in ("part-00000", "part-00001", "part-00002"):
-        records = pq.read_table(output / f"{name}.audit.parquet").to_pylist()
+        records = pq.read_table(output / f".raypipe/shards/{name}.audit.parquet").to_pylist()
         assert len(records) == 5
         nodes |= {r["node"] for r in records}
     assert len(nodes) == 2, nodes  # the anonymize actors ran on both nodes
@@ -164,6 +164,6 @@ def test_raypipe_submit_wait_over_s3_and_the_outputs_verify(
     ])  # fmt: skip
     assert code == 0
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=name, Prefix="out/")["Contents"]}
-    assert {"out/part-00000.tar", "out/part-00001.tar", "out/_raypipe/manifest.json"} <= keys
+    assert {"out/part-00000.tar", "out/part-00001.tar", "out/.raypipe/manifest.json"} <= keys
     report = verify_output(f"s3://{name}/out/", parse_key(AUDIT_KEY.encode(), "test"))
     assert report.ok, report.render()

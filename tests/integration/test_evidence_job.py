@@ -15,7 +15,7 @@ import pytest
 from raypipe.audit.signing import parse_key
 from raypipe.audit.verify import verify_output
 from raypipe.config import ConfigError
-from raypipe.layout import OutputLayout
+from raypipe.layout import OutputLayout, audit_name, done_name
 from raypipe.pipeline.lease import LeaseHeldError, lease
 from raypipe.pipeline.plan import OutputConflictError
 from raypipe.pipeline.run import run
@@ -80,7 +80,7 @@ def test_a_rerun_adds_nothing_and_reads_no_finished_output(ray_local, key_env, i
     assert second.counts == first.counts
     read = [p for p in OPENED.paths if p.startswith(str(out)) and p.endswith((".tar", ".parquet"))]
     assert read == []  # no byte of a finished shard or audit file
-    assert not (out / "_raypipe/manifests").exists()  # no second manifest
+    assert not (out / ".raypipe/manifests").exists()  # no second manifest
     report = verify_output(str(out), parse_key(SECRET.encode(), "test"), anchor=str(anchor))
     assert report.ok, report.render()
 
@@ -91,7 +91,7 @@ def test_a_laundered_shard_is_not_signed_over_by_the_rerun(ray_local, key_env, i
     assert run(config).manifest == 1
     # Put the original faces back and make the marker agree with the new tar.
     shutil.copy(inputs / "part-00000.tar", out / "part-00000.tar")
-    marker_path = out / "part-00000.done.json"
+    marker_path = out / ".raypipe/shards/part-00000.done.json"
     marker = json.loads(marker_path.read_text())
     marker["tar_sha256"] = hashlib.sha256((out / "part-00000.tar").read_bytes()).hexdigest()
     marker_path.write_text(json.dumps(marker))
@@ -116,10 +116,10 @@ def test_a_rolled_back_output_is_refused_and_named(ray_local, key_env, inputs: P
     assert run(config).manifest == 1
     held.rename(later)  # the input set grows: the same glob now matches one more shard
     assert run(config).manifest == 2
-    shutil.copy(out / "_raypipe/manifests/000001.json", out / "_raypipe/manifest.json")
-    shutil.rmtree(out / "_raypipe/manifests")
-    for suffix in (".tar", ".audit.parquet", ".done.json"):
-        (out / f"part-00001{suffix}").unlink()
+    shutil.copy(out / ".raypipe/manifests/000001.json", out / ".raypipe/manifest.json")
+    shutil.rmtree(out / ".raypipe/manifests")
+    for path in ("part-00001.tar", audit_name("part-00001.tar"), done_name("part-00001.tar")):
+        (out / path).unlink()
     key = parse_key(SECRET.encode(), "test")
     report = verify_output(str(out), key, anchor=str(anchor))
     assert {p.kind for p in report.problems} == {"rollback"}, report.render()
@@ -141,4 +141,4 @@ def test_a_second_driver_is_refused_before_any_work(ray_local, key_env, inputs: 
     config = job_config(str(inputs / "*.tar"), str(out))
     with lease(OutputLayout(str(out)), "another-run", ttl_s=60), pytest.raises(LeaseHeldError, match="another-run"):
         run(config)
-    assert not list(out.rglob("*.tar")) and not (out / "_raypipe/config.yaml").exists()  # nothing was touched
+    assert not list(out.rglob("*.tar")) and not (out / ".raypipe/config.yaml").exists()  # nothing was touched

@@ -27,6 +27,7 @@ import yaml
 
 from raypipe.audit.signing import KEY_ENV
 from raypipe.cli import main as raypipe_main
+from raypipe.layout import audit_name
 from raypipe.pipeline import faults
 from tests.integration.faulty_proxy import FaultyProxy
 from tests.integration.jobs import TEST_METHOD, TEST_MODELS, TEST_PIPELINE, read_audit, read_tar, sample_shards
@@ -64,12 +65,12 @@ def assert_same_as_reference(out: Path, reference: Path, inputs: Path) -> None:
     """Same tars and audit records as the reference; one record per input sample; verify passes."""
     for name in NAMES:
         keys = [s.key for s in read_tar((inputs / name).read_bytes())]
-        audit = name.replace(".tar", ".audit.parquet")
+        audit = audit_name(name)
         records = read_audit((out / audit).read_bytes())
         assert [r["key"] for r in records] == keys and [r["seq"] for r in records] == list(range(len(keys)))
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
         assert audit_rows(out / audit) == audit_rows(reference / audit), name
-    assert not list((out / "_raypipe" / "fragments").glob("*/*.parquet"))
+    assert not list((out / ".raypipe" / "fragments").glob("*/*.parquet"))
     assert verify(str(out)) == 0
 
 
@@ -156,16 +157,16 @@ def test_s3_errors_and_stalls_are_retried_until_the_job_completes(
     got = tmp_path / "got"
     got.mkdir()
     for shard in NAMES:
-        for suffix in (".tar", ".audit.parquet"):
-            key = f"out/{shard.replace('.tar', suffix)}"
-            (got / Path(key).name).write_bytes(client.get_object(Bucket=name, Key=key)["Body"].read())
+        for path in (shard, audit_name(shard)):
+            (got / path).parent.mkdir(parents=True, exist_ok=True)
+            (got / path).write_bytes(client.get_object(Bucket=name, Key=f"out/{path}")["Body"].read())
         assert (got / shard).read_bytes() == (reference / shard).read_bytes(), shard
-        audit = shard.replace(".tar", ".audit.parquet")
+        audit = audit_name(shard)
         same_run = VOLATILE | {"source_shard", "config_hash"}  # the input URIs differ from the reference
         assert [{k: v for k, v in r.items() if k not in same_run} for r in read_audit((got / audit).read_bytes())] == [
             {k: v for k, v in r.items() if k not in same_run} for r in read_audit((reference / audit).read_bytes())
         ]
-    listing = client.list_objects_v2(Bucket=name, Prefix="out/_raypipe/fragments/").get("KeyCount", 0)
+    listing = client.list_objects_v2(Bucket=name, Prefix="out/.raypipe/fragments/").get("KeyCount", 0)
     assert listing == 0
     assert verify(f"s3://{name}/out", AWS_ENDPOINT_URL=s3_server) == 0  # straight to the server, no faults
 
@@ -252,7 +253,7 @@ def wait_until_gone(marker: str, timeout_s: float = 30) -> None:
 
 
 def committed_anything(out: Path) -> bool:
-    return any((out / "_raypipe" / "fragments").glob("*/*.parquet")) or any(out.glob("*.done.json"))
+    return any((out / ".raypipe" / "fragments").glob("*/*.parquet")) or any(out.glob(".raypipe/shards/*.done.json"))
 
 
 def test_a_lost_worker_node_is_replaced_and_the_job_completes(
@@ -281,7 +282,9 @@ def test_a_lost_worker_node_is_replaced_and_the_job_completes(
             while not committed_anything(out) and driver.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
-            assert len(list(out.glob("*.done.json"))) < SHARDS, "the node was lost too late to test anything"
+            assert len(list(out.glob(".raypipe/shards/*.done.json"))) < SHARDS, (
+                "the node was lost too late to test anything"
+            )
             victim.kill()
             cluster["add_worker"]()  # the replacement an autoscaler would bring
             code = driver.wait(timeout=300)
@@ -294,7 +297,5 @@ def test_a_lost_worker_node_is_replaced_and_the_job_completes(
         rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
         assert rerun.returncode == 0, first_log + rerun.stdout[-2000:] + rerun.stderr[-3000:]
     assert_same_as_reference(out, reference, inputs)
-    nodes = {
-        r["node"] for name in NAMES for r in read_audit((out / name.replace(".tar", ".audit.parquet")).read_bytes())
-    }
+    nodes = {r["node"] for name in NAMES for r in read_audit((out / audit_name(name)).read_bytes())}
     assert len(nodes) == 2, nodes  # work anonymized on the lost node, then on its replacement

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import io
 from pathlib import Path
 
@@ -10,10 +11,11 @@ import pytest
 from PIL import Image
 
 from raypipe.config import ConfigError
+from raypipe.layout import audit_name, done_name
 from raypipe.pipeline.run import run
 from raypipe.status import output_status
 from tests.helpers import face_regions
-from tests.integration.jobs import TEST_METHOD, job_config, read_audit, read_tar, sample_shards
+from tests.integration.jobs import TEST_METHOD, job_config, read_audit, read_tar, sample_shards, uniform_shards
 
 pytestmark = [pytest.mark.isolated, pytest.mark.slow]
 
@@ -81,7 +83,7 @@ def test_anonymized_images_differ_only_inside_face_regions(finished, inputs: Pat
 def test_one_audit_record_per_input_sample(finished, inputs: Path) -> None:
     _, out, _ = finished
     for name in ("part-00000.tar", "part-00001.tar", "part-00002.tar"):
-        records = read_audit((out / name.replace(".tar", ".audit.parquet")).read_bytes())
+        records = read_audit((out / audit_name(name)).read_bytes())
         original = read_tar((inputs / name).read_bytes())
         assert [r["key"] for r in records] == [s.key for s in original]
         assert [r["seq"] for r in records] == list(range(5))
@@ -92,7 +94,7 @@ def test_one_audit_record_per_input_sample(finished, inputs: Path) -> None:
         assert first["faces"][0]["status"] == "anonymized" and len(first["faces"][0]["box"]) == 4
         assert all(r["status"] == "no_face" and r["output_sha256"] == r["input_sha256"] for r in records[1:])
         assert all(r["source_shard"].endswith(name) and r["config_hash"] for r in records)
-        assert (out / name.replace(".tar", ".done.json")).is_file()
+        assert (out / done_name(name)).is_file()
 
 
 def test_rerun_of_a_finished_job_skips_everything(finished) -> None:
@@ -116,6 +118,43 @@ def test_status_reports_done_shards_and_counts(finished) -> None:
     assert sorted(report.done) == ["part-00000.tar", "part-00001.tar", "part-00002.tar"]
     assert report.pending == {} and report.counts == {"anonymized": 3, "no_face": 12}
     assert "3/3 shards done" in report.render()
+
+
+def test_readers_open_the_output_folder_as_it_is(ray_local, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """webdataset, Ray Data and Hugging Face datasets each read OUTPUT as raypipe leaves it: the audits,
+    markers and manifest under ``.raypipe/`` are not taken for shards."""
+    import datasets
+    import ray
+    import webdataset as wds
+
+    monkeypatch.setenv("RAYPIPE_AUDIT_KEY", "5f0c9e2a7b1d4c8e93a6f2b0d7e4c1a8")  # so the manifest is there too
+    (tmp_path / "in").mkdir()
+    for name, data in uniform_shards().items():
+        (tmp_path / "in" / name).write_bytes(data)
+    out = tmp_path / "out"
+    assert run(job_config(str(tmp_path / "in" / "part-{00000..00001}.tar"), str(out))).ok
+    assert (out / ".raypipe" / "manifest.json").is_file() and (out / audit_name("part-00000.tar")).is_file()
+    produced = {
+        s.key: s.members[0][1]
+        for name in sorted(p.name for p in out.glob("*.tar"))
+        for s in read_tar((out / name).read_bytes())
+    }
+    assert len(produced) == 6
+
+    # webdataset takes a list of shards: what the shell's OUTPUT/* gives (glob skips dot folders too)
+    tars = sorted(glob.glob(str(out / "*")))
+    read = {s["__key__"]: s["jpg"] for s in wds.WebDataset(tars, shardshuffle=False)}
+    assert read == produced
+
+    rows = ray.data.read_webdataset(str(out), decoder=None).take_all()
+    assert {row["__key__"]: row["jpg"] for row in rows} == produced
+
+    hf = datasets.load_dataset("webdataset", data_dir=str(out), split="train", cache_dir=str(tmp_path / "hf"))
+    assert sorted(hf["__key__"]) == sorted(produced)
+    first = hf[[k for k in hf["__key__"]].index("00000000")]["jpg"]
+    assert np.array_equal(
+        np.asarray(first.convert("RGB")), np.asarray(Image.open(io.BytesIO(produced["00000000"])).convert("RGB"))
+    )
 
 
 def test_overwrite_replaces_results_of_another_config(ray_local, inputs: Path, tmp_path: Path) -> None:

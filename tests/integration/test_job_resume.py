@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from raypipe.layout import OutputLayout
+from raypipe.layout import OutputLayout, audit_name, done_name
 from raypipe.pipeline.commit import committed_positions
 from raypipe.pipeline.sink import KILL_AFTER_FRAGMENTS_ENV
 from tests.integration.jobs import TEST_METHOD, TEST_MODELS, TEST_PIPELINE, sample_shards
@@ -85,7 +85,7 @@ def test_killed_driver_then_rerun_gives_the_uninterrupted_result(inputs: Path, r
 
     layout = OutputLayout(str(crashed))
     names = [f"part-{i:05d}.tar" for i in range(4)]
-    done = [n for n in names if (crashed / n.replace(".tar", ".done.json")).exists()]
+    done = [n for n in names if (crashed / done_name(n)).exists()]
     assert len(done) < 4, "the crash came too late to test anything"
     committed = sum(5 for _ in done) + sum(len(committed_positions(layout, n)[0]) for n in names if n not in done)
     assert committed > 0, "the crash came before anything was committed"
@@ -93,16 +93,16 @@ def test_killed_driver_then_rerun_gives_the_uninterrupted_result(inputs: Path, r
     time.sleep(LEASE_TTL_S + 0.5)  # the killed driver's lease expires
     code, log = run_job(config)
     assert code == 0, log
-    runs = sorted((crashed / "_raypipe" / "runs").glob("*.json"))
+    runs = sorted((crashed / ".raypipe" / "runs").glob("*.json"))
     rerun = json.loads(runs[-1].read_text())
     assert rerun["samples_processed"] == 20 - committed  # committed work is not redone
     assert rerun["shards_skipped"] == len(done)
 
     for name in names:
         assert (crashed / name).read_bytes() == (reference / name).read_bytes(), name
-        audit = name.replace(".tar", ".audit.parquet")
+        audit = audit_name(name)
         assert audit_rows(crashed / audit) == audit_rows(reference / audit), name
-    assert not list((crashed / "_raypipe" / "fragments").glob("*/*.parquet"))  # all folded into shards
+    assert not list((crashed / ".raypipe" / "fragments").glob("*/*.parquet"))  # all folded into shards
 
 
 def test_driver_memory_does_not_grow_with_the_number_of_shards(inputs: Path, reference: Path, tmp_path: Path) -> None:
@@ -111,7 +111,7 @@ def test_driver_memory_does_not_grow_with_the_number_of_shards(inputs: Path, ref
     assert code == 0, log
     peaks = {}
     for shards, output in ((1, one), (4, reference)):
-        record = json.loads(next((output / "_raypipe" / "runs").glob("*.json")).read_text())
+        record = json.loads(next((output / ".raypipe" / "runs").glob("*.json")).read_text())
         assert record["shards_done"] == shards
         peaks[shards] = record["driver_peak_rss_mb"]
     print(f"driver peak RSS: 1 shard {peaks[1]} MB, 4 shards {peaks[4]} MB")

@@ -65,10 +65,16 @@ def test_s3_in_s3_out_matches_the_local_run(ray_s3, s3_env: str, tmp_path: Path)
 
     listed = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"]}
     for name in ("part-00000", "part-00001"):
-        assert {f"out/{name}.tar", f"out/{name}.audit.parquet", f"out/{name}.done.json"} <= listed
+        assert {
+            f"out/{name}.tar",
+            f"out/.raypipe/shards/{name}.audit.parquet",
+            f"out/.raypipe/shards/{name}.done.json",
+        } <= listed
         tar = client.get_object(Bucket=bucket, Key=f"out/{name}.tar")["Body"].read()
         assert tar == (tmp_path / "out" / f"{name}.tar").read_bytes()  # same bytes as the local run
-        records = read_audit(client.get_object(Bucket=bucket, Key=f"out/{name}.audit.parquet")["Body"].read())
+        records = read_audit(
+            client.get_object(Bucket=bucket, Key=f"out/.raypipe/shards/{name}.audit.parquet")["Body"].read()
+        )
         assert [r["seq"] for r in records] == [0, 1, 2, 3]
         assert all(r["source_shard"] == f"s3://{bucket}/in/{name}.tar" for r in records)
     assert not [k for k in listed if "/fragments/" in k]  # fragments are folded into shards and removed

@@ -24,7 +24,7 @@ def options(s3_server: str) -> StorageOptions:
 
 def test_exclusive_creation_on_s3_succeeds_once(bucket, options: StorageOptions) -> None:
     name, _ = bucket
-    fs, path = filesystem(f"s3://{name}/out/_raypipe/lease.json", options)
+    fs, path = filesystem(f"s3://{name}/out/.raypipe/lease.json", options)
     assert create_exclusive(fs, path, b"first")
     assert not create_exclusive(fs, path, b"second")
     assert read_bytes(fs, path) == b"first"

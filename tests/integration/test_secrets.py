@@ -142,7 +142,7 @@ def test_the_job_ran_and_the_configs_with_secrets_were_refused(run: Any) -> None
         assert code == 2, log  # a configuration error, before anything ran
         assert "credentials" in log, log
     assert any(key.endswith(".audit.parquet") for key in run["outputs"])
-    stored = yaml.safe_load(run["outputs"]["out/_raypipe/config.yaml"])
+    stored = yaml.safe_load(run["outputs"]["out/.raypipe/config.yaml"])
     assert stored["models"]["sdxl"] == "https://models.example/sdxl"  # kept, without its credentials
     assert stored["models"]["ip_adapter"] == "s3://models/ip-adapter?<redacted>"
     assert any(name.endswith(".log") for name in run["ray_files"]), "Ray's logs were not collected"

@@ -29,7 +29,7 @@ from raypipe.audit.manifest import (
 from raypipe.audit.schema import AuditRecord, records_table, sample_digest
 from raypipe.audit.signing import Key, parse_key
 from raypipe.io.tars import Sample, tar_bytes
-from raypipe.layout import OutputLayout
+from raypipe.layout import OutputLayout, audit_name, done_name
 
 SHARDS = ("data-00000.tar", "data-00001.tar")
 STATUSES = ("anonymized", "no_face", "quarantined")
@@ -108,6 +108,11 @@ def _record(shard: str, shard_index: int, seq: int, status: str) -> tuple[dict[s
     return record, (Sample(key, out) if out is not None else None)
 
 
+def sidecars(shard: str) -> tuple[str, str, str]:
+    """The three files of a finalized shard, relative to OUTPUT: tar, audit, completion marker."""
+    return shard, audit_name(shard), done_name(shard)
+
+
 def audit_bytes(records: list[dict[str, Any]]) -> bytes:
     buffer = io.BytesIO()
     pq.write_table(records_table([AuditRecord(**record) for record in records]), buffer)
@@ -116,10 +121,10 @@ def audit_bytes(records: list[dict[str, Any]]) -> bytes:
 
 def write_shard(root: Path, shard: str, records: list[dict[str, Any]], samples: list[Sample]) -> None:
     """Tar, audit and marker of one shard, as finalize_shard writes them."""
-    stem = shard[: -len(".tar")]
     tar, audit = tar_bytes(samples), audit_bytes(records)
     (root / shard).write_bytes(tar)
-    (root / f"{stem}.audit.parquet").write_bytes(audit)
+    (root / audit_name(shard)).parent.mkdir(parents=True, exist_ok=True)
+    (root / audit_name(shard)).write_bytes(audit)
     counts: dict[str, int] = {}
     for record in records:
         counts[record["status"]] = counts.get(record["status"], 0) + 1
@@ -134,7 +139,7 @@ def write_shard(root: Path, shard: str, records: list[dict[str, Any]], samples: 
         "config_hash": records[0]["config_hash"] if records else None,
         "input": None,  # not pinned here; tests that need a pinned input pin a real local file
     }
-    (root / f"{stem}.done.json").write_text(json.dumps(marker, indent=2, sort_keys=True))
+    (root / done_name(shard)).write_text(json.dumps(marker, indent=2, sort_keys=True))
 
 
 def shard_contents(shard_index: int) -> tuple[list[dict[str, Any]], list[Sample]]:

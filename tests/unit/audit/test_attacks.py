@@ -33,7 +33,17 @@ from raypipe.io.storage import StorageOptions
 from raypipe.io.tars import Sample, read_tar, tar_bytes
 from raypipe.layout import OutputLayout
 
-from .conftest import RUN, audit_bytes, make_output, sample_key, shard_contents, shard_names, sign_shards, write_shard
+from .conftest import (
+    RUN,
+    audit_bytes,
+    make_output,
+    sample_key,
+    shard_contents,
+    shard_names,
+    sidecars,
+    sign_shards,
+    write_shard,
+)
 from .test_verify import find
 
 OPTIONS = StorageOptions()
@@ -43,7 +53,7 @@ def launder(layout: OutputLayout, shard: str = "data-00000.tar") -> None:
     """Put an original face back into a finished shard, consistently: tar, audit and marker agree."""
     root, stem = Path(layout.root), shard[: -len(".tar")]
     samples = [s for s in read_tar((root / shard).read_bytes()) if isinstance(s, Sample)]
-    rows = audit_rows((root / f"{stem}.audit.parquet").read_bytes())
+    rows = audit_rows((root / f".raypipe/shards/{stem}.audit.parquet").read_bytes())
     rows = [{k: v for k, v in row.items() if k != "schema_version"} for row in rows]
     key = sample_key(0, 2)  # the quarantined sample: released now, as no_face
     original = Sample(key, [(f"{key}.jpg", f"jpeg bytes of {key}".encode()), (f"{key}.json", b'{"label": 1}')])
@@ -55,8 +65,8 @@ def launder(layout: OutputLayout, shard: str = "data-00000.tar") -> None:
     rows[2]["output_shard"] = shard
     tar, audit = tar_bytes(samples), audit_bytes(rows)
     (root / shard).write_bytes(tar)
-    (root / f"{stem}.audit.parquet").write_bytes(audit)
-    marker = json.loads((root / f"{stem}.done.json").read_text())
+    (root / f".raypipe/shards/{stem}.audit.parquet").write_bytes(audit)
+    marker = json.loads((root / f".raypipe/shards/{stem}.done.json").read_text())
     written = audit_rows(audit)
     marker |= {
         "tar_sha256": hashlib.sha256(tar).hexdigest(),
@@ -65,7 +75,7 @@ def launder(layout: OutputLayout, shard: str = "data-00000.tar") -> None:
         "counts": status_counts(written),
         "released": len(samples),
     }
-    (root / f"{stem}.done.json").write_text(json.dumps(marker))
+    (root / f".raypipe/shards/{stem}.done.json").write_text(json.dumps(marker))
 
 
 @pytest.fixture
@@ -90,7 +100,7 @@ def test_a_laundered_shard_stays_caught_after_a_new_manifest(two_runs: OutputLay
     report = verify_output(two_runs.root, hmac_key)
     assert report.sequence == 3
     assert find(report, "modified", "data-00000.tar")
-    assert find(report, "modified", "data-00000.audit.parquet")
+    assert find(report, "modified", ".raypipe/shards/data-00000.audit.parquet")
 
 
 def test_a_rewritten_history_entry_is_named(two_runs: OutputLayout, hmac_key: Key) -> None:
@@ -104,7 +114,7 @@ def test_a_rewritten_history_entry_is_named(two_runs: OutputLayout, hmac_key: Ke
     forged["previous"] = manifest_digest(previous)  # totals and root are consistent: only the history lies
     write_manifest(two_runs, forged, hmac_key)
     report = verify_output(two_runs.root, hmac_key)
-    problem = find(report, "rewritten", "_raypipe/manifest.json data-00000.tar")
+    problem = find(report, "rewritten", ".raypipe/manifest.json data-00000.tar")
     assert "without a recorded reason" in problem.detail
     assert report.kinds == {"rewritten"}, report.render()
 
@@ -113,16 +123,16 @@ def test_a_rollback_is_invisible_without_an_anchor_and_named_with_one(
     two_runs: OutputLayout, hmac_key: Key, tmp_path: Path
 ) -> None:
     root = Path(two_runs.root)
-    shutil.copy(root / "_raypipe/manifests/000001.json", root / "_raypipe/manifest.json")
-    shutil.rmtree(root / "_raypipe/manifests")
-    for suffix in (".tar", ".audit.parquet", ".done.json"):
-        (root / f"data-00001{suffix}").unlink()
+    shutil.copy(root / ".raypipe/manifests/000001.json", root / ".raypipe/manifest.json")
+    shutil.rmtree(root / ".raypipe/manifests")
+    for path in sidecars("data-00001.tar"):
+        (root / path).unlink()
     # What verify cannot prove alone: this is a complete, correctly signed output of run 1.
     assert verify_output(two_runs.root, hmac_key).ok
     newest = latest_checkpoint(str(tmp_path / "anchor"), _chain(two_runs), OPTIONS, hmac_key)
     for anchor in (tmp_path / "anchor", newest):
         report = verify_output(two_runs.root, hmac_key, anchor=str(anchor))
-        problem = find(report, "rollback", "_raypipe/manifest.json")
+        problem = find(report, "rollback", ".raypipe/manifest.json")
         assert "OUTPUT is at manifest 1, but the anchor holds checkpoint 2" in problem.detail
 
 
@@ -138,7 +148,7 @@ def test_the_anchor_passes_an_untouched_output_and_names_a_replaced_history(
     body = {k: v for k, v in manifest.items() if k != "signature"} | {"created": "2030-01-01T00:00:00Z"}
     Path(manifest_path(two_runs)).write_text(json.dumps(body | {"signature": sign(signed_payload(body), hmac_key)}))
     report = verify_output(two_runs.root, hmac_key, anchor=str(tmp_path / "anchor"))
-    assert "history was replaced" in find(report, "rollback", "_raypipe/manifest.json").detail
+    assert "history was replaced" in find(report, "rollback", ".raypipe/manifest.json").detail
     with pytest.raises(ManifestError, match="already holds another checkpoint 2"):
         write_checkpoint(str(tmp_path / "anchor"), read_manifest(two_runs) or {}, hmac_key, OPTIONS, two_runs.root)
 
@@ -171,7 +181,7 @@ def test_a_changed_or_missing_input_is_named_with_the_anchor(tmp_path: Path, hma
 
 @pytest.mark.parametrize(
     "planted",
-    ["extra/x.tar", ".x.tar", "data-00000.tar.orig", "_raypipe/manifests/notes.txt", "_raypipe/runs/evil.json"],
+    ["extra/x.tar", ".x.tar", "data-00000.tar.orig", ".raypipe/manifests/notes.txt", ".raypipe/runs/evil.json"],
 )
 def test_objects_planted_under_output_are_extra(signed_output: Any, hmac_key: Key, planted: str) -> None:
     layout = signed_output(hmac_key)
@@ -205,17 +215,17 @@ def test_verify_never_reads_a_link_or_device(signed_output: Any, hmac_key: Key) 
     started = time.monotonic()
     report = verify_output(layout.root, hmac_key)
     assert time.monotonic() - started < 10
-    assert "not a regular file" in find(report, "modified", "data-00000.audit.parquet").detail
+    assert "not a regular file" in find(report, "modified", ".raypipe/shards/data-00000.audit.parquet").detail
 
 
 def test_deeply_nested_json_is_refused_without_crashing(signed_output: Any, hmac_key: Key) -> None:
     layout = signed_output(hmac_key)
     Path(manifest_path(layout)).write_text("[" * 100_000 + "]" * 100_000)
     report = verify_output(layout.root, hmac_key)
-    assert "nested" in find(report, "modified", "_raypipe/manifest.json").detail
+    assert "nested" in find(report, "modified", ".raypipe/manifest.json").detail
     Path(layout.done("data-00000.tar")).write_text('{"a":' * 50 + "1" + "}" * 50)
     Path(manifest_path(layout)).unlink()
-    assert find(verify_output(layout.root, hmac_key), "missing", "_raypipe/manifest.json")
+    assert find(verify_output(layout.root, hmac_key), "missing", ".raypipe/manifest.json")
 
 
 def test_a_run_never_extends_a_manifest_it_cannot_verify(signed_output: Any, hmac_key: Key) -> None:

@@ -28,7 +28,7 @@ from raypipe.io.publish import create_exclusive
 from raypipe.io.storage import StorageOptions
 from raypipe.layout import OutputLayout
 
-from .conftest import make_output, shard_contents, shard_names, sign_shards, write_shard
+from .conftest import make_output, shard_contents, shard_names, sidecars, sign_shards, write_shard
 from .test_attacks import launder
 
 OPTIONS = StorageOptions()
@@ -49,10 +49,10 @@ def _two_runs(root: Path, anchor: Path, key: Key) -> OutputLayout:
 
 
 def _roll_back_to_first(root: Path) -> None:
-    shutil.copy(root / "_raypipe/manifests/000001.json", root / "_raypipe/manifest.json")
-    shutil.rmtree(root / "_raypipe/manifests")
-    for suffix in (".tar", ".audit.parquet", ".done.json"):
-        (root / f"data-00001{suffix}").unlink()
+    shutil.copy(root / ".raypipe/manifests/000001.json", root / ".raypipe/manifest.json")
+    shutil.rmtree(root / ".raypipe/manifests")
+    for path in sidecars("data-00001.tar"):
+        (root / path).unlink()
 
 
 def _forge(layout: OutputLayout, change: Any) -> None:

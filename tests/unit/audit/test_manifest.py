@@ -104,25 +104,25 @@ def chained(tmp_path: Path, hmac_key: Key) -> Path:
 
 
 def test_a_broken_link_is_named(chained: Path, hmac_key: Key) -> None:
-    path = chained / "_raypipe/manifests/000001.json"
+    path = chained / ".raypipe/manifests/000001.json"
     earlier = json.loads(path.read_text())
     earlier["created"] = "2000-01-01T00:00:00Z"  # rewrite history
     path.write_text(json.dumps(earlier))
     report = verify_output(str(chained), hmac_key)
     wheres = {(p.kind, p.where) for p in report.problems}
-    assert ("broken_chain", "_raypipe/manifests/000002.json") in wheres
-    assert ("bad_signature", "_raypipe/manifests/000001.json") in wheres
+    assert ("broken_chain", ".raypipe/manifests/000002.json") in wheres
+    assert ("bad_signature", ".raypipe/manifests/000001.json") in wheres
     assert report.kinds == {"broken_chain", "bad_signature"}
 
 
 def test_a_removed_history_manifest_is_named(chained: Path, hmac_key: Key) -> None:
-    (chained / "_raypipe/manifests/000002.json").unlink()
+    (chained / ".raypipe/manifests/000002.json").unlink()
     report = verify_output(str(chained), hmac_key)
-    assert [(p.kind, p.where) for p in report.problems] == [("missing", "_raypipe/manifests/000002.json")]
+    assert [(p.kind, p.where) for p in report.problems] == [("missing", ".raypipe/manifests/000002.json")]
 
 
 def test_a_copy_left_by_an_interrupted_write_is_accepted(chained: Path, hmac_key: Key) -> None:
-    shutil.copy(chained / "_raypipe/manifest.json", chained / "_raypipe/manifests/000003.json")
+    shutil.copy(chained / ".raypipe/manifest.json", chained / ".raypipe/manifests/000003.json")
     assert verify_output(str(chained), hmac_key).ok
 
 

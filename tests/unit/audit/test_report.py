@@ -175,7 +175,10 @@ def test_a_deleted_audit_file_is_listed_first_and_the_numbers_are_distrusted(tmp
     assert banner.startswith("<div class='banner bad' id='verification'><h2>Verification FAILED")
     assert banner.index("not trustworthy") < banner.index("<table>")
     assert "The manifest says 6 records; 3 are present in the audit files read." in banner
-    assert "<tr><td>missing</td><td>data-00001.audit.parquet</td><td>audit file is gone</td></tr>" in banner
+    assert (
+        "<tr><td>missing</td><td>.raypipe/shards/data-00001.audit.parquet</td><td>audit file is gone</td></tr>"
+        in banner
+    )
     # The body counts what is present, and the shard table says what is missing.
     assert "<tr><td>quarantined</td><td>1</td><td>50.0 %</td></tr>" not in text
     assert "<tr><td>anonymized</td><td>1</td><td>33.3 %</td></tr>" in text
@@ -191,7 +194,7 @@ def test_a_changed_record_is_listed_first(tmp_path: Path, hmac_key: Key) -> None
     text = body(render_report(layout.root, tmp_path / "r.html", key=hmac_key).read_text(encoding="utf-8"))
     banner = text[: text.index("<h1>")]
     assert "Verification FAILED" in banner and "not trustworthy" in banner
-    assert "<tr><td>modified</td><td>data-00000.audit.parquet</td>" in banner
+    assert "<tr><td>modified</td><td>.raypipe/shards/data-00000.audit.parquet</td>" in banner
     assert "Quarantined and failed samples (1)" in text  # what the changed file says, under the banner
 
 

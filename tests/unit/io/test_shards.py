@@ -169,8 +169,22 @@ def test_nothing_matching_names_the_spec(tmp_path: Path) -> None:
 
 def test_spelled_out_non_tar_is_an_error(tmp_path: Path) -> None:
     touch(tmp_path, "a.zip")
-    with pytest.raises(ShardSpecError, match=r"a\.zip is not a \.tar shard"):
+    with pytest.raises(ShardSpecError, match=r"a\.zip is a file; INPUT names \.tar shards or folders of them"):
         expand_shards(str(tmp_path / "a.zip"))
+    with pytest.raises(ShardSpecError, match=r"b\.zip does not exist"):
+        expand_shards(str(tmp_path / "b.zip"))
+
+
+def test_a_folder_stands_for_every_tar_directly_inside_it(tmp_path: Path) -> None:
+    for name in ("b.tar", "a.tar", "notes.txt", "sub/c.tar"):
+        touch(tmp_path, name)
+    expected = [str(tmp_path / "a.tar"), str(tmp_path / "b.tar")]
+    assert expand_shards(str(tmp_path)) == expected
+    assert expand_shards(str(tmp_path) + "/") == expected
+    assert expand_shards([str(tmp_path), str(tmp_path / "a.tar")]) == expected  # no duplicates
+    touch(tmp_path, "jpgs/x.jpg")
+    with pytest.raises(ShardSpecError, match=r"jpgs holds no \.tar shards \(folders of image files"):
+        expand_shards(str(tmp_path / "jpgs"))
 
 
 def test_empty_spec_list_is_an_error() -> None:

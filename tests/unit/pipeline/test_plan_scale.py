@@ -11,9 +11,9 @@ import pytest
 import raypipe.pipeline.plan as plan_module
 from raypipe.config import build_config
 from raypipe.io.tars import Sample, tar_bytes
-from raypipe.layout import OutputLayout
+from raypipe.layout import OutputLayout, done_name
 from raypipe.pipeline.intervals import Positions
-from raypipe.pipeline.plan import make_plan
+from raypipe.pipeline.plan import OutputConflictError, make_plan
 
 
 @pytest.fixture
@@ -42,10 +42,12 @@ def test_a_listed_marker_is_still_checked(inputs: Path, tmp_path: Path) -> None:
     config = build_config({"input": str(inputs / "part-{00000..00001}.tar"), "output": str(tmp_path / "out")}, {})
     layout = OutputLayout(str(tmp_path / "out"))
     make_plan(config, layout)
-    (tmp_path / "out" / "part-00000.done.json").write_text('{"forged": true}')  # a marker without its files
+    forged = tmp_path / "out" / done_name("part-00000.tar")
+    forged.parent.mkdir(parents=True)
+    forged.write_text('{"forged": true}')  # a marker without its files
     plan = make_plan(config, layout)
     assert sorted(w.name for w in plan.pending) == ["part-00000.tar", "part-00001.tar"]  # not taken as done
-    assert not (tmp_path / "out" / "part-00000.done.json").exists()  # dropped as it did not check out
+    assert not forged.exists()  # dropped as it did not check out
 
 
 def test_per_shard_requests_run_concurrently_and_bounded(
@@ -84,3 +86,12 @@ def test_per_shard_requests_run_concurrently_and_bounded(
     assert [w.name for w in plan.pending] == [f"part-{i:05d}.tar" for i in range(300)]  # in input order
     assert 1 < peaks["identity"] <= REQUESTS_IN_FLIGHT
     assert 1 < peaks["fragments"] <= REQUESTS_IN_FLIGHT
+
+
+def test_an_output_in_the_earlier_layout_is_refused_by_name(inputs: Path, tmp_path: Path) -> None:
+    config = build_config({"input": str(inputs / "part-{00000..00001}.tar"), "output": str(tmp_path / "out")}, {})
+    (tmp_path / "out" / "_raypipe").mkdir(parents=True)
+    (tmp_path / "out" / "_raypipe" / "job.json").write_text('{"config_hash": "c0ffee"}')
+    with pytest.raises(OutputConflictError, match=r"earlier layout \(_raypipe/job.json"):
+        make_plan(config, OutputLayout(str(tmp_path / "out")))
+    assert not (tmp_path / "out" / ".raypipe").exists()  # nothing written beside it

@@ -55,7 +55,7 @@ def anonymize() -> Anonymize:
 
 def test_a_real_run_of_the_stages_verifies(shard: Path, anonymize: Anonymize, tmp_path: Path) -> None:
     run_stages(shard, tmp_path, anonymize)
-    records = read_audit((tmp_path / "part-00000.audit.parquet").read_bytes())
+    records = read_audit((tmp_path / ".raypipe/shards/part-00000.audit.parquet").read_bytes())
     assert [r["status"] for r in records] == ["anonymized", "no_face", "no_face"]
     face = records[0]["faces"][0]
     assert face["distance"] is not None and face["distance"] >= face["threshold"] == pytest.approx(0.6)
@@ -71,11 +71,11 @@ def test_an_anonymizer_that_returns_the_original_face_is_quarantined(
     )
     held_at = tmp_path.with_name(tmp_path.name + "-held")  # outside OUTPUT, as the config requires
     run_stages(shard, tmp_path, anonymize, quarantine=held_at)
-    records = read_audit((tmp_path / "part-00000.audit.parquet").read_bytes())
+    records = read_audit((tmp_path / ".raypipe/shards/part-00000.audit.parquet").read_bytes())
     assert records[0]["status"] == "quarantined" and records[0]["error_step"] == "verify"
     assert records[0]["faces"][0]["status"] == "reidentified"
     assert records[0]["faces"][0]["distance"] < 0.6 and records[0]["faces"][0]["attempts"] == 3
-    marker = json.loads((tmp_path / "part-00000.done.json").read_text())
+    marker = json.loads((tmp_path / ".raypipe/shards/part-00000.done.json").read_text())
     assert marker["face_counts"] == {"reidentified": 1} and marker["faces_retried"] == 1  # for the run summary
     released = read_tar((tmp_path / "part-00000.tar").read_bytes())
     assert [s.key for s in released] == [r["key"] for r in records[1:]]  # never released
@@ -95,7 +95,7 @@ def test_a_face_the_detector_missed_is_caught_in_the_output(
     # Test double: a detector that finds nothing; the independent re-detection finds the astronaut.
     monkeypatch.setattr(anonymize.rp.analyzer, "analyze", lambda image: [])
     run_stages(shard, tmp_path, anonymize)
-    records = read_audit((tmp_path / "part-00000.audit.parquet").read_bytes())
+    records = read_audit((tmp_path / ".raypipe/shards/part-00000.audit.parquet").read_bytes())
     assert records[0]["status"] == "quarantined" and records[0]["missed_faces"] == 1
     assert "not anonymized" in records[0]["error"]
     assert [s.key for s in read_tar((tmp_path / "part-00000.tar").read_bytes())] == [r["key"] for r in records[1:]]
@@ -135,7 +135,7 @@ def test_the_audit_records_the_detector_and_recognizer_and_their_weights(
     from raypipe.anonymize.models import files_hash
 
     run_stages(shard, tmp_path, anonymize)
-    record = read_audit((tmp_path / "part-00000.audit.parquet").read_bytes())[0]
+    record = read_audit((tmp_path / ".raypipe/shards/part-00000.audit.parquet").read_bytes())[0]
     assert record["detector"] == "dlib-hog" and record["recognizer"] == "dlib-hog"
     hashes = json.loads(record["weight_hashes"])
     assert hashes["detector"] == files_hash(anonymize.rp.analyzer.model_files)  # type: ignore[union-attr]
