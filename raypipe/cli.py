@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from raypipe.config import ANALYZERS, PRESETS, ConfigError
+from raypipe.config import ANALYZERS, METHOD_NAMES, PRESETS, ConfigError
 from raypipe.io.shards import ShardSpecError
 from raypipe.io.storage import CredentialsInURIError, UnsupportedURIError
 from raypipe.logs import configure_logging, get_logger
@@ -28,6 +28,11 @@ def add_method_flags(parser: argparse.ArgumentParser) -> None:
     """The method flags shared by ``anonymize-image`` and ``anonymize``; they override the config file."""
     g = parser.add_argument_group("method (override the config file)")
     g.add_argument("--config", help="job YAML file (sections: models, method, ...)")
+    g.add_argument(
+        "--method",
+        choices=METHOD_NAMES,
+        help="reverse_personalization (default; GPU), or a classic CPU-only method: blur, pixelate, mask",
+    )
     g.add_argument("--preset", choices=PRESETS, help="sdxl: real weights; tiny: random test models (default sdxl)")
     g.add_argument("--analyzer", choices=ANALYZERS, help="face detector/recognizer (default insightface)")
     g.add_argument("--guidance-scale", type=float, help="w; negative repels the identity (default -10)")
@@ -43,6 +48,7 @@ def method_overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
     """Flags given on the command line, as config sections (``None`` means: not given)."""
     models = {"preset": args.preset, "analyzer": args.analyzer, "device": args.device}
     method = {
+        "name": args.method,
         "guidance_scale": args.guidance_scale,
         "attribute_prompt": args.attribute,
         "num_steps": args.steps,
@@ -59,7 +65,7 @@ def method_overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
 def cmd_anonymize_image(args: argparse.Namespace) -> int:
     from fsspec.implementations.local import LocalFileSystem
 
-    from raypipe.anonymize.pipeline import ReversePersonalization
+    from raypipe.anonymize.pipeline import ClassicAnonymizer, ReversePersonalization, load_analyzer_from_config
     from raypipe.config import load_config
     from raypipe.images import decode_image, encode_image, image_format_for
     from raypipe.io.publish import publish_bytes
@@ -70,11 +76,17 @@ def cmd_anonymize_image(args: argparse.Namespace) -> int:
         raise ConfigError(f"OUT: cannot tell the image format from {args.output!r}; use .jpg, .png or .webp")
     data = Path(args.input).read_bytes()
     decoded = decode_image(data, max_pixels=config.limits.max_image_pixels)
-    anonymizer = ReversePersonalization.from_pretrained(config.models, config.method, audit=config.audit)
+    anonymizer: ClassicAnonymizer | ReversePersonalization
+    if config.method.classic:
+        anonymizer = ClassicAnonymizer(load_analyzer_from_config(config.models), config.method, config.audit)
+    else:
+        anonymizer = ReversePersonalization.from_pretrained(config.models, config.method, audit=config.audit)
     result = anonymizer.anonymize(decoded.rgb, key=Path(args.input).stem)
     for face in result.faces:
         print(face_verdict(face))
-    encoded = encode_image(result.image, out_format) if result.image is not None else None
+    encoded = None
+    if result.image is not None:
+        encoded = encode_image(result.image, out_format, source=data, jpeg_quality=config.encode.jpeg_quality)
     if encoded is not None:  # the image first: a record never names an output that was not written
         publish_bytes(LocalFileSystem(), str(Path(args.output).resolve()), encoded)
     if args.record:

@@ -32,10 +32,16 @@ ANALYZERS = ("insightface", "dlib")
 DTYPES = ("float32", "float16", "bfloat16")
 
 
+METHOD_NAMES = ("reverse_personalization", "blur", "pixelate", "mask")
+CLASSIC_METHODS = METHOD_NAMES[1:]  # no diffusion: CPU only, nothing of pose or expression is kept
+
+
 @dataclass(frozen=True)
 class MethodConfig:
-    """The knobs of Reverse Personalization (METHOD.md section 9)."""
+    """How faces are anonymized: ``name`` picks the method; the other knobs are Reverse Personalization's
+    (METHOD.md section 9) and are ignored by the classic methods (``blur``, ``pixelate``, ``mask``)."""
 
+    name: str = "reverse_personalization"
     guidance_scale: float = -10.0
     skip: float = 0.7
     num_steps: int = 100
@@ -46,8 +52,19 @@ class MethodConfig:
     seed: int = 0
     face_batch_size: int | str = 4  # faces per UNet call; "auto": the most that fit the GPU's free memory
 
+    @property
+    def classic(self) -> bool:
+        """A classic method (no diffusion, no models but the detector and the gate's recognizer)."""
+        return self.name in CLASSIC_METHODS
+
     def __post_init__(self) -> None:
         p = "method."
+        _check(
+            isinstance(self.name, str) and self.name in METHOD_NAMES,
+            p + "name",
+            f"one of {list(METHOD_NAMES)}",
+            self.name,
+        )
         _check(_is_number(self.guidance_scale), p + "guidance_scale", "a number (e.g. -10)", self.guidance_scale)
         _check(_is_number(self.skip) and 0.0 <= self.skip < 1.0, p + "skip", "a number in [0, 1)", self.skip)
         _check(
@@ -357,6 +374,24 @@ class UtilityConfig:
 
 
 @dataclass(frozen=True)
+class EncodeConfig:
+    """How anonymized images are written (images raypipe does not change are copied byte for byte)."""
+
+    # "match": a JPEG keeps its input's own quantization tables and chroma subsampling, so it comes out
+    # at the input's quality and about its size; a number 1-100: that quality, with the input's subsampling.
+    jpeg_quality: int | str = "match"
+
+    def __post_init__(self) -> None:
+        value = self.jpeg_quality
+        _check(
+            value == "match" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 100),
+            "encode.jpeg_quality",
+            '"match" (the input\'s own tables) or an integer 1-100',
+            value,
+        )
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """A whole job: what to read, where to write, which models, which method settings, how to run."""
 
@@ -369,6 +404,7 @@ class JobConfig:
     limits: LimitsConfig = LimitsConfig()
     audit: AuditConfig = AuditConfig()
     utility: UtilityConfig = UtilityConfig()
+    encode: EncodeConfig = EncodeConfig()
 
     def __post_init__(self) -> None:
         if self.audit.quarantine_output:
@@ -424,6 +460,7 @@ SECTIONS: dict[str, type] = {
     "limits": LimitsConfig,
     "audit": AuditConfig,
     "utility": UtilityConfig,
+    "encode": EncodeConfig,
 }
 TINY_FACE_SIZE = 128  # the tiny preset's default crop: big enough for the 8x VAE and two UNet levels
 

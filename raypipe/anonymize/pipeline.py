@@ -76,12 +76,27 @@ def prepare_faces(
     seed: int,
     key: str,
     first_index: int = 0,
+    crops: bool = True,
 ) -> list[PreparedFace]:
     """Align every detected face to a ``face_size`` crop and attach its embedding and seed.
 
     Faces are numbered from ``first_index`` (a sample with several images numbers its faces across
-    them), and each is seeded from (run seed, sample key, face index).
+    them), and each is seeded from (run seed, sample key, face index). ``crops=False`` (a classic
+    method, which works on the box alone): no crop, no embedding, no seed, every face ready.
     """
+    if not crops:
+        return [
+            PreparedFace(
+                index=index,
+                box=tuple(float(v) for v in det.box),  # type: ignore[arg-type]
+                score=float(det.score),
+                seed=0,
+                matrix=np.eye(2, 3),
+                crop=None,
+                embedding=None,
+            )
+            for index, det in enumerate(detections, start=first_index)
+        ]
     faces = []
     for index, det in enumerate(detections, start=first_index):
         seed_i = face_seed(seed, key, index)
@@ -142,6 +157,29 @@ def compose(
         )
     pastes = [Paste(crop=out, matrix=face.matrix, box=face.box) for face, out in zip(faces, outputs) if out is not None]
     return AnonymizationResult(status=Status.ANONYMIZED, image=paste_faces(image, pastes), faces=records)
+
+
+def hide_faces(image: np.ndarray, faces: Sequence[PreparedFace], method: str) -> AnonymizationResult:
+    """A classic method in place of the diffusion: every detected face hidden by ``method`` (blur,
+    pixelate or mask, see :mod:`raypipe.anonymize.classic`). The gate then judges the result exactly as
+    it judges Reverse Personalization's."""
+    if not faces:
+        return AnonymizationResult(status=Status.NO_FACE, image=image)
+    records = [FaceRecord(index=f.index, box=f.box, score=f.score, status=FaceStatus.ANONYMIZED) for f in faces]
+    return AnonymizationResult(Status.ANONYMIZED, _hide(image, [f.box for f in faces], method), records)
+
+
+def gate_for(
+    audit: AuditConfig | None, method: MethodConfig, analyzer: str | None, utility: UtilityConfig | None = None
+) -> Gate:
+    """The gate of a job or an anonymizer. With the ``mask`` method a face that fails (or is too small to
+    check) falls back to the mask it already has: no pixel of it is left, so it is released as obscured."""
+    from dataclasses import replace
+
+    audit = audit or AuditConfig()
+    if method.name == "mask":
+        audit = replace(audit, fallback="mask")
+    return Gate(audit, analyzer, utility=utility)
 
 
 class Gate:
@@ -432,6 +470,36 @@ def load_analyzer_from_config(models: ModelsConfig) -> FaceAnalyzer:
             det_size=models.det_size,
         )
     return build_analyzer(models.analyzer)
+
+
+class ClassicAnonymizer:
+    """``blur``, ``pixelate`` or ``mask`` behind the same detection and the same gate as
+    :class:`ReversePersonalization`: no diffusion, no GPU, no models but the face analyzer and the gate's
+    recognizer. Nothing of a face's pose or expression is kept.
+
+    >>> classic = ClassicAnonymizer(build_analyzer("dlib"), MethodConfig(name="blur"))
+    >>> result = classic.anonymize(image, key="000123")
+    """
+
+    def __init__(self, analyzer: FaceAnalyzer, method: MethodConfig, audit: AuditConfig | None = None) -> None:
+        if not method.classic:
+            raise ValueError(f"method.name {method.name!r} is not a classic method")
+        self.analyzer, self.method = analyzer, method
+        self.gate = gate_for(audit, method, analyzer.name)
+
+    def anonymize(self, image: np.ndarray, key: str = "") -> AnonymizationResult:
+        faces = prepare_faces(image, self.analyzer.analyze(image), self.method.face_size, 0, key, crops=False)
+        return self.gate(image, hide_faces(image, faces, self.method.name))
+
+    def describe(self) -> dict[str, Any]:
+        """What a record says about the method: its name, and no diffusion models."""
+        return {
+            "method": {"name": self.method.name},
+            "models": {},
+            "weight_hashes": {},
+            "optimizations": [],
+            "analyzer": self.analyzer.name,
+        }
 
 
 class ReversePersonalization:

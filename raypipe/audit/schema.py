@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"  # 3: the method column
 
 FACE_TYPE = pa.struct(
     [
@@ -55,6 +55,8 @@ AUDIT_SCHEMA = pa.schema(
         ("missed_faces", pa.int32()),  # faces found again in the output where none was anonymized
         ("error", pa.string()),
         ("error_step", pa.string()),
+        ("method", pa.string()),  # method.name: reverse_personalization, blur, pixelate or mask
+        # Reverse Personalization's settings; null for the classic methods, which have none.
         ("guidance_scale", pa.float32()),
         ("skip", pa.float32()),
         ("num_steps", pa.int32()),
@@ -97,6 +99,7 @@ class AuditRecord:
     missed_faces: int = 0
     error: str | None = None
     error_step: str | None = None
+    method: str | None = None
     guidance_scale: float | None = None
     skip: float | None = None
     num_steps: int | None = None

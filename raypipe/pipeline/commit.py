@@ -93,6 +93,8 @@ def audit_record(task: SampleTask, run: RunInfo) -> AuditRecord:
     status = task.status or Status.FAILED
     released = status.releasable and task.out_members is not None
     prov = task.provenance
+    name = run.method.get("name", "reverse_personalization")
+    knobs = run.method if name == "reverse_personalization" else {}  # a classic method has no such settings
     return AuditRecord(
         key=task.key,
         seq=task.seq,
@@ -106,11 +108,12 @@ def audit_record(task: SampleTask, run: RunInfo) -> AuditRecord:
         missed_faces=task.missed_faces,
         error=task.error,
         error_step=task.error_step,
-        guidance_scale=run.method.get("guidance_scale"),
-        skip=run.method.get("skip"),
-        num_steps=run.method.get("num_steps"),
-        seed=run.method.get("seed"),
-        attribute_prompt=run.method.get("attribute_prompt"),
+        method=name,
+        guidance_scale=knobs.get("guidance_scale"),
+        skip=knobs.get("skip"),
+        num_steps=knobs.get("num_steps"),
+        seed=knobs.get("seed"),
+        attribute_prompt=knobs.get("attribute_prompt"),
         models=json.dumps(prov.get("models", {}), sort_keys=True),
         weight_hashes=json.dumps(_weight_hashes(prov), sort_keys=True),
         config_hash=run.config_hash,

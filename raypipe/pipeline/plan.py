@@ -45,6 +45,7 @@ def output_settings(config: JobConfig) -> dict[str, Any]:
         "limits": dataclasses.asdict(config.limits),
         "audit": dataclasses.asdict(config.audit),
         "utility": dataclasses.asdict(config.utility),  # its flags are part of the audit records
+        "encode": dataclasses.asdict(config.encode),
         # Samples per batch decide which faces share a UNet batch, and batched inference is not bit-exact
         # across batch shapes: a resume with another batch size would mix two kinds of output bytes.
         # Actor counts, resources and progress bars only decide where and when work runs.

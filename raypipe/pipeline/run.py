@@ -93,8 +93,11 @@ def compose_pool(config: JobConfig, cluster_cpus: float) -> tuple[int, int]:
     p = config.pipeline
     if p.compose_actors != "auto":
         return int(p.compose_actors), int(p.compose_actors)
-    held = p.anonymize_actors_max * p.num_cpus_per_actor + (
-        0 if p.detect == "gpu_actor" else p.detect_actors * stages.DETECT_RESOURCES.num_cpus
+    anonymizing = 0.0 if config.method.classic else p.anonymize_actors_max * p.num_cpus_per_actor
+    held = anonymizing + (
+        0
+        if p.detect == "gpu_actor" and not config.method.classic
+        else p.detect_actors * stages.DETECT_RESOURCES.num_cpus
     )
     room = cluster_cpus - held - 1.0
     return 1, max(1, int(room // COMPOSE_CPUS))
@@ -104,7 +107,7 @@ def job_stages(config: JobConfig, cluster: dict[str, float]) -> list[Stage]:
     """The job's stages after the read, in order, each with the resources, pool and batch size it runs
     with on a cluster whose resource totals are ``cluster``."""
     p, batch = config.pipeline, config.pipeline.batch_size
-    detect_in_actor = p.detect == "gpu_actor"
+    detect_in_actor = p.detect == "gpu_actor" and not config.method.classic
     chain: list[Stage] = [stages.Decode(config.limits, stages.DECODE_RESOURCES, batch)]
     if not detect_in_actor:
         detect = dataclasses.replace(stages.DETECT_RESOURCES, actors=(p.detect_actors, p.detect_actors))
@@ -114,13 +117,24 @@ def job_stages(config: JobConfig, cluster: dict[str, float]) -> list[Stage]:
         gpus = 1.0 if cluster.get("GPU", 0) > 0 else 0.0
     pool = (p.anonymize_actors_min, p.anonymize_actors_max)
     anonymize = Resources(p.num_cpus_per_actor, gpus, dict(p.anonymize_actor_resources or {}), actors=pool)
-    chain.append(
-        stages.Anonymize(config.models, config.method, config.limits, detect_in_actor, config.audit, anonymize, batch)
-    )
+    if not config.method.classic:  # a classic method hides faces in Compose, on the CPU
+        chain.append(
+            stages.Anonymize(
+                config.models, config.method, config.limits, detect_in_actor, config.audit, anonymize, batch
+            )
+        )
     compose = dataclasses.replace(stages.COMPOSE_RESOURCES, actors=compose_pool(config, float(cluster.get("CPU", 1))))
     chain.append(
         stages.Compose(
-            config.audit, config.models.analyzer, config.utility, config.limits, config.storage, compose, batch
+            config.audit,
+            config.models.analyzer,
+            config.utility,
+            config.limits,
+            config.storage,
+            compose,
+            batch,
+            jpeg_quality=config.encode.jpeg_quality,
+            method=config.method,
         )
     )
     return chain

@@ -193,7 +193,7 @@ def _detect_sample(task: SampleTask, analyzer: FaceAnalyzer, method: MethodConfi
         if _unseen_faces(task, work, [d.box for d in detections], analyzer, limits):
             return
         work.faces = prepare_faces(
-            work.rgb, detections, method.face_size, method.seed, task.key, first_index=next_index
+            work.rgb, detections, method.face_size, method.seed, task.key, next_index, crops=not method.classic
         )
         next_index += len(work.faces)
 
@@ -398,15 +398,20 @@ class Compose(Stage):
         storage: StorageOptions | None = None,
         resources: Resources = COMPOSE_RESOURCES,
         batch_size: int = BATCH_SIZE,
+        jpeg_quality: int | str = "match",
+        method: MethodConfig | None = None,
     ) -> None:
         super().__init__(resources, batch_size)
         self.audit, self.analyzer, self.utility = audit, analyzer, utility
         self.limits, self.storage = limits or LimitsConfig(), storage or StorageOptions()
+        self.jpeg_quality = jpeg_quality  # encode.jpeg_quality
+        self.method = method or MethodConfig()  # a classic method hides the faces here: no Anonymize stage
 
     def setup(self) -> None:
-        from raypipe.anonymize.pipeline import Gate
+        from raypipe.anonymize.pipeline import gate_for
 
-        self.gate = Gate(self.audit, self.analyzer, utility=self.utility)  # dlib's recognizer: independent of ArcFace
+        # dlib's recognizer: independent of ArcFace
+        self.gate = gate_for(self.audit, self.method, self.analyzer, utility=self.utility)
         self.recognizer_weights = _hash_weights(self.gate.reid.recognizer)
         super().setup()
 
@@ -427,7 +432,7 @@ class Compose(Stage):
         return tasks
 
     def _compose(self, task: SampleTask, reader: Callable[[str], SpanReader]) -> None:
-        from raypipe.anonymize.pipeline import compose
+        from raypipe.anonymize.pipeline import compose, hide_faces
 
         task.provenance["recognizer"] = self.gate.recognizer_name
         if self.recognizer_weights:
@@ -439,7 +444,11 @@ class Compose(Stage):
             if work.rgb is None:  # dropped after detection: the same bytes (checked) decode the same
                 decoded = decode_image(data, max_pixels=self.limits.max_image_pixels)
                 work.rgb, work.release = decoded.rgb, decoded.release
-            result = self.gate(work.rgb, compose(work.rgb, work.faces, work.outputs))
+            if self.method.classic:
+                done = hide_faces(work.rgb, work.faces, self.method.name)
+            else:
+                done = compose(work.rgb, work.faces, work.outputs)
+            result = self.gate(work.rgb, done)
             task.faces.extend(result.faces)
             task.missed_faces += result.missed_faces
             if result.status is Status.QUARANTINED:
@@ -447,7 +456,8 @@ class Compose(Stage):
                 return
             if result.status is Status.ANONYMIZED:
                 assert result.image is not None
-                out_members[work.member] = (name, encode_image(result.image, work.format))
+                encoded = encode_image(result.image, work.format, source=data, jpeg_quality=self.jpeg_quality)
+                out_members[work.member] = (name, encoded)
             elif work.release is not None:  # a format whose other bytes cannot be vouched for
                 out_members[work.member] = (name, work.release)
         task.status = Status.ANONYMIZED if task.faces else Status.NO_FACE

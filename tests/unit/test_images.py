@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from raypipe.config import ConfigError, build_config
 from raypipe.images import (
     ImageDecodeError,
     ImageTooLargeError,
@@ -21,6 +22,7 @@ from raypipe.images import (
     identify_image,
     image_format_for,
     inspect_image,
+    jpeg_options,
     stored_orientation,
     upright_box,
 )
@@ -328,3 +330,55 @@ def test_the_stored_pixels_and_boxes_follow_each_exif_orientation(orientation: i
     assert np.array_equal(stored_orientation(decoded.rgb, orientation), stored)
     ys, xs = np.nonzero(upright[:, :, 0])
     assert upright_box((30, 4, 45, 10), orientation, (50, 30)) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
+def _photo_jpeg(quality: int, subsampling: int, grey: bool = False) -> bytes:
+    from PIL import Image
+    from skimage import data
+
+    image = Image.fromarray(np.ascontiguousarray(data.astronaut()))
+    if grey:
+        image = image.convert("L")
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality, subsampling=subsampling)
+    return buffer.getvalue()
+
+
+def _tables_and_sampling(data: bytes) -> tuple[dict[int, list[int]], int]:
+    from PIL import Image, JpegImagePlugin
+
+    with Image.open(io.BytesIO(data)) as img:
+        return {k: list(v) for k, v in img.quantization.items()}, JpegImagePlugin.get_sampling(img)
+
+
+def test_an_anonymized_jpeg_keeps_its_inputs_tables_subsampling_and_size() -> None:
+    source = _photo_jpeg(75, 2)  # a typical web JPEG: quality 75, 4:2:0
+    rgb = decode_image(source).rgb
+    matched = encode_image(rgb, "JPEG", source=source)
+    assert _tables_and_sampling(matched) == _tables_and_sampling(source)
+    assert len(matched) < 1.15 * len(source)
+    assert len(encode_image(rgb, "JPEG", source=source, jpeg_quality=95)) > 1.5 * len(source)  # what a fixed 95 costs
+
+
+def test_a_jpeg_quality_number_keeps_the_inputs_subsampling() -> None:
+    source = _photo_jpeg(90, 1)  # 4:2:2
+    encoded = encode_image(decode_image(source).rgb, "JPEG", source=source, jpeg_quality=60)
+    tables, sampling = _tables_and_sampling(encoded)
+    assert sampling == 1 and tables != _tables_and_sampling(source)[0]
+
+
+def test_a_grey_or_non_jpeg_source_gets_a_sane_jpeg() -> None:
+    grey = _photo_jpeg(80, 0, grey=True)
+    out = encode_image(decode_image(grey).rgb, "JPEG", source=grey)  # one table in, luma and chroma out
+    tables, _ = _tables_and_sampling(out)
+    assert tables[0] == _tables_and_sampling(grey)[0][0] == tables[1]
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(png, format="PNG")
+    assert jpeg_options(png.getvalue()) == {"quality": 95, "subsampling": 0}
+    assert jpeg_options(None, 70) == {"quality": 70, "subsampling": 0}
+
+
+@pytest.mark.parametrize("bad", [0, 101, "high", True, 9.5])
+def test_a_bad_jpeg_quality_is_named(bad: object) -> None:
+    with pytest.raises(ConfigError, match=r"encode\.jpeg_quality"):
+        build_config({"input": "a.tar", "output": "out", "encode": {"jpeg_quality": bad}}, {})
