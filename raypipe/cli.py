@@ -153,6 +153,12 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
     if args.key_file:
         overrides["audit"] = {"key_file": args.key_file}
     config = load_config(args.config, overrides=overrides)
+    if args.dry_run:
+        from raypipe.pipeline.dryrun import dry_run
+
+        planned = dry_run(config, overwrite=args.overwrite)
+        print(planned.render())
+        return EXIT_USAGE if planned.refusal else EXIT_OK
     summary = run(config, overwrite=args.overwrite)
     print_summary(summary)
     return EXIT_OK if summary.ok else EXIT_SAMPLES
@@ -240,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--key-file", help="audit signing key file (default: the RAYPIPE_AUDIT_KEY variable)")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (shards to do and skip, lease, stages, models); write nothing",
+    )
     p.set_defaults(func=cmd_anonymize)
 
     p = sub.add_parser("status", help="shards done/pending and samples per status of a run's OUTPUT")

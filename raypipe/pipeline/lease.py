@@ -115,6 +115,20 @@ def _stale(lease: dict[str, Any], now: float) -> str | None:
     return None
 
 
+def describe_lease(layout: OutputLayout, now: float) -> str:
+    """OUTPUT's lease in words, read only (``--dry-run``)."""
+    found = _read(layout)
+    if found is None:
+        return "free"
+    held, _ = found
+    holder = f"run {held.get('run_id')} on {held.get('host')} (pid {held.get('pid')})"
+    stale = _stale(held, now)
+    if stale is not None:
+        return f"held by {holder}, but stale ({stale}): a run takes it over"
+    expires = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(held["expires"])))
+    return f"held by {holder}, renewed until {expires}: a run now is refused"
+
+
 def _take_over(layout: OutputLayout, stale: bytes) -> None:
     """Remove the stale lease, but only if it is still the one judged stale.
 
