@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -185,7 +186,8 @@ def print_summary(summary: object) -> None:
             + (" ..." if len(summary.incomplete_shards) > 10 else "")
         )
         lines.append("  rerun the same command to finish them")
-    check = f"raypipe audit verify {summary.output}" + (f" --anchor {summary.anchor}" if summary.anchor else "")
+    check = f"raypipe audit verify {shlex.quote(summary.output)}"  # a command to paste: quoted for the shell
+    check += f" --anchor {shlex.quote(summary.anchor)}" if summary.anchor else ""
     if summary.manifest is not None:
         lines.append(f"  audit:   signed manifest #{summary.manifest}; check it with: {check}")
         lines.append(f"  anchor:  {summary.anchor or 'none (set audit.anchor to make rollbacks detectable)'}")

@@ -246,14 +246,19 @@ def _process(
     shards it finalized (their evidence as written)."""
     import ray
 
+    from raypipe.pipeline.progress import ProgressLine, progress_log
     from raypipe.pipeline.sink import FragmentSink, make_tracker
-    from raypipe.pipeline.watchdog import stall_watchdog
+    from raypipe.pipeline.watchdog import stall_watchdog, tracker_progress
 
     connect(config)
     tracker = make_tracker({w.name: (w.committed, None) for w in plan.pending})
     sink = FragmentSink(layout, run_info, tracker, {w.name: w.uri for w in plan.pending})
     ds = build_dataset(config, plan.pending)
-    with stall_watchdog(tracker, config.pipeline.stall_timeout_s):  # StalledJobError if nothing commits
+    line = ProgressLine(len(plan.pending), already=sum(len(w.committed) for w in plan.pending))
+    with (
+        stall_watchdog(tracker, config.pipeline.stall_timeout_s),  # StalledJobError if nothing commits
+        progress_log(lambda: tracker_progress(tracker), line),  # samples, rate and ETA in the log
+    ):
         ds.write_datasink(sink, ray_remote_args={"num_cpus": TASK_CPUS})
     processed = int(ray.get(tracker.progress.remote())["samples"])
     return processed, sink.produced

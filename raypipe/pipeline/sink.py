@@ -90,6 +90,9 @@ class ShardTracker:
             "fragments": self._fragments,
             "samples": self._samples,
             "shards_finalized": len(self._claimed),
+            # For an ETA: samples per shard, from the markers of the shards finalized so far.
+            "shards_marked": len(self._markers),
+            "samples_marked": sum(int(marker.get("samples", 0)) for marker in self._markers.values()),
         }
 
 

@@ -37,3 +37,14 @@ def test_a_misspelt_config_key_gets_a_suggestion(tmp_path: Path, caplog: pytest.
     config.write_text("method:\n  guidance: -8\npipline:\n  batch_size: 2\n")
     assert main(["anonymize", "in.tar", str(tmp_path / "out"), "--config", str(config)]) == EXIT_USAGE
     assert "'pipline': did you mean 'pipeline'?" in caplog.text
+
+
+def test_the_summary_names_the_verify_command_to_paste(capsys: pytest.CaptureFixture[str]) -> None:
+    from raypipe.cli import print_summary
+    from raypipe.pipeline.run import RunSummary
+
+    summary = RunSummary("/data/my out", "r1", 2, 2, 0, 10, {"anonymized": 10}, manifest=3, anchor="s3://a/anchor")
+    print_summary(summary)
+    shown = capsys.readouterr().out
+    assert "check it with: raypipe audit verify '/data/my out' --anchor s3://a/anchor" in shown
+    assert "OUTPUT" not in shown
