@@ -140,9 +140,9 @@ def image_record(path: str, data: bytes, result: Any, anonymizer: Any) -> dict[s
     }
 
 
-def cmd_anonymize(args: argparse.Namespace) -> int:
+def anonymize_config(args: argparse.Namespace) -> Any:
+    """The job configuration of an ``anonymize`` command line: the config file, then the flags."""
     from raypipe.config import load_config
-    from raypipe.pipeline.run import run
 
     overrides: dict[str, object] = dict(method_overrides(args))
     overrides["input"] = args.input
@@ -153,7 +153,34 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
         overrides["pipeline"] = {**overrides.get("pipeline", {}), "progress": False}  # type: ignore[dict-item]
     if args.key_file:
         overrides["audit"] = {"key_file": args.key_file}
-    config = load_config(args.config, overrides=overrides)
+    return load_config(args.config, overrides=overrides)
+
+
+def check_submittable(job: Sequence[str]) -> None:
+    """Refuse here, before anything is uploaded, a job the cluster would refuse: flags that do not parse,
+    a configuration that does not validate, and INPUT or OUTPUT given as a relative path (on the cluster
+    it would name a folder inside the job's own working directory, which is deleted with the job)."""
+    args = list(job[1:] if job and job[0] == "--" else job)
+    if not args or args[0] != "anonymize":
+        return  # build_submission names what can be submitted
+    parser = build_parser()
+    try:
+        parsed = parser.parse_args(args)
+    except SystemExit:  # argparse has printed what is wrong
+        raise ConfigError(f"the job's command line does not parse: {shlex.join(args)}") from None
+    config = anonymize_config(parsed)
+    for what, location in [*(("input", uri) for uri in config.input), ("output", config.output)]:
+        if "://" not in location and not Path(location).expanduser().is_absolute():
+            raise ConfigError(
+                f"{what}: {location!r} is a relative path; on the cluster it would name a folder inside the "
+                "job's working directory. Give a URI (s3://, gs://) or an absolute path every node shares"
+            )
+
+
+def cmd_anonymize(args: argparse.Namespace) -> int:
+    from raypipe.pipeline.run import run
+
+    config = anonymize_config(args)
     if args.dry_run:
         from raypipe.pipeline.dryrun import dry_run
 
@@ -286,6 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
     try:
+        if args.command == "submit":
+            check_submittable(args.job)
         return int(args.func(args))
     except ConfigError as exc:
         log.error("configuration error: %s", exc)

@@ -48,3 +48,28 @@ def test_the_summary_names_the_verify_command_to_paste(capsys: pytest.CaptureFix
     shown = capsys.readouterr().out
     assert "check it with: raypipe audit verify '/data/my out' --anchor s3://a/anchor" in shown
     assert "OUTPUT" not in shown
+
+
+@pytest.mark.parametrize(
+    ("job", "named"),
+    [
+        (["anonymize", "data/shards/", "s3://bucket/out/"], "input: 'data/shards/' is a relative path"),
+        (["anonymize", "s3://bucket/in/a.tar", "out"], "output: 'out' is a relative path"),
+        (["anonymize", "s3://bucket/in/a.tar", "s3://bucket/out", "--guidance-scale", "x"], "does not parse"),
+        (["anonymize", "s3://bucket/in/a.tar", "s3://bucket/out", "--config", "{config}"], "'pipline': did you mean"),
+    ],
+)
+def test_submit_refuses_locally_what_the_cluster_would_refuse(
+    job: list[str], named: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "job.yaml").write_text("pipline:\n  batch_size: 2\n")
+    job = [arg.format(config=tmp_path / "job.yaml") for arg in job]
+    # An address nothing listens on: the refusal comes before any connection or upload.
+    assert main(["submit", "--address", "http://127.0.0.1:9", "--", *job]) == EXIT_USAGE
+    assert named in caplog.text
+
+
+def test_a_valid_job_passes_the_local_check(tmp_path: Path) -> None:
+    from raypipe.cli import check_submittable
+
+    check_submittable(["--", "anonymize", "s3://bucket/in/a.tar", "/shared/out", "--method", "blur"])
