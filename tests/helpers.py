@@ -13,6 +13,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
+class FakeClock:
+    """A clock a test moves by hand: ``clock.now = 30.0``."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def load_benchmark(name: str) -> ModuleType:
     """``benchmarks/<name>.py`` as a module (the benchmarks folder is not a package)."""
     spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", ROOT / "benchmarks" / f"{name}.py")

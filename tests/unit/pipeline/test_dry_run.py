@@ -6,24 +6,12 @@ import hashlib
 import json
 from pathlib import Path
 
-import pytest
-
 from raypipe.cli import EXIT_OK, EXIT_USAGE, main
 from raypipe.config import build_config
 from raypipe.layout import OutputLayout, done_name
 from raypipe.pipeline.dryrun import dry_run
 from raypipe.pipeline.lease import Holder, acquire
 from raypipe.pipeline.plan import make_plan
-from tests.integration.jobs import sample_shards
-
-
-@pytest.fixture
-def inputs(tmp_path: Path) -> Path:
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for name, data in sample_shards(shards=3, per_shard=2).items():
-        (folder / name).write_bytes(data)
-    return folder
 
 
 def snapshot(root: Path) -> dict[str, str]:

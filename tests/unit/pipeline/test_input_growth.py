@@ -34,15 +34,6 @@ def finish(layout: OutputLayout, plan) -> None:  # type: ignore[no-untyped-def]
         finalize_shard(layout, work.name, source=work.uri)
 
 
-@pytest.fixture
-def inputs(tmp_path: Path) -> Path:
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for name, data in sample_shards(shards=3, per_shard=2).items():
-        (folder / name).write_bytes(data)
-    return folder
-
-
 def test_a_brace_range_that_grows_processes_only_the_new_shards(inputs: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     layout = OutputLayout(str(out))

@@ -8,18 +8,11 @@ import time
 import pytest
 
 from raypipe.pipeline.progress import ProgressLine, progress_log
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import FakeClock
 
 
 def test_rate_and_eta_come_from_the_samples_and_the_finalized_shards() -> None:
-    clock = Clock()
+    clock = FakeClock()
     line = ProgressLine(shards=10, window_s=60, clock=clock)
     first = line.line({"samples": 0, "shards_finalized": 0})
     assert (
@@ -35,7 +28,7 @@ def test_rate_and_eta_come_from_the_samples_and_the_finalized_shards() -> None:
 
 
 def test_the_rate_forgets_what_is_older_than_the_window_and_the_eta_counts_earlier_runs() -> None:
-    clock = Clock()
+    clock = FakeClock()
     line = ProgressLine(shards=4, already=100, window_s=60, clock=clock)
     for t, n in ((0, 0), (30, 900), (90, 960), (150, 1020)):  # fast at first, then 1/s
         clock.now = t

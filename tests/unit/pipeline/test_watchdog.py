@@ -8,14 +8,7 @@ import time
 import pytest
 
 from raypipe.pipeline.watchdog import StalledJobError, Watchdog, guard_main_thread
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import FakeClock
 
 
 def test_no_change_for_the_timeout_fires_once_with_the_last_progress() -> None:
