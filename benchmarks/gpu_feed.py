@@ -438,7 +438,9 @@ def start_ray(work: Path, cpus: int) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="one small setting (c 0.2 s, 2 actors, 1 shard): tests")
+    p.add_argument(
+        "--quick", action="store_true", help="one small setting (c 0.2 s, 2 actors, 1 shard of 6, 512 px): tests"
+    )
     p.add_argument("--costs", type=float, nargs="+", default=[0.2, 2.0], help="GPU seconds per face")
     p.add_argument("--actors", type=int, nargs="+", default=[1, 2, 3, 4], help="stand-in actors")
     p.add_argument("--gpu-seconds", type=float, default=30.0, help="GPU work per actor in each setting's input")
@@ -455,7 +457,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     if args.quick:
-        args.costs, args.actors, args.gpu_seconds, args.max_samples, args.per_shard = [0.2], [2], 1.5, 12, 12
+        args.costs, args.actors, args.gpu_seconds, args.max_samples, args.per_shard = [0.2], [2], 1.5, 6, 6
+        args.face_size = 512
     if args.compose_actors not in (None, "auto"):
         args.compose_actors = int(args.compose_actors)
     return args
