@@ -391,6 +391,7 @@ def run_grid(args: argparse.Namespace) -> dict[str, Any]:
     info = device_info(device)
     report: dict[str, Any] = {
         "benchmark": "core_gpu",
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "models": "tiny" if args.tiny else "sdxl-base-1.0 architecture, random weights, FaceID rank 128",
         "device": info,
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
@@ -488,7 +489,12 @@ def count_only(args: argparse.Namespace) -> dict[str, Any]:
                 }
             )
             print(json.dumps(results[-1]))
-    return {"benchmark": "core_gpu --count-only", "device": {"name": "meta (no compute)"}, "results": results}
+    return {
+        "benchmark": "core_gpu --count-only",
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "device": {"name": "meta (no compute)"},
+        "results": results,
+    }
 
 
 def print_result(r: dict[str, Any]) -> None:

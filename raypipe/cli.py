@@ -156,6 +156,21 @@ def anonymize_config(args: argparse.Namespace) -> Any:
     return load_config(args.config, overrides=overrides)
 
 
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from raypipe.config import load_config
+    from raypipe.estimate import estimate
+
+    if args.sample < 0:
+        raise ConfigError(f"--sample: must be an integer >= 0, got {args.sample}")
+    overrides: dict[str, object] = dict(method_overrides(args))
+    overrides["input"] = args.input
+    config = load_config(args.config, overrides=overrides, require_io=False)
+    print(
+        estimate(config, sample=args.sample, seed=args.sample_seed, price_per_gpu_hour=args.price_per_gpu_hour).render()
+    )
+    return EXIT_OK
+
+
 def check_submittable(job: Sequence[str]) -> None:
     """Refuse here, before anything is uploaded, a job the cluster would refuse: flags that do not parse,
     a configuration that does not validate, and INPUT or OUTPUT given as a relative path (on the cluster
@@ -261,6 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_method_flags(p)
     p.set_defaults(func=cmd_anonymize_image)
+
+    p = sub.add_parser("estimate", help="shards, samples, faces and GPU-hours of INPUT, before any run")
+    p.add_argument("input", metavar="INPUT", help="shards: path, s3://, gs://, glob or data-{00000..00099}.tar")
+    p.add_argument("--sample", type=int, default=32, help="images to count faces on, at random (default 32)")
+    p.add_argument("--sample-seed", type=int, default=0, help="seed of the random sample (default 0)")
+    p.add_argument("--price-per-gpu-hour", type=float, help="price one GPU-hour to show a cost")
+    add_method_flags(p)
+    p.set_defaults(func=cmd_estimate)
 
     p = sub.add_parser("anonymize", help="anonymize WebDataset shards with Ray: INPUT shards -> OUTPUT folder/bucket")
     p.add_argument(

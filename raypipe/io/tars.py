@@ -342,6 +342,30 @@ def iter_samples(
         yield current
 
 
+@dataclass(frozen=True)
+class MemberHeader:
+    """A regular member of a tar as its header describes it: where its bytes lie, not the bytes."""
+
+    name: str
+    offset: int  # of the member's data in the tar
+    size: int
+
+
+def iter_headers(fileobj: IO[bytes], source: str = "<tar>") -> Iterator[MemberHeader]:
+    """The regular members of an uncompressed tar from its headers alone: each header is read and the
+    member's data is skipped by seeking, so a shard costs a few hundred bytes per member, not its size.
+    Links, folders and other special members are left out. A damaged archive raises
+    :class:`TarReadError` naming ``source``."""
+    try:
+        with tarfile.open(fileobj=fileobj, mode="r:") as archive:
+            while (member := archive.next()) is not None:
+                archive.members.clear()  # type: ignore[attr-defined]
+                if member.isfile():
+                    yield MemberHeader(member.name, member.offset_data, member.size)
+    except (tarfile.TarError, EOFError) as exc:
+        raise TarReadError(f"{source}: the tar's headers cannot be read: {exc}") from exc
+
+
 def _member_problem(member: tarfile.TarInfo, max_member_bytes: int | None) -> TarProblem | None:
     key = audit_safe(split_member_name(member.name)[0])
     reason = _problem_reason(member)

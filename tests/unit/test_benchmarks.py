@@ -205,3 +205,25 @@ def test_the_row_bytes_figures_are_the_benchmarks() -> None:
     text = (ROOT / "BENCHMARKS.md").read_text()
     for row in report["rows"]:
         assert f"| {row['hop']} | {row['before_mb_per_face']:.2f} MB | {row['now_mb_per_face']:.2f} MB |" in text
+
+
+def test_classic_cpu_quick_times_a_method_against_detection_alone(tmp_path: Path) -> None:
+    pytest.importorskip("dlib")
+    out = tmp_path / "classic.json"
+    assert load_benchmark("classic_cpu").main(["--quick", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    (row,) = report["rows"]
+    assert row["method"] == "blur" and row["statuses"] == {"anonymized": 1, "no_face": 1}  # the real gate passed it
+    assert row["over_detection_alone"] > 1  # it detects, hides and checks: more than detection alone
+    assert report["faces"] == 1 and report["date"]
+
+
+def test_the_classic_cpu_figures_are_the_benchmarks() -> None:
+    report = json.loads((ROOT / "benchmarks" / "results" / "classic_cpu.json").read_text())
+    text = (ROOT / "BENCHMARKS.md").read_text()
+    for row in report["rows"]:
+        assert f"| {row['method']} | {row['seconds_per_image']:.3f} s | {row['over_detection_alone']:.2f}x |" in text
+
+
+def test_the_cost_table_is_what_the_benchmark_results_give() -> None:
+    assert load_benchmark("cost_table").main(["--check"]) == 0

@@ -147,6 +147,7 @@ RANK = {
     "audit": 4,  # the evidence and the gate: shares the face code with anonymize
     "pipeline": 5,
     "status": 6,
+    "estimate": 6,
     "staging": 6,
     "submit": 6,
     "cli": 7,

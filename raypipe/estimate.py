@@ -1,0 +1,193 @@
+"""``raypipe estimate INPUT``: the size of a job and its bill before it runs.
+
+1. Every shard's tar headers are read, not its payloads (a few hundred bytes per member): shards,
+   samples, image members and bytes are exact.
+2. Faces are counted on a random sample of the images (read by offset from their shards, decoded and
+   run through the job's face analyzer), and scaled to all images with a 95 % interval.
+3. Seconds per face come from ``raypipe/cost_table.json``, which ``benchmarks/cost_table.py`` builds
+   from the benchmark results. Each row says whether it was measured or assumed, on which device and
+   when. GPU-hours are faces times seconds per face; the price, if given, is GPU-hours times it.
+
+Nothing is written anywhere. The face count is a sample estimate; the seconds per face are only as good
+as the row they come from, and the report says which rows no GPU has measured.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from raypipe.config import JobConfig
+from raypipe.images import decode_image, image_format_for
+from raypipe.io.concurrent import map_bounded
+from raypipe.io.retry import retry
+from raypipe.io.shards import expand_shards
+from raypipe.io.storage import StorageOptions, filesystem, redact
+from raypipe.io.tars import MemberHeader, iter_headers, split_member_name
+from raypipe.logs import get_logger
+
+log = get_logger(__name__)
+
+HEADER_BLOCK = 64 * 1024  # read-ahead while walking headers: small, so payloads are skipped, not fetched
+Z95 = 1.96
+
+
+@dataclass
+class ShardIndex:
+    uri: str
+    samples: int
+    bytes: int  # of the members' data
+    images: list[MemberHeader]
+
+
+@dataclass
+class Estimate:
+    input: list[str]
+    shards: int
+    samples: int
+    images: int
+    bytes: int
+    sampled: int = 0
+    faces_sampled: int = 0
+    unreadable: int = 0  # sampled images that did not decode (the job would fail or quarantine them)
+    analyzer: str = ""
+    faces_per_image: float = 0.0
+    faces: float = 0.0
+    faces_low: float = 0.0
+    faces_high: float = 0.0
+    rows: list[dict[str, Any]] = field(default_factory=list)  # the cost table's rows, priced
+    price_per_gpu_hour: float | None = None
+
+    def render(self) -> str:
+        lines = [
+            f"raypipe estimate: {', '.join(self.input)}",
+            f"  input:  {self.shards:,} shard(s), {self.samples:,} samples, {self.images:,} images, "
+            f"{self.bytes / 1e9:.2f} GB (exact: from the tar headers; no payload was read)",
+        ]
+        if self.sampled:
+            lines.append(
+                f"  faces:  about {self.faces:,.0f} (95 % interval {self.faces_low:,.0f}-{self.faces_high:,.0f}): "
+                f"{self.faces_sampled} face(s) in {self.sampled} randomly sampled image(s), {self.analyzer} analyzer"
+                + (f"; {self.unreadable} sampled image(s) did not decode" if self.unreadable else "")
+            )
+        else:
+            lines.append("  faces:  no image to sample")
+        lines.append("  cost:   seconds per face (or image) from raypipe/cost_table.json; hours for all of them")
+        for row in self.rows:
+            lines.append("    " + _row_line(row, self.price_per_gpu_hour))
+        if any(row["kind"] == "assumed" for row in self.rows):
+            lines.append("  'assumed' rows are FLOP counts at an assumed GPU efficiency, not a measurement on that GPU")
+        return "\n".join(lines)
+
+
+def _row_line(row: dict[str, Any], price: float | None) -> str:
+    low, high = row["hours"]
+    hours = f"{low:,.2f}" if math.isclose(low, high) else f"{low:,.2f}-{high:,.2f}"
+    unit = "CPU-hours" if row["method"] != "reverse_personalization" else "GPU-hours"
+    text = f"{row['profile']:<11} {row['device']:<14} {hours} {unit}"
+    if price is not None and unit == "GPU-hours":
+        text += f" (${low * price:,.0f}" + ("" if math.isclose(low, high) else f"-${high * price:,.0f}") + ")"
+    return f"{text}  [{row['kind']}, {row['date'] or 'undated'}: {row['basis']}]"
+
+
+def index_shard(uri: str, options: StorageOptions) -> ShardIndex:
+    """Samples, bytes and image members of one shard, from its headers."""
+    fs, path = filesystem(uri, options)
+
+    def walk() -> ShardIndex:
+        with fs.open(path, "rb", block_size=HEADER_BLOCK) as handle:
+            members = list(iter_headers(handle, redact(uri)))
+        keys = {split_member_name(m.name)[0] for m in members}
+        images = [m for m in members if image_format_for(m.name) is not None]
+        return ShardIndex(uri, len(keys), sum(m.size for m in members), images)
+
+    return retry(walk, description=f"read the headers of {redact(uri)}")
+
+
+def estimate(config: JobConfig, sample: int = 32, seed: int = 0, price_per_gpu_hour: float | None = None) -> Estimate:
+    """Index every input shard, count faces on ``sample`` random images, price every cost-table row."""
+    from raypipe.anonymize.pipeline import load_analyzer_from_config
+
+    uris = expand_shards(list(config.input), config.storage)
+    shards = map_bounded(lambda uri: index_shard(uri, config.storage), uris)
+    result = Estimate(
+        input=[redact(spec) for spec in config.input],
+        shards=len(shards),
+        samples=sum(s.samples for s in shards),
+        images=sum(len(s.images) for s in shards),
+        bytes=sum(s.bytes for s in shards),
+        price_per_gpu_hour=price_per_gpu_hour,
+    )
+    population = [(s.uri, image) for s in shards for image in s.images]
+    chosen = random.Random(seed).sample(population, min(sample, len(population)))
+    if chosen:
+        analyzer = load_analyzer_from_config(config.models)
+        counts = []
+        for uri, header in chosen:
+            faces = _faces_in(uri, header, analyzer, config)
+            if faces is None:
+                result.unreadable += 1
+            else:
+                counts.append(faces)
+        result.analyzer, result.sampled = analyzer.name, len(counts)
+        _scale(result, counts)
+    result.rows = priced_rows(result, config)
+    return result
+
+
+def _faces_in(uri: str, header: MemberHeader, analyzer: Any, config: JobConfig) -> int | None:
+    fs, path = filesystem(uri, config.storage)
+
+    def read() -> bytes:
+        with fs.open(path, "rb") as handle:
+            handle.seek(header.offset)
+            return bytes(handle.read(header.size))
+
+    data = retry(read, description=f"read {header.name} of {redact(uri)}")
+    try:
+        rgb = decode_image(data, max_pixels=config.limits.max_image_pixels).rgb
+    except Exception as exc:  # the job would fail or quarantine this image; it holds no countable face
+        log.info("%s in %s: not decoded (%s)", header.name, redact(uri), exc)
+        return None
+    return len(analyzer.analyze(rgb))
+
+
+def _scale(result: Estimate, counts: list[int]) -> None:
+    """Faces in all images from faces per sampled image: mean, and a normal 95 % interval (with the
+    finite-population correction; never below the faces actually seen)."""
+    n = len(counts)
+    if n == 0:
+        return
+    mean = sum(counts) / n
+    spread = math.sqrt(sum((c - mean) ** 2 for c in counts) / (n - 1)) if n > 1 else 0.0
+    correction = math.sqrt(max(0.0, (result.images - n) / (result.images - 1))) if result.images > 1 else 0.0
+    half = Z95 * spread / math.sqrt(n) * correction * result.images
+    result.faces_sampled, result.faces_per_image = sum(counts), mean
+    result.faces = mean * result.images
+    result.faces_low = max(float(sum(counts)), result.faces - half)
+    result.faces_high = result.faces + half
+
+
+def cost_table() -> list[dict[str, Any]]:
+    return list(json.loads(resources.files("raypipe").joinpath("cost_table.json").read_text())["rows"])
+
+
+def priced_rows(result: Estimate, config: JobConfig) -> list[dict[str, Any]]:
+    """Each cost-table row with the hours this input would take: the job's own method first (for
+    Reverse Personalization, every profile; the job's own settings are marked)."""
+    rows = []
+    for row in cost_table():
+        if row["method"] == "reverse_personalization":
+            seconds = row["seconds_per_face"]
+            hours = (result.faces * seconds[0] / 3600, result.faces * seconds[1] / 3600)
+            mine = (row["face_size"], row["num_steps"]) == (config.method.face_size, config.method.num_steps)
+        else:
+            per_image = row["seconds_per_image"] * result.images / 3600
+            hours, mine = (per_image, per_image), row["method"] == config.method.name
+        rows.append({**row, "hours": hours, "profile": row["profile"] + ("*" if mine else "")})
+    ours = config.method.name
+    return sorted(rows, key=lambda r: (r["method"] != ours, r["method"] != "reverse_personalization"))
