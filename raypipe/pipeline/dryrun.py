@@ -8,16 +8,14 @@ trusts one, so a shard shown here as done may still be redone.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from raypipe.config import JobConfig
-from raypipe.io.publish import exists, read_bytes
 from raypipe.io.shards import expand_shards, shard_name
 from raypipe.io.storage import redact, redact_all
-from raypipe.layout import JOB_FILE, OutputLayout, legacy_state
+from raypipe.layout import OutputLayout, legacy_state
 
 
 @dataclass
@@ -65,28 +63,23 @@ def dry_run(config: JobConfig, overwrite: bool = False) -> DryRun:
     """What ``run(config, overwrite)`` would do; raises as the run would for a bad INPUT."""
     from raypipe.audit.manifest import marked_shards, read_manifest
     from raypipe.pipeline.commit import list_fragments
-    from raypipe.pipeline.plan import changed_settings, config_hash, output_settings
+    from raypipe.pipeline.plan import config_hash, configuration_change, output_settings
 
     names = sorted(shard_name(uri) for uri in expand_shards(list(config.input), config.storage))
     layout = OutputLayout(config.output, config.storage)
     result = DryRun(output=redact(config.output), shards=names)
-    result.stages, result.models = _stages(config), _models(config)
+    result.stages, result.models, result.lease = _stages(config), _models(config), _lease(layout)
     legacy = legacy_state(layout)
     if legacy is not None:
         result.refusal = f"OUTPUT was written with raypipe's earlier layout ({legacy})"
         return result
-    job_path = layout.state(JOB_FILE)
-    if exists(layout.fs, job_path):
-        stored = json.loads(read_bytes(layout.fs, job_path))
-        if stored.get("config_hash") != config_hash(config):
-            changes = changed_settings(stored.get("settings", {}), redact_all(output_settings(config)))
-            what = "; ".join(changes[:8]) or "the configuration hash differs"
-            if overwrite:
-                result.note = f"--overwrite deletes OUTPUT's results of another configuration ({what}); all is redone"
-            else:
-                result.refusal = f"OUTPUT holds results of a different configuration ({what}); --overwrite deletes them"
-            result.lease = _lease(layout)
-            return result
+    what = configuration_change(layout, config_hash(config), redact_all(output_settings(config)))
+    if what is not None:
+        if overwrite:
+            result.note = f"--overwrite deletes OUTPUT's results of another configuration ({what}); all is redone"
+        else:
+            result.refusal = f"OUTPUT holds results of a different configuration ({what}); --overwrite deletes them"
+        return result
     manifest = read_manifest(layout)
     signed = set((manifest or {}).get("shards") or {})
     marked = set(marked_shards(layout))
@@ -98,7 +91,6 @@ def dry_run(config: JobConfig, overwrite: bool = False) -> DryRun:
     if result.removed and not overwrite:
         shown = ", ".join(result.removed[:5]) + (" ..." if len(result.removed) > 5 else "")
         result.refusal = f"OUTPUT holds shard(s) INPUT no longer lists: {shown}"
-    result.lease = _lease(layout)
     return result
 
 

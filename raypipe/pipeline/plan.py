@@ -253,6 +253,21 @@ def _check_current_layout(layout: OutputLayout) -> None:
         )
 
 
+def configuration_change(layout: OutputLayout, digest: str, settings: dict[str, Any]) -> str | None:
+    """What differs between the configuration OUTPUT holds results of and this one (``digest`` and its
+    redacted ``settings``): None when it is the same, or OUTPUT holds none; else the settings that
+    changed (at most 8), or both hashes for a job file that does not keep its settings."""
+    fs, job_path = layout.fs, layout.state(JOB_FILE)
+    if not exists(fs, job_path):
+        return None
+    stored = json.loads(read_bytes(fs, job_path))
+    previous = stored.get("config_hash")
+    if previous == digest:
+        return None
+    changes = changed_settings(stored["settings"], settings) if "settings" in stored else []
+    return "; ".join(changes[:8]) if changes else f"config hash {str(previous)[:12]}, now {digest[:12]}"
+
+
 def _claim_output(
     layout: OutputLayout, digest: str, settings: dict[str, Any], names: list[str], overwrite: bool, clear: bool
 ) -> bool:
@@ -261,25 +276,21 @@ def _claim_output(
 
     The job file keeps the settings (credentials redacted) beside their hash, so that a refusal can name
     the settings that changed."""
-    fs, job_path = layout.fs, layout.state(JOB_FILE)
     cleared = False
     if clear:
         clear_output(layout, names)
         cleared = True
-    elif exists(fs, job_path):
-        stored = json.loads(read_bytes(fs, job_path))
-        previous = stored.get("config_hash")
-        if previous != digest:
-            if not overwrite:
-                changes = changed_settings(stored["settings"], settings) if "settings" in stored else []
-                what = "; ".join(changes[:8]) if changes else f"config hash {str(previous)[:12]}, now {digest[:12]}"
-                raise OutputConflictError(
-                    f"output: {redact(layout.root)} holds results of a different configuration ({what}); use "
-                    "another OUTPUT, or --overwrite to delete those results and start again"
-                )
-            clear_output(layout, names)
-            cleared = True
-    publish_bytes(fs, job_path, json.dumps({"config_hash": digest, "settings": settings}, indent=2).encode())
+    elif (what := configuration_change(layout, digest, settings)) is not None:
+        if not overwrite:
+            raise OutputConflictError(
+                f"output: {redact(layout.root)} holds results of a different configuration ({what}); use "
+                "another OUTPUT, or --overwrite to delete those results and start again"
+            )
+        clear_output(layout, names)
+        cleared = True
+    publish_bytes(
+        layout.fs, layout.state(JOB_FILE), json.dumps({"config_hash": digest, "settings": settings}, indent=2).encode()
+    )
     return cleared
 
 

@@ -85,6 +85,12 @@ def connect(config: JobConfig) -> None:
     log.info("Ray cluster resources: %s", ray.cluster_resources())
 
 
+def detects_in_gpu_actor(config: JobConfig) -> bool:
+    """Whether detection runs inside the anonymize actors (``pipeline.detect: gpu_actor``); a classic
+    method has no such actor, so it always detects in the Detect stage."""
+    return config.pipeline.detect == "gpu_actor" and not config.method.classic
+
+
 def compose_pool(config: JobConfig, cluster_cpus: float) -> tuple[int, int]:
     """(min, max) compose actors. A number in ``pipeline.compose_actors`` is both; ``auto`` starts one
     and lets Ray Data add actors while batches queue for them, up to the CPUs that the other pools and
@@ -94,11 +100,7 @@ def compose_pool(config: JobConfig, cluster_cpus: float) -> tuple[int, int]:
     if p.compose_actors != "auto":
         return int(p.compose_actors), int(p.compose_actors)
     anonymizing = 0.0 if config.method.classic else p.anonymize_actors_max * p.num_cpus_per_actor
-    held = anonymizing + (
-        0
-        if p.detect == "gpu_actor" and not config.method.classic
-        else p.detect_actors * stages.DETECT_RESOURCES.num_cpus
-    )
+    held = anonymizing + (0 if detects_in_gpu_actor(config) else p.detect_actors * stages.DETECT_RESOURCES.num_cpus)
     room = cluster_cpus - held - 1.0
     return 1, max(1, int(room // COMPOSE_CPUS))
 
@@ -107,7 +109,7 @@ def job_stages(config: JobConfig, cluster: dict[str, float]) -> list[Stage]:
     """The job's stages after the read, in order, each with the resources, pool and batch size it runs
     with on a cluster whose resource totals are ``cluster``."""
     p, batch = config.pipeline, config.pipeline.batch_size
-    detect_in_actor = p.detect == "gpu_actor" and not config.method.classic
+    detect_in_actor = detects_in_gpu_actor(config)
     chain: list[Stage] = [stages.Decode(config.limits, stages.DECODE_RESOURCES, batch)]
     if not detect_in_actor:
         detect = dataclasses.replace(stages.DETECT_RESOURCES, actors=(p.detect_actors, p.detect_actors))
