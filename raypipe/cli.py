@@ -18,7 +18,7 @@ from typing import Any
 from raypipe.config import ANALYZERS, METHOD_NAMES, PRESETS, ConfigError
 from raypipe.io.shards import ShardSpecError
 from raypipe.io.storage import CredentialsInURIError, UnsupportedURIError
-from raypipe.logs import configure_logging, get_logger
+from raypipe.logs import configure_logging, get_logger, quiet_libraries
 
 log = get_logger(__name__)
 
@@ -147,10 +147,14 @@ def anonymize_config(args: argparse.Namespace) -> Any:
     overrides: dict[str, object] = dict(method_overrides(args))
     overrides["input"] = args.input
     overrides["output"] = args.output
+    if args.attribute_from:
+        overrides["method"] = {**overrides["method"], "attribute_from": args.attribute_from}  # type: ignore[dict-item]
     if args.ray_address:
         overrides["pipeline"] = {"address": args.ray_address}
     if args.no_progress:
         overrides["pipeline"] = {**overrides.get("pipeline", {}), "progress": False}  # type: ignore[dict-item]
+    if getattr(args, "verbose", False):
+        overrides["pipeline"] = {**overrides.get("pipeline", {}), "library_logs": True}  # type: ignore[dict-item]
     if args.key_file:
         overrides["audit"] = {"key_file": args.key_file}
     return load_config(args.config, overrides=overrides)
@@ -196,6 +200,8 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
     from raypipe.pipeline.run import run
 
     config = anonymize_config(args)
+    if not config.pipeline.library_logs:
+        quiet_libraries()
     if args.dry_run:
         from raypipe.pipeline.dryrun import dry_run
 
@@ -262,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raypipe", description="Anonymize the faces of image datasets with Reverse Personalization on Ray."
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the libraries' own log lines")
     parser.add_argument("--version", action="version", version=f"raypipe {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -294,6 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("output", metavar="OUTPUT", nargs="?", help="output folder or bucket prefix")
     add_method_flags(p)
+    p.add_argument(
+        "--attribute-from",
+        metavar="MEMBER:FIELD",
+        help="each sample's attribute prompt from its metadata, e.g. json:prompt (--attribute is the default)",
+    )
     p.add_argument("--overwrite", action="store_true", help="delete results of a different configuration in OUTPUT")
     p.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -335,6 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
+    if not args.verbose and args.command != "anonymize":  # anonymize: its pipeline.library_logs decides
+        quiet_libraries()
     try:
         if args.command == "submit":
             check_submittable(args.job)

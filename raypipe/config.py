@@ -11,6 +11,7 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
+from raypipe.attributes import AttributeSource
 from raypipe.io.storage import StorageOptions
 
 
@@ -49,6 +50,9 @@ class MethodConfig:
     ip_adapter_scale: float = 1.0
     face_size: int = 1024
     attribute_prompt: str | None = None
+    # Each sample's prompt from its metadata, "MEMBER:FIELD" (raypipe.attributes); attribute_prompt is
+    # the default where a sample's metadata has none.
+    attribute_from: str | None = None
     seed: int = 0
     face_batch_size: int | str = 4  # faces per UNet call; "auto": the most that fit the GPU's free memory
 
@@ -92,6 +96,7 @@ class MethodConfig:
             "a string or null",
             self.attribute_prompt,
         )
+        self._check_attribute_from()
         _check(
             isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0,
             p + "seed",
@@ -109,6 +114,26 @@ class MethodConfig:
             '"auto" or an integer >= 1 (faces per UNet call)',
             self.face_batch_size,
         )
+
+    def _check_attribute_from(self) -> None:
+        key = "method.attribute_from"
+        if self.attribute_from is None:
+            return
+        _check(isinstance(self.attribute_from, str), key, "a string MEMBER:FIELD or null", self.attribute_from)
+        try:
+            AttributeSource.parse(self.attribute_from)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+        if self.classic:
+            raise ConfigError(
+                f"{key}: the {self.name} method has no attribute prompt; drop attribute_from or use"
+                " reverse_personalization"
+            )
+
+    @property
+    def attribute_source(self) -> AttributeSource | None:
+        """Where each sample's attribute prompt is read (``attribute_from``), or None: the job's for all."""
+        return AttributeSource.parse(self.attribute_from) if self.attribute_from else None
 
 
 @dataclass(frozen=True)
@@ -188,6 +213,7 @@ class PipelineConfig:
     detect_actors: int = 1
     compose_actors: int | str = "auto"  # "auto": from 1 up to what the cluster's CPUs allow (Ray Data scales it)
     progress: bool = True
+    library_logs: bool = False  # the libraries' own INFO and WARNING lines (Ray Data, transformers); --verbose
     stall_timeout_s: float = 3600.0  # no commit for this long ends the job (raypipe.pipeline.watchdog)
     lease_ttl_s: float = 300.0  # OUTPUT's writer lease lasts this long unless renewed (raypipe.pipeline.lease)
 
@@ -240,6 +266,7 @@ class PipelineConfig:
                 _check(_is_number(value) and value >= 0, p + name, "a number >= 0", value)
         _check(self.detect in DETECT_PLACEMENTS, p + "detect", f"one of {list(DETECT_PLACEMENTS)}", self.detect)
         _check(isinstance(self.progress, bool), p + "progress", "true or false", self.progress)
+        _check(isinstance(self.library_logs, bool), p + "library_logs", "true or false", self.library_logs)
         _check(
             _is_number(self.stall_timeout_s) and self.stall_timeout_s > 0,
             p + "stall_timeout_s",

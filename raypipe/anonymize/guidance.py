@@ -14,6 +14,7 @@ and combines them as ``eps = eps_u + w (eps_c - eps_u)``; with the default w = -
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -38,16 +39,25 @@ class TextEmbedding:
 
 
 class TextEncoder:
-    """Encodes prompts the SDXL way and caches them: "" and the attribute prompt are computed once."""
+    """Encodes prompts the SDXL way and caches them: each distinct prompt is encoded once while it is
+    among the ``capacity`` most recently used (per-sample prompts can be many; an SDXL embedding is
+    about 0.3 MB on the GPU)."""
 
-    def __init__(self, models: Models) -> None:
+    def __init__(self, models: Models, capacity: int = 256) -> None:
         self._models = models
-        self._cache: dict[str, TextEmbedding] = {}
+        self._capacity = capacity
+        self._cache: OrderedDict[str, TextEmbedding] = OrderedDict()
+        self.encoded = 0  # prompts run through the text encoders (tests, logs)
 
     def __call__(self, prompt: str) -> TextEmbedding:
-        if prompt not in self._cache:
-            self._cache[prompt] = self._encode(prompt)
-        return self._cache[prompt]
+        if prompt in self._cache:
+            self._cache.move_to_end(prompt)
+            return self._cache[prompt]
+        embedding = self._cache[prompt] = self._encode(prompt)
+        self.encoded += 1
+        if len(self._cache) > self._capacity:
+            self._cache.popitem(last=False)
+        return embedding
 
     def zeros(self) -> TextEmbedding:
         """The all-zero text condition ``0_txt`` (SDXL's ``force_zeros_for_empty_prompt``)."""

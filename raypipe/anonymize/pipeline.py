@@ -607,6 +607,7 @@ class ReversePersonalization:
         embeddings: Sequence[np.ndarray],
         seeds: Sequence[int],
         guidance_scale: float | None = None,
+        prompt: str | None = None,
     ) -> list[np.ndarray | None]:
         """Anonymize aligned face crops in UNet calls of exactly ``method.face_batch_size`` faces.
 
@@ -616,21 +617,32 @@ class ReversePersonalization:
         :data:`QUEUE_GROUP` x ``face_batch_size``, which bounds the latents held at once.
 
         ``guidance_scale``: None for ``method.guidance_scale`` (retries step it, see
-        :meth:`anonymize_faces`). Returns one uint8 crop per face, or None where the result was not
-        finite (fail closed).
+        :meth:`anonymize_faces`). ``prompt``: the attribute prompt of all these faces, ``""`` for none;
+        None for ``method.attribute_prompt``. Returns one uint8 crop per face, or None where the result
+        was not finite (fail closed).
         """
         if not (len(crops) == len(embeddings) == len(seeds)):
             raise ValueError(f"{len(crops)} crops, {len(embeddings)} embeddings, {len(seeds)} seeds")
         guidance = self.method.guidance_scale if guidance_scale is None else float(guidance_scale)
+        attribute = self.method.attribute_prompt if prompt is None else prompt
         out: list[np.ndarray | None] = []
         group = QUEUE_GROUP * self.face_batch_size
         for start in range(0, len(crops), group):
             stop = start + group
-            out.extend(self._anonymize_group(crops[start:stop], embeddings[start:stop], seeds[start:stop], guidance))
+            out.extend(
+                self._anonymize_group(
+                    crops[start:stop], embeddings[start:stop], seeds[start:stop], guidance, attribute or None
+                )
+            )
         return out
 
-    def anonymize_faces(self, faces: Sequence[PreparedFace]) -> list[np.ndarray | None]:
+    def anonymize_faces(
+        self, faces: Sequence[PreparedFace], prompts: Sequence[str | None] | None = None
+    ) -> list[np.ndarray | None]:
         """:meth:`anonymize_crops` over prepared faces (all must be ready), escalating before giving up.
+
+        ``prompts``: each face's attribute prompt (``""``: none, None: ``method.attribute_prompt``);
+        faces of one prompt share UNet calls, since a call has one text condition.
 
         A face whose crop fails the gate's :meth:`Gate.screen` is anonymized again, up to
         ``audit.retries`` times, each time with a new seed (:func:`~raypipe.anonymize.faces.retry_seed`)
@@ -645,8 +657,29 @@ class ReversePersonalization:
             embeddings.append(face.embedding)
         if not faces:
             return []
+        if prompts is None:
+            prompts = [None] * len(faces)
+        if len(prompts) != len(faces):
+            raise ValueError(f"{len(faces)} faces but {len(prompts)} prompts")
+        attribute = [(self.method.attribute_prompt or "") if p is None else p for p in prompts]
+
+        def run(indices: list[int], seeds: list[int], guidance: float | None) -> list[np.ndarray | None]:
+            """The faces ``indices``, one call of :meth:`anonymize_crops` per distinct prompt."""
+            results: dict[int, np.ndarray | None] = {}
+            for prompt in dict.fromkeys(attribute[i] for i in indices):
+                group = [n for n, i in enumerate(indices) if attribute[i] == prompt]
+                made = self.anonymize_crops(
+                    [crops[indices[n]] for n in group],
+                    [embeddings[indices[n]] for n in group],
+                    [seeds[n] for n in group],
+                    guidance,
+                    prompt=prompt,
+                )
+                results |= dict(zip(group, made))
+            return [results[n] for n in range(len(indices))]
+
         first_seeds = [f.seed for f in faces]
-        outputs = self.anonymize_crops(crops, embeddings, first_seeds)
+        outputs = run(list(range(len(faces))), first_seeds, None)
         for face in faces:
             face.attempts, face.guidance_scale = 1, self.method.guidance_scale
         for attempt in range(1, self.audit.retries + 1):
@@ -659,12 +692,7 @@ class ReversePersonalization:
                 break
             guidance = self.method.guidance_scale + attempt * self.audit.retry_guidance_step
             log.info("retrying %d face(s), attempt %d, guidance scale %.2f", len(failing), attempt + 1, guidance)
-            again = self.anonymize_crops(
-                [crops[i] for i in failing],
-                [embeddings[i] for i in failing],
-                [retry_seed(first_seeds[i], attempt) for i in failing],
-                guidance,
-            )
+            again = run(failing, [retry_seed(first_seeds[i], attempt) for i in failing], guidance)
             for i, out in zip(failing, again):
                 outputs[i] = out
                 faces[i].attempts, faces[i].guidance_scale = attempt + 1, guidance
@@ -672,7 +700,12 @@ class ReversePersonalization:
         return outputs
 
     def _anonymize_group(
-        self, crops: Sequence[np.ndarray], embeddings: Sequence[np.ndarray], seeds: Sequence[int], guidance: float
+        self,
+        crops: Sequence[np.ndarray],
+        embeddings: Sequence[np.ndarray],
+        seeds: Sequence[int],
+        guidance: float,
+        attribute_prompt: str | None,
     ) -> list[np.ndarray | None]:
         import torch
 
@@ -699,7 +732,7 @@ class ReversePersonalization:
             lambda: SDEDPMSolver2M(self.schedule),
             seeds,
             inversion_branches(self.text, len(crops), models.id_embed_dim),
-            sampling_branches(self.text, identity, method.id_scale, method.attribute_prompt),
+            sampling_branches(self.text, identity, method.id_scale, attribute_prompt),
         )
         # 3. Decode; a non-finite face is reported as None, never clamped into a plausible image.
         pixels = decode_latents(models.vae, latents).permute(0, 2, 3, 1).cpu().numpy()

@@ -124,6 +124,7 @@ class ReportData:
     timings_unreadable: int = 0
     record_recognizers: Counter[str] = field(default_factory=Counter)
     record_detectors: Counter[str] = field(default_factory=Counter)
+    record_prompts: Counter[str] = field(default_factory=Counter)  # attribute prompt -> samples with faces
     test_model_signs: set[str] = field(default_factory=set)  # why the models look random or a test preset
     test_model_records: int = 0
     held_back: list[dict[str, str]] = field(default_factory=list)  # quarantined and failed samples
@@ -315,6 +316,8 @@ def _add_rows(data: ReportData, shard: str, rows: list[dict[str, Any]]) -> None:
         for column, counter in (("recognizer", data.record_recognizers), ("detector", data.record_detectors)):
             if row.get(column):
                 counter[str(row[column])] += 1
+        if row.get("faces"):
+            data.record_prompts[str(row.get("attribute_prompt") or "")] += 1  # "": no prompt
         models, hashes = row.get("models"), row.get("weight_hashes")
         signs = _record_model_signs(
             models if isinstance(models, str) else None, hashes if isinstance(hashes, str) else None
@@ -834,6 +837,14 @@ def _names(counter: Counter[str]) -> str:
     return ", ".join(f"{name} ({n} records)" for name, n in sorted(counter.items())) or "not recorded"
 
 
+def _prompts(counter: Counter[str], shown: int = 10) -> str:
+    """The most common prompts (a per-sample prompt source can give many), then how many more."""
+    common = counter.most_common(shown)
+    text = ", ".join(f"{prompt!r} ({n} records)" if prompt else f"none ({n} records)" for prompt, n in common)
+    rest = len(counter) - len(common)
+    return (text + (f", and {rest} more prompts" if rest else "")) or "no faces"
+
+
 def _run_section(data: ReportData) -> str:
     run = data.parameters if data.manifest is not None else {}
     started, start = recorded_time(run.get("started"))
@@ -847,6 +858,7 @@ def _run_section(data: ReportData) -> str:
         ["analyzer named by the records", _names(data.record_detectors)],
         ["recognizer of the re-identification gate", data.recognizer or "not recorded"],
         ["recognizer named by the records", _names(data.record_recognizers)],
+        ["attribute prompts of the samples with faces", _prompts(data.record_prompts)],
     ]
     return "<h2>Run</h2>" + _table(["", ""], rows)
 

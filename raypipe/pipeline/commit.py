@@ -113,7 +113,7 @@ def audit_record(task: SampleTask, run: RunInfo) -> AuditRecord:
         skip=knobs.get("skip"),
         num_steps=knobs.get("num_steps"),
         seed=knobs.get("seed"),
-        attribute_prompt=knobs.get("attribute_prompt"),
+        attribute_prompt=_attribute_prompt(task, knobs),
         models=json.dumps(prov.get("models", {}), sort_keys=True),
         weight_hashes=json.dumps(_weight_hashes(prov), sort_keys=True),
         config_hash=run.config_hash,
@@ -124,6 +124,14 @@ def audit_record(task: SampleTask, run: RunInfo) -> AuditRecord:
         device=prov.get("device"),
         timings=json.dumps(task.timings, sort_keys=True),
     )
+
+
+def _attribute_prompt(task: SampleTask, knobs: dict[str, Any]) -> str | None:
+    """The prompt this sample's faces were anonymized with: its own (method.attribute_from) where it
+    was read, else the job's; null for none, and for a sample whose prompt was never read."""
+    if task.attribute_prompt is not None:
+        return task.attribute_prompt or None
+    return None if knobs.get("attribute_from") else knobs.get("attribute_prompt")
 
 
 def _weight_hashes(prov: dict[str, Any]) -> dict[str, Any]:

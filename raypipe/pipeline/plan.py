@@ -64,14 +64,17 @@ def config_hash(config: JobConfig) -> str:
 
 
 def changed_settings(before: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
-    """``section.key: old -> new`` for every setting that differs (nested mappings flattened)."""
+    """``section.key: old -> new`` for every setting that differs (nested mappings flattened); a
+    setting only one side has (one that a newer raypipe added) shows as ``absent`` on the other."""
     changes = []
     for key in sorted(set(before) | set(now)):
         old, new = before.get(key), now.get(key)
         if isinstance(old, dict) and isinstance(new, dict):
             changes += changed_settings(old, new, f"{prefix}{key}.")
-        elif old != new:
-            changes.append(f"{prefix}{key}: {old!r} -> {new!r}")
+        elif old != new or (key in before) != (key in now):
+            was = repr(old) if key in before else "absent"
+            becomes = repr(new) if key in now else "absent"
+            changes.append(f"{prefix}{key}: {was} -> {becomes}")
     return changes
 
 

@@ -28,7 +28,7 @@ from raypipe.config import JobConfig
 from raypipe.io.publish import publish_bytes
 from raypipe.io.storage import redact, redact_all
 from raypipe.layout import CONFIG_FILE, RUNS_DIR, OutputLayout, tally_from
-from raypipe.logs import get_logger
+from raypipe.logs import get_logger, quiet_libraries
 from raypipe.pipeline import stages
 from raypipe.pipeline.commit import RunInfo
 from raypipe.pipeline.plan import make_plan
@@ -82,6 +82,10 @@ def connect(config: JobConfig) -> None:
     hooks = fault_env()  # fault-injection test hooks reach the workers this way; empty in production
     runtime_env = {"env_vars": hooks} if hooks else None
     ray.init(address=config.pipeline.address, log_to_driver=True, configure_logging=False, runtime_env=runtime_env)
+    import ray.data  # Ray Data sets up its loggers on import: quiet them after that
+
+    if not config.pipeline.library_logs:
+        quiet_libraries()
     log.info("Ray cluster resources: %s", ray.cluster_resources())
 
 
@@ -139,6 +143,8 @@ def job_stages(config: JobConfig, cluster: dict[str, float]) -> list[Stage]:
             method=config.method,
         )
     )
+    for stage in chain:
+        stage.library_logs = p.library_logs
     return chain
 
 

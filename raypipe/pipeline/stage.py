@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Self
 
+from raypipe.logs import quiet_libraries
 from raypipe.pipeline.task import SampleTask, pack_batch, unpack_batch
 
 
@@ -38,6 +39,9 @@ class Stage:
         self.resources = resources
         self.batch_size = batch_size
         self.is_set_up = False
+        # False: the Ray worker keeps only the errors of the libraries (raypipe.logs.quiet_libraries)
+        # before it sets the stage up; True leaves their logging as it is (pipeline.library_logs).
+        self.library_logs = True
 
     def setup(self) -> None:
         """Load what the stage needs (models); called once per worker before its first batch."""
@@ -57,6 +61,7 @@ class StageWorker:
     """The Ray Data callable class for any stage: sets it up once, then runs it batch after batch."""
 
     def __init__(self, stage: Stage) -> None:
+        _quiet_unless_asked(stage)
         stage.setup()
         self.stage = stage
 
@@ -76,6 +81,7 @@ def add_stage(ds: Any, stage: Stage) -> Any:
     if r.actors is None:
 
         def task(batch: Any) -> dict[str, list[Any]]:  # a stateless task: set up where it runs
+            _quiet_unless_asked(stage)
             return pack_batch(stage.ready()(unpack_batch(batch)))
 
         task.__name__ = task.__qualname__ = stage.name
@@ -87,3 +93,8 @@ def add_stage(ds: Any, stage: Stage) -> Any:
     return ds.map_batches(
         worker, fn_constructor_args=(stage,), compute=ActorPoolStrategy(min_size=low, max_size=high), **options
     )
+
+
+def _quiet_unless_asked(stage: Stage) -> None:
+    if not stage.library_logs:
+        quiet_libraries()

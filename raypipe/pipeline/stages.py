@@ -196,6 +196,21 @@ def _detect_sample(task: SampleTask, analyzer: FaceAnalyzer, method: MethodConfi
             work.rgb, detections, method.face_size, method.seed, task.key, next_index, crops=not method.classic
         )
         next_index += len(work.faces)
+    _read_attribute_prompt(task, method)
+
+
+def _read_attribute_prompt(task: SampleTask, method: MethodConfig) -> None:
+    """This sample's prompt from its metadata (method.attribute_from), if it has faces to anonymize: a
+    prompt that cannot be read fails the sample, so no face is made with a prompt it did not ask for."""
+    from raypipe.attributes import PromptError
+
+    source = method.attribute_source
+    if source is None or not any(face.ready for work in task.images for face in work.faces):
+        return
+    try:
+        task.attribute_prompt = source.prompt(task.members, method.attribute_prompt)
+    except PromptError as exc:
+        task.fail("detect", str(exc))
 
 
 def _unseen_faces(
@@ -338,8 +353,10 @@ class Anonymize(Stage):
             detect_faces(tasks, self.rp.analyzer, self.method, self.limits)
         faults.on_anonymize_batch(self.batches)  # test hook; inert unless a RAYPIPE_FAULT_ variable is set
         with timed(tasks, "anonymize"):
-            ready = [f for t in tasks if t.pending for w in t.images for f in w.faces if f.ready]
-            results = {id(face): crop for face, crop in zip(ready, self.rp.anonymize_faces(ready))}
+            pending = [t for t in tasks if t.pending]
+            ready = [f for t in pending for w in t.images for f in w.faces if f.ready]
+            prompts = [t.attribute_prompt for t in pending for w in t.images for f in w.faces if f.ready]
+            results = {id(face): crop for face, crop in zip(ready, self.rp.anonymize_faces(ready, prompts))}
             for task in tasks:
                 for image in task.images:
                     image.outputs = [results.get(id(face)) for face in image.faces]

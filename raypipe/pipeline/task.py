@@ -64,6 +64,9 @@ class SampleTask:
     out_members: list[tuple[str, bytes | MemberRef]] | None = None
     faces: list[FaceRecord] = field(default_factory=list)
     missed_faces: int = 0
+    # This sample's attribute prompt from its metadata (method.attribute_from; "": none), read where its
+    # faces are found; None: not read, the job's method.attribute_prompt applies.
+    attribute_prompt: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)  # node, device, models, weight hashes
 

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from raypipe.layout import OutputLayout, audit_name, done_name
+from raypipe.logs import LIBRARY_ENV
 from raypipe.pipeline.commit import committed_positions
 from raypipe.pipeline.sink import KILL_AFTER_FRAGMENTS_ENV
 from tests.integration.jobs import TEST_METHOD, TEST_MODELS, TEST_PIPELINE, sample_shards
@@ -30,7 +31,8 @@ VOLATILE = {"timings", "node"}  # audit columns that legitimately differ between
 
 def run_job(config: Path, extra_env: dict[str, str] | None = None, timeout: float = 600) -> tuple[int, str]:
     """``raypipe anonymize --config`` in its own PID namespace: (driver exit status, end of its log)."""
-    env = dict(os.environ, **(extra_env or {}))
+    # The variables raypipe quiets libraries with, if this process set them, would hide what the job does.
+    env = {k: v for k, v in os.environ.items() if k not in LIBRARY_ENV} | (extra_env or {})
     raypipe = str(Path(sys.executable).with_name("raypipe"))
     log = Path(f"{config}.log")
     script = f'"{raypipe}" anonymize --config "{config}" --no-progress > "{log}" 2>&1; echo $? > "{config}.rc"'
@@ -75,6 +77,14 @@ def reference(inputs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     code, log = run_job(write_config(folder, inputs, output))
     assert code == 0, log
     return output
+
+
+def test_a_job_shows_its_own_lines_and_not_the_libraries(reference: Path) -> None:
+    # The whole driver log of the reference run: Ray workers' output reaches it too (log_to_driver).
+    log = Path(f"{reference}.yaml.log").read_text()
+    assert "raypipe run " in log and "samples: 20 accounted for" in log
+    for noise in ("[transformers]", "Starting execution of Dataset", "Execution plan of Dataset", "Progress bars"):
+        assert noise not in log, noise
 
 
 def test_killed_driver_then_rerun_gives_the_uninterrupted_result(inputs: Path, reference: Path, tmp_path: Path) -> None:

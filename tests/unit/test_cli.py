@@ -73,3 +73,14 @@ def test_a_valid_job_passes_the_local_check(tmp_path: Path) -> None:
     from raypipe.cli import check_submittable
 
     check_submittable(["--", "anonymize", "s3://bucket/in/a.tar", "/shared/out", "--method", "blur"])
+
+
+def test_attribute_flags_reach_the_job_config(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from raypipe.cli import anonymize_config, build_parser
+
+    flags = ["anonymize", "in.tar", "/out", "--attribute", "a child", "--attribute-from", "meta.json:attributes.age"]
+    config = anonymize_config(build_parser().parse_args(flags))
+    assert config.method.attribute_prompt == "a child"
+    assert config.method.attribute_from == "meta.json:attributes.age"
+    assert main(["anonymize", "in.tar", str(tmp_path / "out"), "--attribute-from", "prompt"]) == EXIT_USAGE
+    assert "method.attribute_from: 'prompt' is not MEMBER:FIELD" in caplog.text

@@ -55,10 +55,12 @@ class Recording:
 
     def __init__(self, *answers: np.ndarray | None) -> None:
         self.answers, self.calls = answers, []  # type: ignore[var-annotated]
+        self.prompts: list[str | None] = []
 
-    def __call__(self, crops, embeddings, seeds, guidance_scale=None):  # type: ignore[no-untyped-def]
+    def __call__(self, crops, embeddings, seeds, guidance_scale=None, prompt=None):  # type: ignore[no-untyped-def]
         answer = self.answers[min(len(self.calls), len(self.answers) - 1)]
         self.calls.append((list(seeds), guidance_scale))
+        self.prompts.append(prompt)
         return [np.array(crop if answer is None else answer, copy=True) for crop in crops]
 
 
@@ -88,6 +90,17 @@ def test_a_retry_that_works_releases_the_face_and_records_its_attempts(
     (face,) = result.faces
     assert face.status is FaceStatus.ANONYMIZED and face.attempts == 2 and face.guidance_scale == -12.5
     assert face.distance is not None and face.distance >= 0.6
+
+
+def test_a_retry_keeps_each_faces_attribute_prompt(astronaut: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    rp = anonymizer()
+    broken = Recording(None)
+    monkeypatch.setattr(rp, "anonymize_crops", broken)
+    face = prepare_faces(astronaut, DlibAnalyzer().analyze(astronaut), METHOD.face_size, 0, "astronaut")[0]
+    faces = [face, replace(face, index=1)]
+    rp.anonymize_faces(faces, ["an elderly man", ""])
+    assert broken.prompts == ["an elderly man", "", "an elderly man", "", "an elderly man", ""]
+    assert [f.attempts for f in faces] == [3, 3]
 
 
 def test_no_retries_when_none_are_configured(astronaut: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,7 +27,7 @@ def astronaut() -> np.ndarray:
     return np.ascontiguousarray(data.astronaut())
 
 
-def _identity(crops, embeddings, seeds, guidance_scale=None):  # type: ignore[no-untyped-def]
+def _identity(crops, embeddings, seeds, guidance_scale=None, prompt=None):  # type: ignore[no-untyped-def]
     return [np.array(crop, copy=True) for crop in crops]
 
 
@@ -81,7 +81,9 @@ def test_anonymize_image_prints_the_verdict_and_writes_nothing_for_a_failing_fac
 ) -> None:
     from raypipe.cli import main
 
-    monkeypatch.setattr(ReversePersonalization, "anonymize_crops", lambda self, c, e, s, g=None: _identity(c, e, s))
+    monkeypatch.setattr(
+        ReversePersonalization, "anonymize_crops", lambda self, c, e, s, g=None, prompt=None: _identity(c, e, s)
+    )
     src, dst, record = tmp_path / "in.png", tmp_path / "out.png", tmp_path / "in.json"
     Image.fromarray(astronaut).save(src)
     args = ["anonymize-image", str(src), str(dst), "--record", str(record), "--preset", "tiny"]

@@ -9,7 +9,7 @@ import pytest
 
 from raypipe.anonymize.faces import DetectedFace
 from raypipe.anonymize.pipeline import ReversePersonalization
-from raypipe.config import MethodConfig
+from raypipe.config import AuditConfig, MethodConfig
 from raypipe.records import FaceStatus, Status
 from tests.helpers import face_regions
 
@@ -174,3 +174,26 @@ def test_cli_rejects_bad_values_naming_them(tmp_path) -> None:
 
     assert main(["anonymize-image", "in.png", "out.png", "--preset", "tiny", "--skip", "1.5"]) == 2
     assert main(["anonymize-image", str(tmp_path / "missing.png"), "out.png", "--preset", "tiny"]) == 2
+
+
+def test_each_face_is_anonymized_with_its_own_attribute_prompt(astronaut) -> None:
+    from raypipe.anonymize.faces import align_face
+    from raypipe.anonymize.pipeline import PreparedFace
+
+    # One face per UNet call, so a face's pixels do not depend on which faces share its calls.
+    method = MethodConfig(num_steps=6, face_size=128, face_batch_size=1, attribute_prompt="a child")
+    rp = ReversePersonalization.tiny(method=method, analyzer=None, audit=AuditConfig(retries=0))  # no reseeding
+    landmarks = np.array([[200, 180], [260, 180], [230, 215], [205, 250], [255, 250]], dtype=np.float32)
+    crop, matrix = align_face(astronaut, landmarks, 128)
+    embedding = np.random.default_rng(0).normal(size=512).astype(np.float32)
+    faces = [PreparedFace(i, (0, 0, 1, 1), 1.0, 7, matrix, crop, embedding) for i in range(4)]
+    prompts = ["an elderly man", "", "an elderly man", None]  # "": none; None: the job's prompt
+
+    out = rp.anonymize_faces(faces, prompts)
+    elderly, none, child = (
+        rp.anonymize_crops([crop], [embedding], [7], prompt=p)[0] for p in [*prompts[:2], "a child"]
+    )
+    assert out[0].tobytes() == out[2].tobytes() == elderly.tobytes()
+    assert out[1].tobytes() == none.tobytes() and out[3].tobytes() == child.tobytes()
+    assert len({elderly.tobytes(), none.tobytes(), child.tobytes()}) == 3  # the prompt changes the face
+    assert rp.text.encoded == 3  # "", "an elderly man", "a child": each encoded once

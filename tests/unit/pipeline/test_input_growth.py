@@ -83,3 +83,12 @@ def test_a_signed_shard_dropped_from_the_input_is_refused_by_name(inputs: Path, 
     previous = {"sequence": 1, "shards": {"part-00009.tar": {"input": None}}}
     with pytest.raises(OutputConflictError, match=r"holds part-00009\.tar, which INPUT no longer lists"):
         make_plan(config(str(inputs / "part-00000.tar"), out), layout, previous)
+
+
+def test_a_setting_one_configuration_lacks_is_named_as_absent() -> None:
+    from raypipe.pipeline.plan import changed_settings
+
+    before = {"method": {"seed": 0}}  # written by a raypipe without method.attribute_from
+    now = {"method": {"seed": 0, "attribute_from": None}}
+    assert changed_settings(before, now) == ["method.attribute_from: absent -> None"]
+    assert changed_settings(now, now) == []

@@ -139,6 +139,7 @@ RANK = {
     "records": 0,
     "io": 1,
     "config": 2,
+    "attributes": 2,  # per-sample attribute prompts from sample metadata
     "layout": 2,
     "imagefiles": 2,
     "samples": 2,

@@ -1,0 +1,40 @@
+"""The job's stages in this process, without Ray: read -> decode -> (detect + anonymize) -> compose
+-> commit -> finalize -> signed manifest, as the tests that check whole outcomes need them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from raypipe.audit.manifest import build_manifest, entry_from_marker, read_manifest, write_manifest
+from raypipe.audit.signing import parse_key
+from raypipe.config import AuditConfig, LimitsConfig
+from raypipe.io.storage import StorageOptions
+from raypipe.layout import OutputLayout
+from raypipe.pipeline.commit import RunInfo, commit_fragment, finalize_shard
+from raypipe.pipeline.read import ShardWork, shard_tasks
+from raypipe.pipeline.stages import Anonymize, Compose, Decode
+from raypipe.pipeline.task import SampleTask
+
+KEY = parse_key(b"0123456789abcdef0123456789abcdef", "test")
+
+
+def run_stages(
+    shard: Path,
+    out: Path,
+    anonymize: Anonymize,
+    quarantine: Path | None = None,
+    method: dict[str, Any] | None = None,
+) -> None:
+    """Every stage over ``shard`` into OUTPUT ``out``; ``method``: the run's method settings, as the
+    audit records them (``to_dict(MethodConfig)``; none by default)."""
+    layout = OutputLayout(str(out))
+    held = OutputLayout(str(quarantine)) if quarantine else None
+    tasks: list[SampleTask] = list(shard_tasks(ShardWork(str(shard), shard.name), StorageOptions(), LimitsConfig()))
+    tasks = Compose(AuditConfig()).ready()(anonymize(Decode(LimitsConfig())(tasks)))
+    run_info = RunInfo(config_hash="c" * 64, code_version="test", method=method or {}, quarantine=held)
+    commit_fragment(layout, shard.name, tasks, run_info)
+    marker = finalize_shard(layout, shard.name, held, source=str(shard))
+    run = {"config_hash": "c" * 64, "code_version": "test"}
+    added = {shard.name: entry_from_marker(marker)}
+    write_manifest(layout, build_manifest(read_manifest(layout), added, run), KEY)
