@@ -339,6 +339,8 @@ def _parameters(data: ReportData, first: dict[str, Any] | None) -> dict[str, Any
     if first is None:
         return {}
     params: dict[str, Any] = {name: first.get(name) for name in METHOD_COLUMNS + PROVENANCE_COLUMNS}
+    if len(data.record_prompts) > 1:  # per-sample prompts (method.attribute_from): no one prompt is the run's
+        params["attribute_prompt"] = f"{len(data.record_prompts)} prompts, one per sample's metadata"
     for name in ("models", "weight_hashes"):
         if isinstance(params.get(name), str):
             with contextlib.suppress(json.JSONDecodeError):  # else shown as recorded

@@ -65,6 +65,9 @@ def test_each_sample_is_anonymized_with_the_prompt_its_metadata_names(shard: Pat
     html = render_report(str(tmp_path / "from-json"), tmp_path / "report.html").read_text()
     shown = ("an elderly man", "a young woman", "a child")
     assert ", ".join(f"&#x27;{prompt}&#x27; (1 records)" for prompt in shown) in html
+    (tmp_path / "from-json/.raypipe/manifest.json").unlink()  # the report falls back on the records
+    html = render_report(str(tmp_path / "from-json"), tmp_path / "unsigned.html").read_text()
+    assert "3 prompts, one per sample&#x27;s metadata" in html
 
     # The same faces with one job-wide prompt: the sample whose own prompt is that one comes out the
     # same, byte for byte; the others do not.
