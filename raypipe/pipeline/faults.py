@@ -10,6 +10,8 @@ set these variables.
   half-way through the actor's Nth batch (faces found, none anonymized yet): the batch dies with it.
 - ``RAYPIPE_FAULT_HANG_ANONYMIZE_AT_BATCH=N`` (Anonymize stage): sleep forever half-way through the
   actor's Nth batch.
+- ``RAYPIPE_FAULT_SLOW_ANONYMIZE_S=S`` (Anonymize stage): sleep S seconds half-way through every
+  batch, so a test can act while the GPU stage still has work left (a slow GPU).
 - ``RAYPIPE_FAULT_ONCE_DIR=DIR`` (with the two above): each fault fires at most once per folder (a
   marker file), across actor restarts; unset, every actor fires on its Nth batch.
 
@@ -30,8 +32,9 @@ PREFIX = "RAYPIPE_FAULT_"
 KILL_DRIVER_AFTER_FRAGMENTS = "RAYPIPE_FAULT_KILL_DRIVER_AFTER_FRAGMENTS"
 KILL_ANONYMIZE_AT_BATCH = "RAYPIPE_FAULT_KILL_ANONYMIZE_AT_BATCH"
 HANG_ANONYMIZE_AT_BATCH = "RAYPIPE_FAULT_HANG_ANONYMIZE_AT_BATCH"
+SLOW_ANONYMIZE_S = "RAYPIPE_FAULT_SLOW_ANONYMIZE_S"
 ONCE_DIR = "RAYPIPE_FAULT_ONCE_DIR"
-HOOKS = (KILL_DRIVER_AFTER_FRAGMENTS, KILL_ANONYMIZE_AT_BATCH, HANG_ANONYMIZE_AT_BATCH, ONCE_DIR)
+HOOKS = (KILL_DRIVER_AFTER_FRAGMENTS, KILL_ANONYMIZE_AT_BATCH, HANG_ANONYMIZE_AT_BATCH, SLOW_ANONYMIZE_S, ONCE_DIR)
 
 
 def env_count(name: str) -> int | None:
@@ -64,6 +67,9 @@ def claim(name: str) -> bool:
 
 def on_anonymize_batch(batch: int) -> None:
     """Called by the Anonymize stage half-way through its ``batch``-th batch (1-based)."""
+    slow = env_count(SLOW_ANONYMIZE_S)
+    if slow:
+        time.sleep(slow)
     if batch == env_count(KILL_ANONYMIZE_AT_BATCH) and claim(KILL_ANONYMIZE_AT_BATCH):
         log.warning("fault injection: the anonymize actor (pid %d) exits in batch %d", os.getpid(), batch)
         sys.stderr.flush()

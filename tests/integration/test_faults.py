@@ -273,7 +273,9 @@ def test_a_lost_worker_node_is_replaced_and_the_job_completes(
         },
     )
     victim = cluster["add_worker"]()
-    env = dict(cluster["env"], **{KEY_ENV: AUDIT_KEY})
+    # A slow GPU stage: when the first sample is committed, the lost node still has batches to do (a
+    # fast one could finish them all before any commit shows, and then nothing is lost).
+    env = dict(cluster["env"], **{KEY_ENV: AUDIT_KEY, faults.SLOW_ANONYMIZE_S: "3"})
     command = [RAYPIPE, "anonymize", "--config", str(config), "--no-progress"]
     with (tmp_path / "driver.log").open("wb") as log:
         driver = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -38,3 +38,12 @@ def test_a_bad_count_is_refused_by_name(clean: pytest.MonkeyPatch) -> None:
     clean.setenv(faults.KILL_ANONYMIZE_AT_BATCH, "soon")
     with pytest.raises(ValueError, match=faults.KILL_ANONYMIZE_AT_BATCH):
         faults.env_count(faults.KILL_ANONYMIZE_AT_BATCH)
+
+
+def test_a_slow_gpu_stage_sleeps_every_batch(clean: pytest.MonkeyPatch) -> None:
+    clean.setenv(faults.SLOW_ANONYMIZE_S, "1")
+    slept: list[float] = []
+    clean.setattr(faults.time, "sleep", slept.append)
+    for batch in range(1, 4):
+        faults.on_anonymize_batch(batch)
+    assert slept == [1, 1, 1]
