@@ -81,7 +81,8 @@ def add_stage(ds: Any, stage: Stage) -> Any:
     if r.actors is None:
 
         def task(batch: Any) -> dict[str, list[Any]]:  # a stateless task: set up where it runs
-            _quiet_unless_asked(stage)
+            if not stage.is_set_up:  # once per worker process, not per batch (setLevel walks every logger)
+                _quiet_unless_asked(stage)
             return pack_batch(stage.ready()(unpack_batch(batch)))
 
         task.__name__ = task.__qualname__ = stage.name
