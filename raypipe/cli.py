@@ -140,6 +140,19 @@ def image_record(path: str, data: bytes, result: Any, anonymizer: Any) -> dict[s
     }
 
 
+INPUT_HELP = "shards: path, s3://, gs://, glob, data-{00000..00099}.tar, or Parquet tables (*.parquet)"
+
+
+def add_input_format_flag(p: argparse.ArgumentParser) -> None:
+    from raypipe.io.shards import INPUT_FORMATS
+
+    p.add_argument(
+        "--input-format",
+        choices=INPUT_FORMATS,
+        help="what INPUT holds: WebDataset tars, Parquet tables, or auto (by suffix; tars first; the default)",
+    )
+
+
 def anonymize_config(args: argparse.Namespace) -> Any:
     """The job configuration of an ``anonymize`` command line: the config file, then the flags."""
     from raypipe.config import load_config
@@ -147,6 +160,7 @@ def anonymize_config(args: argparse.Namespace) -> Any:
     overrides: dict[str, object] = dict(method_overrides(args))
     overrides["input"] = args.input
     overrides["output"] = args.output
+    overrides["input_format"] = args.input_format
     if args.attribute_from:
         overrides["method"] = {**overrides["method"], "attribute_from": args.attribute_from}  # type: ignore[dict-item]
     if args.ray_address:
@@ -168,6 +182,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--sample: must be an integer >= 0, got {args.sample}")
     overrides: dict[str, object] = dict(method_overrides(args))
     overrides["input"] = args.input
+    overrides["input_format"] = args.input_format
     config = load_config(args.config, overrides=overrides, require_io=False)
     print(
         estimate(config, sample=args.sample, seed=args.sample_seed, price_per_gpu_hour=args.price_per_gpu_hour).render()
@@ -284,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_anonymize_image)
 
     p = sub.add_parser("estimate", help="shards, samples, faces and GPU-hours of INPUT, before any run")
-    p.add_argument("input", metavar="INPUT", help="shards: path, s3://, gs://, glob or data-{00000..00099}.tar")
+    p.add_argument("input", metavar="INPUT", help=INPUT_HELP)
+    add_input_format_flag(p)
     p.add_argument("--sample", type=int, default=32, help="images to count faces on, at random (default 32)")
     p.add_argument("--sample-seed", type=int, default=0, help="seed of the random sample (default 0)")
     p.add_argument("--price-per-gpu-hour", type=float, help="price one GPU-hour to show a cost")
@@ -296,9 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
         "input",
         metavar="INPUT",
         nargs="?",
-        help="shards: path, s3://, gs://, glob or data-{00000..00099}.tar",
+        help=INPUT_HELP,
     )
     p.add_argument("output", metavar="OUTPUT", nargs="?", help="output folder or bucket prefix")
+    add_input_format_flag(p)
     add_method_flags(p)
     p.add_argument(
         "--attribute-from",

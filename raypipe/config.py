@@ -424,6 +424,7 @@ class JobConfig:
 
     input: tuple[str, ...] = ()
     output: str = ""
+    input_format: str = "auto"  # auto | webdataset | parquet (raypipe.io.shards)
     storage: StorageOptions = field(default_factory=StorageOptions)
     models: ModelsConfig = ModelsConfig()
     method: MethodConfig = MethodConfig()
@@ -434,6 +435,13 @@ class JobConfig:
     encode: EncodeConfig = EncodeConfig()
 
     def __post_init__(self) -> None:
+        from raypipe.io.shards import INPUT_FORMATS
+
+        if self.input_format not in INPUT_FORMATS:
+            raise ConfigError(
+                f"input_format: must be one of {', '.join(INPUT_FORMATS)}, got {self.input_format!r}"
+                f"{did_you_mean([str(self.input_format)], set(INPUT_FORMATS))}"
+            )
         if self.audit.quarantine_output:
             _check_quarantine_apart(self.audit.quarantine_output, self.input, self.output)
         gpus = self.pipeline.num_gpus_per_actor
@@ -443,6 +451,12 @@ class JobConfig:
                 f"pipeline.num_gpus_per_actor is {gpus}: actors sharing a GPU would each take it all; "
                 "give a number of faces instead"
             )
+
+    def input_shards(self) -> list[str]:
+        """The input shards ``input`` names, listed (see :func:`raypipe.io.shards.expand_shards`)."""
+        from raypipe.io.shards import expand_shards
+
+        return expand_shards(list(self.input), self.storage, self.input_format)
 
 
 _PATTERN_CHARS = frozenset("*?[{")  # where the fixed part of a glob or brace pattern ends
@@ -517,7 +531,7 @@ def load_config(
 
 
 def build_config(data: dict[str, Any], overrides: dict[str, Any], require_io: bool = True) -> JobConfig:
-    allowed = {"input", "output", *SECTIONS}
+    allowed = {"input", "output", "input_format", *SECTIONS}
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise ConfigError(
@@ -547,7 +561,8 @@ def build_config(data: dict[str, Any], overrides: dict[str, Any], require_io: bo
         raise ConfigError("input: no input shards given (INPUT argument or 'input:' in the config)")
     if require_io and not output:
         raise ConfigError("output: no output location given (OUTPUT argument or 'output:' in the config)")
-    return JobConfig(input=tuple(inputs), output=output, **sections)
+    input_format = overrides.get("input_format") or data.get("input_format") or "auto"
+    return JobConfig(input=tuple(inputs), output=output, input_format=input_format, **sections)
 
 
 def _check_no_credentials(inputs: Any, output: str) -> None:

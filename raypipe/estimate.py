@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from raypipe.config import JobConfig
+from raypipe.config import ConfigError, JobConfig
 from raypipe.images import decode_image, image_format_for
 from raypipe.io.concurrent import map_bounded
 from raypipe.io.retry import retry
-from raypipe.io.shards import expand_shards
+from raypipe.io.shards import TABLE_SUFFIX
 from raypipe.io.storage import StorageOptions, filesystem, redact
 from raypipe.io.tars import MemberHeader, iter_headers, split_member_name
 from raypipe.logs import get_logger
@@ -112,7 +112,13 @@ def estimate(config: JobConfig, sample: int = 32, seed: int = 0, price_per_gpu_h
     """Index every input shard, count faces on ``sample`` random images, price every cost-table row."""
     from raypipe.anonymize.pipeline import load_analyzer_from_config
 
-    uris = expand_shards(list(config.input), config.storage)
+    uris = config.input_shards()
+    tables = [uri for uri in uris if uri.endswith(TABLE_SUFFIX)]
+    if tables:
+        raise ConfigError(
+            f"raypipe estimate reads tar headers, and {redact(tables[0])} is a Parquet table: Parquet inputs are not "
+            "estimated yet (raypipe anonymize --dry-run lists their shards)"
+        )
     shards = map_bounded(lambda uri: index_shard(uri, config.storage), uris)
     result = Estimate(
         input=[redact(spec) for spec in config.input],

@@ -1,7 +1,7 @@
 """Where everything of a run lives under OUTPUT (used by the job, ``status`` and ``audit verify``).
 
 ```
-OUTPUT/<shard>.tar                              anonymized shard, same name as the input shard
+OUTPUT/<shard>.tar                              anonymized shard, same name as the input shard (or <shard>.parquet)
 OUTPUT/.raypipe/shards/<shard>.audit.parquet    one audit record per input sample
 OUTPUT/.raypipe/shards/<shard>.done.json        completion marker, written last: hashes and counts
 OUTPUT/.raypipe/job.json                        the configuration hash this OUTPUT holds results of
@@ -92,8 +92,19 @@ class OutputLayout:
 
 
 def shard_stem(shard: str) -> str:
-    """``data-00001.tar`` -> ``data-00001``."""
+    """``data-00001.tar`` -> ``data-00001``; a Parquet shard keeps its suffix (``part-0.parquet``)."""
     return shard[: -len(".tar")] if shard.endswith(".tar") else shard
+
+
+def shard_of_stem(stem: str) -> str:
+    """The shard a stem (of a marker, an audit or a fragments folder) belongs to: the inverse of
+    :func:`shard_stem` for every name :func:`stems_uniquely` accepts."""
+    return stem if stem.endswith(".parquet") else f"{stem}.tar"
+
+
+def stems_uniquely(shard: str) -> bool:
+    """Whether ``shard`` is named so that its stem leads back to it (``x.parquet.tar`` does not)."""
+    return shard_of_stem(shard_stem(shard)) == shard
 
 
 def audit_name(shard: str) -> str:

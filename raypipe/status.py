@@ -11,7 +11,7 @@ import yaml
 
 from raypipe.config import ConfigError, build_config
 from raypipe.io.publish import exists, read_bytes
-from raypipe.io.shards import expand_shards, shard_name
+from raypipe.io.shards import shard_name
 from raypipe.io.storage import StorageOptions, redact
 from raypipe.layout import CONFIG_FILE, STATE_DIR, OutputLayout, Tally, tally_from
 from raypipe.pipeline.commit import committed_positions
@@ -51,7 +51,7 @@ def output_status(output: str, options: StorageOptions | None = None) -> OutputS
         {k: stored[k] for k in ("input", "storage", "models", "method", "limits")}, {}, require_io=False
     )
     layout = OutputLayout(output, config.storage)
-    markers = tally(layout, [shard_name(uri) for uri in expand_shards(list(config.input), config.storage)])
+    markers = tally(layout, [shard_name(uri) for uri in config.input_shards()])
     return OutputStatus(
         output=redact(output),
         done=markers.done,

@@ -60,7 +60,7 @@ from raypipe.audit.merkle import MerkleBuilder
 from raypipe.audit.signing import Key, canonical, describe_mismatch, mac, sign, verify
 from raypipe.io.publish import exists, publish_bytes, read_bytes
 from raypipe.io.storage import redact
-from raypipe.layout import DONE_SUFFIX, HISTORY_DIR, MANIFEST_FILE, STATE_DIR, OutputLayout
+from raypipe.layout import DONE_SUFFIX, HISTORY_DIR, MANIFEST_FILE, STATE_DIR, OutputLayout, shard_of_stem
 from raypipe.logs import get_logger
 from raypipe.records import Status
 
@@ -206,7 +206,7 @@ def marked_shards(layout: OutputLayout) -> list[str]:
     if not exists(layout.fs, layout.markers()):
         return []
     names = [path.rstrip("/").rsplit("/", 1)[-1] for path in layout.fs.ls(layout.markers(), detail=False)]
-    return sorted(name[: -len(DONE_SUFFIX)] + ".tar" for name in names if name.endswith(DONE_SUFFIX))
+    return sorted(shard_of_stem(name[: -len(DONE_SUFFIX)]) for name in names if name.endswith(DONE_SUFFIX))
 
 
 def audit_rows(data: bytes) -> list[dict[str, Any]]:

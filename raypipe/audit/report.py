@@ -45,12 +45,13 @@ from typing import Any
 
 import pyarrow as pa
 
-from raypipe.audit.manifest import ManifestError, audit_rows, finished_shards, read_manifest
+from raypipe.audit.manifest import RELEASED_STATUSES, ManifestError, audit_rows, finished_shards, read_manifest
 from raypipe.audit.schema import sample_digest
 from raypipe.audit.signing import KEY_ENV, Key
 from raypipe.audit.verify import SAFE_SHARD_NAME, VerifyReport, verify_output
 from raypipe.io.publish import exists, is_local, read_bytes
 from raypipe.io.storage import StorageOptions, redact
+from raypipe.io.tables import ParquetShardError, is_table_shard, member_name, released_members
 from raypipe.io.tars import Sample, TarReadError, iter_samples
 from raypipe.layout import OutputLayout
 from raypipe.logs import get_logger
@@ -637,13 +638,15 @@ def _thumbnail_uri(rgb: Any, box: tuple[float, float, float, float]) -> str | No
 
 def _add_sample(gallery: Gallery, sample: Sample, row: dict[str, Any], shard: str) -> None:
     """Thumbnails of the anonymized faces of one released sample, after checking it is that sample."""
-    from raypipe.images import decode_image, image_format_for
+    from raypipe.images import decode_image, identify_image, image_format_for
 
     if sample_digest(sample.members) != row.get("output_sha256"):
         gallery.skipped["the sample in the tar does not hash to its audit record's output_sha256"] += 1
         return
     names = set(row.get("members") or [])
-    images = [data for name, data in sample.members if name in names and image_format_for(name)]
+    images = [
+        data for name, data in sample.members if name in names and (image_format_for(name) or identify_image(data))
+    ]
     if len(images) != 1:
         gallery.skipped["not exactly one image member (the audit does not say which image a face is in)"] += 1
         return
@@ -665,12 +668,16 @@ def _add_sample(gallery: Gallery, sample: Sample, row: dict[str, Any], shard: st
         gallery.thumbnails.append(Thumbnail(uri, sample.key, shard, index if isinstance(index, int) else -1))
 
 
-def _candidates(layout: OutputLayout, shard: str) -> dict[str, dict[str, Any]]:
-    """Audit records of a shard's released samples that hold an anonymized face, by key."""
+def _shard_records(layout: OutputLayout, shard: str) -> list[dict[str, Any]]:
     try:
         rows = audit_rows(read_bytes(layout.fs, layout.audit(shard)))
     except (pa.ArrowException, OSError, ValueError):
-        return {}  # already reported in the body (missing or unreadable audit)
+        return []  # already reported in the body (missing or unreadable audit)
+    return sorted(rows, key=lambda row: row["seq"] if isinstance(row.get("seq"), int) else -1)
+
+
+def _candidates(rows: list[dict[str, Any]], shard: str) -> dict[str, dict[str, Any]]:
+    """Audit records of a shard's released samples that hold an anonymized face, by key."""
     return {
         str(row["key"]): row
         for row in rows
@@ -682,12 +689,16 @@ def _candidates(layout: OutputLayout, shard: str) -> dict[str, dict[str, Any]]:
 
 
 def _add_shard_faces(gallery: Gallery, layout: OutputLayout, shard: str) -> None:
-    wanted = _candidates(layout, shard)
+    records = _shard_records(layout, shard)
+    wanted = _candidates(records, shard)
     if not wanted:
         return
     path = layout.tar(shard)
     if not _regular_file(layout, path):
         gallery.skipped["a shard tar is missing or not a regular file (never read)"] += 1
+        return
+    if is_table_shard(shard):
+        _add_table_faces(gallery, layout, path, shard, records, wanted)
         return
     try:
         with layout.fs.open(path, "rb") as handle:
@@ -698,6 +709,28 @@ def _add_shard_faces(gallery: Gallery, layout: OutputLayout, shard: str) -> None
                     return
     except (TarReadError, OSError):
         gallery.skipped["a shard tar could not be read to its end"] += 1
+
+
+def _add_table_faces(
+    gallery: Gallery,
+    layout: OutputLayout,
+    path: str,
+    shard: str,
+    records: list[dict[str, Any]],
+    wanted: dict[str, dict[str, Any]],
+) -> None:
+    """Like the tar case, for a Parquet shard: its row ``j`` is the ``j``-th released record."""
+    keys = [str(row.get("key")) for row in records if row.get("status") in RELEASED_STATUSES]
+    try:
+        with layout.fs.open(path, "rb") as handle:
+            for key, columns in zip(keys, released_members(handle)):
+                if key in wanted:
+                    members = [(member_name(key, column), data) for column, data in columns]
+                    _add_sample(gallery, Sample(key=key, members=members), wanted.pop(key), shard)
+                if len(gallery.thumbnails) >= gallery.limit:
+                    return
+    except (ParquetShardError, OSError):
+        gallery.skipped["a shard table could not be read to its end"] += 1
 
 
 def gallery_faces(root: str, data: ReportData, limit: int, options: StorageOptions | None = None) -> Gallery:

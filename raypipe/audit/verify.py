@@ -58,8 +58,9 @@ from raypipe.audit.signing import Key, describe_mismatch, verify
 from raypipe.io.identity import HashingReader
 from raypipe.io.publish import exists, is_local, read_bytes
 from raypipe.io.storage import StorageOptions, redact
+from raypipe.io.tables import ParquetShardError, is_table_shard, member_name, released_members
 from raypipe.io.tars import Sample, TarProblem, TarReadError, iter_samples
-from raypipe.layout import STATE_DIR, OutputLayout, audit_name, done_name
+from raypipe.layout import STATE_DIR, OutputLayout, audit_name, done_name, shard_of_stem
 from raypipe.logs import get_logger
 
 log = get_logger(__name__)
@@ -80,7 +81,7 @@ KINDS = (
 MAX_PER_FILE = 20
 MAX_COUNT = 10**12  # no shard or manifest count is larger; bounds the work a forged number can ask for
 MAX_AUDIT_BYTES = 4 * 2**30  # an audit file of a shard is far smaller (about 1 KB a sample)
-SAFE_SHARD_NAME = re.compile(r"^[^/\\\x00-\x1f.][^/\\\x00-\x1f]*\.tar$")
+SAFE_SHARD_NAME = re.compile(r"^[^/\\\x00-\x1f.][^/\\\x00-\x1f]*\.(tar|parquet)$")
 # What raypipe itself keeps under OUTPUT/.raypipe besides the shards' sidecars, manifests and fragments.
 STATE_FILES = ("manifest.json", "config.yaml", "job.json", "lease.json")
 _RUN_RECORD = re.compile(rf"^{re.escape(STATE_DIR)}/runs/\d{{8}}T\d{{6}}Z-[0-9a-f]{{8}}\.json$")
@@ -358,7 +359,11 @@ class _Verifier:
     def check_shard(self, shard: str, entry: dict[str, Any]) -> list[dict[str, Any]] | None:
         """Checks one shard; returns its audit rows in seq order when they match the manifest."""
         if not SAFE_SHARD_NAME.match(shard) or ".." in shard:
-            self.add("modified", f"{STATE_DIR}/{MANIFEST_FILE}", f"shard name {shard[:80]!r} is not a plain .tar name")
+            self.add(
+                "modified",
+                f"{STATE_DIR}/{MANIFEST_FILE}",
+                f"shard name {shard[:80]!r} is not a plain .tar or .parquet name",
+            )
             return None
         self.check_marker(shard, entry, done_name(shard))
         rows = self.check_audit(shard, entry, audit_name(shard))
@@ -449,9 +454,12 @@ class _Verifier:
     def check_tar(self, shard: str, entry: dict[str, Any], rows: list[dict[str, Any]] | None) -> None:
         path = self.layout.tar(shard)
         if not exists(self.fs, path):
-            self.add("missing", shard, "shard tar is gone")
+            self.add("missing", shard, "shard tar is gone" if not is_table_shard(shard) else "shard table is gone")
             return
         if not self.regular(path, shard):
+            return
+        if is_table_shard(shard):
+            self.check_table(shard, path, entry, rows)
             return
         with self.fs.open(path, "rb") as handle:
             reader = HashingReader(handle)
@@ -476,8 +484,30 @@ class _Verifier:
         if rows is not None and readable:
             self.check_released(shard, rows, found)
 
+    def check_table(self, shard: str, path: str, entry: dict[str, Any], rows: list[dict[str, Any]] | None) -> None:
+        """A Parquet shard: its sha256, then its rows against the released records. Its rows carry no
+        key: row ``j`` is compared with the ``j``-th released record, by that record's key."""
+        with self.fs.open(path, "rb") as handle:
+            digest = HashingReader(handle).drain()
+        if digest != entry.get("tar_sha256"):
+            self.add("modified", shard, f"sha256 {digest[:16]}... differs from the manifest's")
+        if rows is None:
+            return
+        keys = [row.get("key") for row in _by_seq(rows) if row.get("status") in RELEASED_STATUSES]
+        found: list[tuple[str, str]] = []
+        try:
+            with self.fs.open(path, "rb") as handle:
+                for position, columns in enumerate(released_members(handle)):
+                    key = str(keys[position]) if position < len(keys) else f"row {position}"
+                    found.append((key, sample_digest([(member_name(key, c), data) for c, data in columns])))
+        except ParquetShardError as exc:
+            self.add("modified", shard, f"unreadable table ({exc})")
+            return
+        self.check_released(shard, rows, found)
+
     def check_released(self, shard: str, rows: list[dict[str, Any]], found: list[tuple[str, str]]) -> None:
-        """The tar holds exactly the released samples of the audit, in order, with the recorded bytes."""
+        """The tar (or table) holds exactly the released samples of the audit, in order, with the recorded bytes."""
+        kind = "table" if is_table_shard(shard) else "tar"
         in_order = _by_seq(rows)
         status = {row.get("key"): row.get("status") for row in in_order}
         expected: list[tuple[Any, Any]] = [
@@ -490,16 +520,16 @@ class _Verifier:
         for key in found_keys:
             if key not in wanted:
                 if key in status:
-                    detail = f"sample is in the tar, but its audit status is {status[key]!r}: never releasable"
+                    detail = f"sample is in the {kind}, but its audit status is {status[key]!r}: never releasable"
                 else:
-                    detail = "sample is in the tar but has no audit record"
+                    detail = f"sample is in the {kind} but has no audit record"
                 self.add("extra", f"{shard} key={key}", detail)
             elif present[key] > 1:
                 self.add("extra", f"{shard} key={key}", f"sample appears {present[key]} times")
                 present[key] = 1
         for key in expected_keys:
             if key not in present:
-                self.add("missing", f"{shard} key={key}", "released sample is not in the tar")
+                self.add("missing", f"{shard} key={key}", f"released sample is not in the {kind}")
         common_expected = [key for key in expected_keys if key in present]
         common_found = list(dict.fromkeys(key for key in found_keys if key in wanted))
         if common_expected != common_found:
@@ -525,7 +555,7 @@ class _Verifier:
             if name in known or _RUN_RECORD.match(name):
                 continue
             fragment = _FRAGMENT.match(name)
-            if fragment and f"{fragment['stem']}.tar" not in shards:
+            if fragment and shard_of_stem(fragment["stem"]) not in shards:
                 unfinished.add(fragment["stem"])
                 continue
             if fragment:

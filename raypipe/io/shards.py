@@ -1,4 +1,9 @@
-"""Input shard listing: brace patterns and globs -> a sorted list of ``.tar`` URIs.
+"""Input shard listing: brace patterns and globs -> a sorted list of ``.tar`` (or ``.parquet``) URIs.
+
+A shard is a WebDataset tar or a Parquet table (:mod:`raypipe.io.tables`), told apart by its suffix.
+``input_format`` says which kinds a spec may match: ``webdataset`` (tars), ``parquet`` (tables) or
+``auto``: a spec whose matches include tars stands for its tars only (img2dataset writes a ``.parquet``
+of metadata beside every tar), otherwise for its tables.
 
 Brace patterns follow the WebDataset/shell convention: ``data-{00000..00099}.tar`` (numeric range,
 zero padding kept), ``{train,val}/part-*.tar`` (alternatives), nested and repeated groups. Names a
@@ -22,6 +27,9 @@ from raypipe.logs import get_logger
 logger = get_logger(__name__)
 
 SHARD_SUFFIX = ".tar"
+TABLE_SUFFIX = ".parquet"
+INPUT_FORMATS = ("auto", "webdataset", "parquet")
+_SUFFIXES = {"auto": (SHARD_SUFFIX, TABLE_SUFFIX), "webdataset": (SHARD_SUFFIX,), "parquet": (TABLE_SUFFIX,)}
 MAX_EXPANSION = 1_000_000
 # Up to this many spelled-out names in one folder are checked one by one; more and the folder is
 # listed once instead (a HEAD per shard is slow for thousands of shards).
@@ -138,19 +146,23 @@ def has_glob(text: str) -> bool:
     return any(char in _GLOB_CHARS for char in text)
 
 
-def expand_shards(spec: str | Sequence[str], options: StorageOptions | None = None) -> list[str]:
-    """List the ``.tar`` shards named by one spec or several: full URIs, sorted, without duplicates.
+def expand_shards(
+    spec: str | Sequence[str], options: StorageOptions | None = None, input_format: str = "auto"
+) -> list[str]:
+    """List the shards named by one spec or several: full URIs, sorted, without duplicates.
 
     Remote shards keep their scheme (``s3://bucket/a.tar``); local shards come back as absolute paths.
     Raises :class:`MissingShardsError` when spelled-out names do not exist, and
-    :class:`ShardSpecError` when a spec is malformed or matches no ``.tar`` file.
+    :class:`ShardSpecError` when a spec is malformed or matches no shard of ``input_format``.
     """
+    if input_format not in INPUT_FORMATS:
+        raise ShardSpecError(f"input format {input_format!r} is not one of {', '.join(INPUT_FORMATS)}")
     specs = [spec] if isinstance(spec, str) else list(spec)
     if not specs:
         raise ShardSpecError("no input shards given")
     found: set[str] = set()
     for one in specs:
-        found.update(_expand_spec(one, options or StorageOptions()))
+        found.update(_expand_spec(one, options or StorageOptions(), input_format))
     shards = sorted(found)
     logger.info("planned %d input shard(s) from %d spec(s)", len(shards), len(specs))
     return shards
@@ -161,63 +173,85 @@ def shard_name(uri: str) -> str:
     return basename(uri)
 
 
-def _expand_spec(spec: str, options: StorageOptions) -> list[str]:
+def _expand_spec(spec: str, options: StorageOptions, input_format: str) -> list[str]:
+    suffixes = _SUFFIXES[input_format]
     by_protocol: dict[str | None, list[str]] = defaultdict(list)
     for name in expand_braces(spec):
         by_protocol[protocol_of(name)].append(name)
-    shards: list[str] = []
+    named: list[str] = []  # spelled out: always read
+    listed: list[str] = []  # found in a folder or by a glob
     missing: list[str] = []
     for scheme, names in by_protocol.items():
         fs, _ = filesystem(names[0], options)
         fs.invalidate_cache()  # a listing cached earlier in this process may be stale
         literal = [n for n in names if not has_glob(n)]
-        folders = [n for n in literal if not n.endswith(SHARD_SUFFIX)]
+        folders = [n for n in literal if not n.endswith(suffixes)]
         for name in folders:
-            shards.extend(_folder_shards(fs, scheme, spec, name))
-        present, absent = _check_exist(fs, scheme, [n for n in literal if n.endswith(SHARD_SUFFIX)])
-        shards.extend(present)
+            listed.extend(_folder_shards(fs, scheme, spec, name, suffixes))
+        present, absent = _check_exist(fs, scheme, [n for n in literal if n.endswith(suffixes)])
+        named.extend(present)
         missing.extend(absent)
         for name in names:
             if has_glob(name):
-                shards.extend(_glob(fs, scheme, name))
+                listed.extend(_glob(fs, scheme, name, suffixes))
     if missing:
         raise MissingShardsError(spec, missing)
-    if not shards:
-        raise ShardSpecError(f"{redact(spec)} matches no {SHARD_SUFFIX} shards")
-    return shards
+    if not named and not listed:
+        raise ShardSpecError(f"{redact(spec)} matches no {_kinds(suffixes)} shards")
+    return named + (_one_kind(spec, listed) if input_format == "auto" else listed)
 
 
-def _folder_shards(fs: fsspec.AbstractFileSystem, scheme: str | None, spec: str, name: str) -> list[str]:
-    """A folder (or prefix) named as INPUT stands for every ``.tar`` directly inside it, sorted."""
+def _kinds(suffixes: tuple[str, ...]) -> str:
+    return " or ".join(suffixes)
+
+
+def _one_kind(spec: str, shards: list[str]) -> list[str]:
+    """With ``auto``: the tars a spec matches when it matches any, else its tables."""
+    tars = [s for s in shards if s.endswith(SHARD_SUFFIX)]
+    if tars and len(tars) < len(shards):
+        logger.info(
+            "%s: reading its %d tar(s) and not the %d %s file(s) beside them (--input-format parquet reads those)",
+            redact(spec),
+            len(tars),
+            len(shards) - len(tars),
+            TABLE_SUFFIX,
+        )
+    return tars or shards
+
+
+def _folder_shards(
+    fs: fsspec.AbstractFileSystem, scheme: str | None, spec: str, name: str, suffixes: tuple[str, ...]
+) -> list[str]:
+    """A folder (or prefix) named as INPUT stands for every shard directly inside it, sorted."""
     path = fs._strip_protocol(name).rstrip("/")
     if not retry(lambda: fs.isdir(path), description=f"stat {redact(name)}"):
         what = (
             "does not exist" if not retry(lambda: fs.exists(path), description=f"stat {redact(name)}") else "is a file"
         )
         raise ShardSpecError(
-            f"{redact(spec)}: {redact(name)} {what}; INPUT names {SHARD_SUFFIX} shards or folders of them"
+            f"{redact(spec)}: {redact(name)} {what}; INPUT names {_kinds(suffixes)} shards or folders of them"
         )
     entries = retry(lambda: fs.ls(path, detail=True), description=f"list {redact(name)}")
     shards = [
         to_uri(scheme, fs, fs._strip_protocol(e["name"]))
         for e in entries
-        if e.get("type") == "file" and e["name"].endswith(SHARD_SUFFIX)
+        if e.get("type") == "file" and e["name"].endswith(suffixes)
     ]
     if not shards:
         raise ShardSpecError(
-            f"{redact(spec)}: the folder {redact(name)} holds no {SHARD_SUFFIX} shards (folders of image files and "
-            "Parquet are not inputs raypipe reads)"
+            f"{redact(spec)}: the folder {redact(name)} holds no {_kinds(suffixes)} shards (folders of image files "
+            "are not inputs raypipe reads)"
         )
     return sorted(shards)
 
 
-def _glob(fs: fsspec.AbstractFileSystem, scheme: str | None, name: str) -> list[str]:
+def _glob(fs: fsspec.AbstractFileSystem, scheme: str | None, name: str, suffixes: tuple[str, ...]) -> list[str]:
     path = fs._strip_protocol(name)
     matches = retry(lambda: fs.glob(path, detail=True), description=f"glob {redact(name)}")
     return [
         to_uri(scheme, fs, found)
         for found, info in matches.items()
-        if info.get("type") == "file" and found.endswith(SHARD_SUFFIX)
+        if info.get("type") == "file" and found.endswith(suffixes)
     ]
 
 

@@ -36,7 +36,10 @@ from raypipe.audit.manifest import (
 from raypipe.audit.schema import RECORD_TYPE, AuditRecord, records_table, sample_digest
 from raypipe.audit.signing import mac, mac_file
 from raypipe.io.publish import delete, publish_bytes, publish_stream, read_bytes
-from raypipe.io.spans import MemberRef, SpanReader
+from raypipe.io.retry import retry
+from raypipe.io.spans import InputChangedError, MemberRef, SpanReader
+from raypipe.io.storage import filesystem, redact
+from raypipe.io.tables import is_table_shard, spool, write_rows
 from raypipe.io.tars import Sample, write_tar
 from raypipe.layout import OutputLayout
 from raypipe.logs import get_logger
@@ -296,19 +299,23 @@ def finalize_shard(
         input_identity = _input_of(shard, end_input, ordered)
         records = [AuditRecord.from_row(row["audit"]) for row in ordered]
         fs = layout.fs
-        if quarantine is not None:
-            with SpanReader(source, layout.options) as inputs:
-                _publish_quarantine(quarantine, shard, ordered, records, fragments, inputs)
-        with SpanReader(source, layout.options) as inputs, publish_stream(fs, layout.tar(shard)) as tar:
+        if is_table_shard(shard):
+            output_sha256 = _finalize_table(layout, shard, quarantine, source, spool, ordered, records, fragments)
+        else:
+            if quarantine is not None:
+                with SpanReader(source, layout.options) as inputs:
+                    _publish_quarantine(quarantine, shard, ordered, records, fragments, inputs)
+            with SpanReader(source, layout.options) as inputs, publish_stream(fs, layout.tar(shard)) as tar:
 
-            def samples() -> Iterator[Sample]:
-                for row, record in zip(ordered, records):
-                    if row["released"]:
-                        members = fragments.members(row["seq"], "out", inputs)
-                        record.output_sha256 = sample_digest(members)
-                        yield Sample(key=record.key, members=members)
+                def samples() -> Iterator[Sample]:
+                    for row, record in zip(ordered, records):
+                        if row["released"]:
+                            members = fragments.members(row["seq"], "out", inputs)
+                            record.output_sha256 = sample_digest(members)
+                            yield Sample(key=record.key, members=members)
 
-            write_tar(samples(), tar)
+                write_tar(samples(), tar)
+            output_sha256 = tar.sha256
     released = sum(1 for row in ordered if row["released"])
     audit_buffer = io.BytesIO()
     pq.write_table(records_table(records), audit_buffer)
@@ -324,7 +331,7 @@ def finalize_shard(
         # For the run summary (the records are the evidence).
         "face_counts": face_counts(written),
         "faces_retried": faces_retried(written),
-        "tar_sha256": tar.sha256,
+        "tar_sha256": output_sha256,  # the output shard's, tar or Parquet
         "audit_sha256": hashlib.sha256(audit).hexdigest(),
         "records_root": records_root(written),
         "config_hash": records[0].config_hash if records else None,
@@ -415,6 +422,55 @@ def _input_of(shard: str, end_input: str | None, rows: list[dict[str, Any]]) -> 
     return end
 
 
+def _finalize_table(
+    layout: OutputLayout,
+    shard: str,
+    quarantine: OutputLayout | None,
+    source: str,
+    spool_dir: str,
+    rows: list[dict[str, Any]],
+    records: list[AuditRecord],
+    fragments: _Fragments,
+) -> str:
+    """Publish a Parquet shard (and its quarantine table) from the input table and the fragments;
+    returns the output's sha256. The input is spooled again and must be the bytes its rows were read
+    from (the sha256 the read stage pinned): every column but the member columns is copied from it."""
+    pinned = _input_of(shard, fragments.end_input, rows) or {}
+    fs, path = filesystem(source, layout.options)
+    with retry(lambda: fs.open(path, "rb"), description=f"open {redact(source)}") as handle:
+        local, digest = spool(handle, spool_dir, "input.parquet")
+    if digest != pinned.get("sha256"):
+        raise InputChangedError(
+            f"{redact(source)}: the input table is not the one its rows were read from (sha256 {digest[:16]}...); "
+            "rerun the same command to restart that shard"
+        )
+    with SpanReader(source, layout.options) as inputs:  # members of tables are bytes: it is never opened
+        if quarantine is not None and not all(row["released"] for row in rows):
+
+            def held(seq: int) -> list[tuple[str, bytes]] | None:
+                return None if rows[seq]["released"] else fragments.members(seq, "held", inputs)
+
+            with publish_stream(quarantine.fs, quarantine.tar(shard)) as out:
+                write_rows(local, held, out, note=lambda seq: json.dumps(_quarantine_note(records[seq])))
+
+        def released(seq: int) -> list[tuple[str, bytes]] | None:
+            if not rows[seq]["released"]:
+                return None
+            members = fragments.members(seq, "out", inputs)
+            records[seq].output_sha256 = sample_digest(members)
+            return members
+
+        with publish_stream(layout.fs, layout.tar(shard)) as table:
+            write_rows(local, released, table)
+    return table.sha256
+
+
+def _quarantine_note(record: AuditRecord) -> dict[str, Any]:
+    """Why a sample was held back, beside its originals in the quarantine."""
+    values = record.to_row()
+    return {k: values[k] for k in ("key", "status", "error", "error_step", "faces", "missed_faces")}
+
+
 def _publish_quarantine(
     quarantine: OutputLayout,
     shard: str,
@@ -443,8 +499,7 @@ def _publish_quarantine(
             members = fragments.members(row["seq"], "held", inputs)
             if not members:
                 continue
-            values = record.to_row()
-            note = {k: values[k] for k in ("key", "status", "error", "error_step", "faces", "missed_faces")}
+            note = _quarantine_note(record)
             key, names = record.key, [name for name, _ in members]
             if key in used:
                 suffix = f"_seq{row['seq']}"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raypipe.config import JobConfig
-from raypipe.io.shards import expand_shards, shard_name
+from raypipe.io.shards import shard_name
 from raypipe.io.storage import redact, redact_all
 from raypipe.layout import OutputLayout, legacy_state
 
@@ -64,8 +64,11 @@ def dry_run(config: JobConfig, overwrite: bool = False) -> DryRun:
     from raypipe.audit.manifest import marked_shards, read_manifest
     from raypipe.pipeline.commit import list_fragments
     from raypipe.pipeline.plan import config_hash, configuration_change, output_settings
+    from raypipe.pipeline.run import check_inputs_fit
 
-    names = sorted(shard_name(uri) for uri in expand_shards(list(config.input), config.storage))
+    uris = config.input_shards()
+    check_inputs_fit(config, uris)
+    names = sorted(shard_name(uri) for uri in uris)
     layout = OutputLayout(config.output, config.storage)
     result = DryRun(output=redact(config.output), shards=names)
     result.stages, result.models, result.lease = _stages(config), _models(config), _lease(layout)

@@ -18,9 +18,18 @@ from raypipe.config import ConfigError, JobConfig
 from raypipe.io.concurrent import map_bounded
 from raypipe.io.identity import object_identity, same_object
 from raypipe.io.publish import delete, exists, publish_bytes, read_bytes
-from raypipe.io.shards import expand_shards, shard_name
+from raypipe.io.shards import shard_name
 from raypipe.io.storage import filesystem, redact, redact_all
-from raypipe.layout import CONFIG_FILE, JOB_FILE, RUNS_DIR, STATE_DIR, OutputLayout, legacy_state
+from raypipe.layout import (
+    CONFIG_FILE,
+    JOB_FILE,
+    RUNS_DIR,
+    STATE_DIR,
+    OutputLayout,
+    legacy_state,
+    shard_of_stem,
+    stems_uniquely,
+)
 from raypipe.logs import get_logger
 from raypipe.pipeline.commit import committed_positions, list_fragments
 from raypipe.pipeline.intervals import Positions
@@ -111,7 +120,7 @@ def make_plan(
     and markers it authenticates count: anything planted under OUTPUT without the key is ignored.
     ``uris``: the input shards, when the caller already expanded ``config.input``.
     """
-    uris = uris if uris is not None else expand_shards(list(config.input), config.storage)
+    uris = uris if uris is not None else config.input_shards()
     shards = [(uri, shard_name(uri)) for uri in uris]
     _check_names(shards)
     _check_not_overwriting_inputs(shards, layout)
@@ -215,7 +224,7 @@ def _shards_with_fragments(layout: OutputLayout) -> set[str]:
     folder = layout.path(STATE_DIR, "fragments")
     if not exists(layout.fs, folder):
         return set()
-    return {path.rstrip("/").rsplit("/", 1)[-1] + ".tar" for path in layout.fs.ls(folder, detail=False)}
+    return {shard_of_stem(path.rstrip("/").rsplit("/", 1)[-1]) for path in layout.fs.ls(folder, detail=False)}
 
 
 def _drop_fragments(layout: OutputLayout, name: str, with_fragments: set[str], why: str) -> None:
@@ -231,6 +240,11 @@ def _drop_fragments(layout: OutputLayout, name: str, with_fragments: set[str], w
 def _check_names(shards: list[tuple[str, str]]) -> None:
     seen: dict[str, str] = {}
     for uri, name in shards:
+        if not stems_uniquely(name):
+            raise ConfigError(
+                f"input: the shard {redact(uri)} is named {name!r}, which raypipe cannot tell from "
+                f"{shard_of_stem(name.removesuffix('.tar'))!r} in its state; rename it"
+            )
         if name in seen:
             raise ConfigError(
                 f"input: two shards share the name {name!r} ({redact(seen[name])} and {redact(uri)}); "

@@ -14,9 +14,10 @@ recomputed.
 from __future__ import annotations
 
 import json
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from raypipe.audit.schema import sample_digest
@@ -24,6 +25,7 @@ from raypipe.config import LimitsConfig
 from raypipe.io.identity import HashingReader, object_identity, same_object
 from raypipe.io.spans import InputChangedError, MemberRef
 from raypipe.io.storage import StorageOptions, filesystem, redact
+from raypipe.io.tables import ParquetShardError, Row, is_table_shard, iter_rows, row_key, spool
 from raypipe.io.tars import OVER_LIMIT, Sample, TarProblem, TarReadError, iter_samples
 from raypipe.logs import get_logger
 from raypipe.pipeline.intervals import Positions
@@ -60,6 +62,9 @@ class _Entry:
 
 def shard_tasks(work: ShardWork, options: StorageOptions, limits: LimitsConfig) -> Iterator[SampleTask]:
     """Every sample of a shard as a task (committed ones skipped), then the end-of-shard marker."""
+    if is_table_shard(work.name):
+        yield from table_tasks(work, options, limits)
+        return
     from raypipe.io.retry import retry
 
     fs, path = filesystem(work.uri, options)
@@ -82,6 +87,60 @@ def shard_tasks(work: ShardWork, options: StorageOptions, limits: LimitsConfig) 
     end.source_uri = work.uri
     end.input_id = json.dumps(json.loads(input_id) | {"sha256": shard_sha256}, sort_keys=True) if input_id else ""
     yield end
+
+
+def table_tasks(work: ShardWork, options: StorageOptions, limits: LimitsConfig) -> Iterator[SampleTask]:
+    """Every row of a Parquet shard as a task (committed ones skipped), then the end-of-shard marker.
+
+    The table is spooled to a local file while it is hashed, then parsed a batch of rows at a time
+    (:mod:`raypipe.io.tables`). Its identity is always pinned, so finalize can check that it copies
+    the other columns from the very bytes these rows were read from. A table that cannot be parsed
+    gives one failed record; a row group that cannot be read ends the shard with a failed record.
+    """
+    from raypipe.io.retry import retry
+
+    fs, path = filesystem(work.uri, options)
+    source = redact(work.uri)
+    pinned = work if work.identity is not None else replace(work, identity=object_identity(work.uri, options))
+    input_id = _check_identity(pinned, options)
+    seq = 0
+    with tempfile.TemporaryDirectory(prefix="raypipe-read-") as spool_dir:
+        with retry(lambda: fs.open(path, "rb")) as fh:
+            local, shard_sha256 = spool(fh, spool_dir)
+        rows = iter_rows(local, limits.max_member_bytes)
+        while True:
+            try:
+                row = next(rows)
+            except StopIteration:
+                break
+            except ParquetShardError as exc:
+                row = Row(row_key(seq) if seq else "", problems=[f"{source}: {exc}"])
+                rows = iter(())
+            if seq not in work.committed:
+                task = _row_task(work, seq, row)
+                task.input_id = input_id
+                yield task
+            seq += 1
+    end = SampleTask.end_marker(source, work.name, seq)
+    end.source_uri = work.uri
+    end.input_id = json.dumps(json.loads(input_id) | {"sha256": shard_sha256}, sort_keys=True)
+    yield end
+
+
+def _row_task(work: ShardWork, seq: int, row: Row) -> SampleTask:
+    task = SampleTask(
+        shard=redact(work.uri),
+        shard_name=work.name,
+        seq=seq,
+        key=row.key,
+        members=row.members,
+        input_sha256=sample_digest(row.members),
+        source_uri=work.uri,
+        refs=None,  # values of compressed pages: carried as bytes
+    )
+    if row.problems:
+        task.fail("read", "; ".join(row.problems))
+    return task
 
 
 def _check_identity(work: ShardWork, options: StorageOptions) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 import raypipe
-from raypipe.config import JobConfig
+from raypipe.config import ConfigError, JobConfig
 from raypipe.io.publish import publish_bytes
 from raypipe.io.storage import redact, redact_all
 from raypipe.layout import CONFIG_FILE, RUNS_DIR, OutputLayout, tally_from
@@ -167,16 +167,28 @@ def run(config: JobConfig, overwrite: bool = False) -> RunSummary:
     The run holds OUTPUT's lease from before planning to after its manifest, so no second driver can
     write there meanwhile.
     """
-    from raypipe.io.shards import expand_shards
     from raypipe.pipeline.lease import lease
 
     started = time.time()
     key = signing_key(config)
-    uris = expand_shards(list(config.input), config.storage)  # a bad INPUT stops here: OUTPUT untouched
+    uris = config.input_shards()  # a bad INPUT stops here: OUTPUT untouched
+    check_inputs_fit(config, uris)
     layout = OutputLayout(config.output, config.storage)
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + "-" + uuid.uuid4().hex[:8]
     with lease(layout, run_id, config.pipeline.lease_ttl_s) as held:
         return _run_holding_lease(config, layout, key, run_id, started, overwrite, held, uris)
+
+
+def check_inputs_fit(config: JobConfig, uris: list[str]) -> None:
+    """Refuse settings that the kind of input cannot honour, before OUTPUT is touched."""
+    from raypipe.io.tables import is_table_shard
+
+    tables = [uri for uri in uris if is_table_shard(uri)]
+    if tables and config.method.attribute_from:
+        raise ConfigError(
+            f"method.attribute_from reads a JSON member of each WebDataset sample, and {redact(tables[0])} is a "
+            "Parquet table (its rows have no such member); use method.attribute_prompt for tables"
+        )
 
 
 def _run_holding_lease(

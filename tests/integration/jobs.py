@@ -80,6 +80,30 @@ def uniform_shards(shards: int = 2, per_shard: int = 3) -> dict[str, bytes]:
     return out
 
 
+def parquet_tables(tables: int = 2, rows: int = 3) -> dict[str, bytes]:
+    """Parquet tables as Hugging Face ``datasets`` writes them: an ``image`` struct ``{bytes, path}``
+    (the first row of each a portrait), a ``text`` column and the ``huggingface`` schema metadata."""
+    import pyarrow as pa
+    from skimage import data
+
+    portrait, faceless = jpeg(np.ascontiguousarray(data.astronaut())), jpeg(np.ascontiguousarray(data.coffee()))
+    features = {"image": {"_type": "Image"}, "text": {"dtype": "string", "_type": "Value"}}
+    schema = pa.schema(
+        [("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])), ("text", pa.string())],
+        metadata={"huggingface": json.dumps({"info": {"features": features}})},
+    )
+    out = {}
+    for table in range(tables):
+        values = [
+            {"image": {"bytes": portrait if i == 0 else faceless, "path": None}, "text": f"row {table}-{i}"}
+            for i in range(rows)
+        ]
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(values, schema=schema), buffer)
+        out[f"train-{table:05d}-of-{tables:05d}.parquet"] = buffer.getvalue()
+    return out
+
+
 def job_config(inputs: str | list[str], output: str, **sections: dict[str, Any]) -> JobConfig:
     data: dict[str, Any] = {
         "input": inputs,

@@ -10,12 +10,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from raypipe.audit.signing import parse_key
+from raypipe.audit.verify import verify_output
 from raypipe.config import ConfigError
 from raypipe.layout import audit_name, done_name
 from raypipe.pipeline.run import run
 from raypipe.status import output_status
 from tests.helpers import face_regions
-from tests.integration.jobs import TEST_METHOD, job_config, read_audit, read_tar, sample_shards, uniform_shards
+from tests.integration.jobs import (
+    TEST_METHOD,
+    job_config,
+    parquet_tables,
+    read_audit,
+    read_tar,
+    sample_shards,
+    uniform_shards,
+)
 
 pytestmark = [pytest.mark.isolated, pytest.mark.slow]
 
@@ -155,6 +165,43 @@ def test_readers_open_the_output_folder_as_it_is(ray_local, tmp_path: Path, monk
     assert np.array_equal(
         np.asarray(first.convert("RGB")), np.asarray(Image.open(io.BytesIO(produced["00000000"])).convert("RGB"))
     )
+
+
+def test_parquet_tables_come_out_as_tables_their_readers_open(ray_local, tmp_path: Path, monkeypatch) -> None:
+    """A folder of Parquet tables in, the same tables out: faces anonymized, the other column, the row
+    order and the schema kept, OUTPUT opened as it is by pyarrow, Ray Data and Hugging Face datasets, and
+    a second run redoes nothing."""
+    import datasets
+    import pyarrow.parquet as pq
+    import ray
+
+    monkeypatch.setenv("RAYPIPE_AUDIT_KEY", "5f0c9e2a7b1d4c8e93a6f2b0d7e4c1a8")
+    (tmp_path / "in").mkdir()
+    tables = parquet_tables()
+    for name, data in tables.items():
+        (tmp_path / "in" / name).write_bytes(data)
+    out = tmp_path / "out"
+    summary = run(job_config(str(tmp_path / "in"), str(out)))
+    assert summary.ok and summary.shards_done == 2 and summary.counts == {"anonymized": 2, "no_face": 4}
+    for name, data in tables.items():
+        before, after = pq.read_table(io.BytesIO(data)), pq.read_table(out / name)
+        assert after.schema == before.schema and after.schema.metadata == before.schema.metadata
+        assert after.column("text").to_pylist() == before.column("text").to_pylist()
+        images = [row["bytes"] for row in after.column("image").to_pylist()]
+        originals = [row["bytes"] for row in before.column("image").to_pylist()]
+        assert images[0] != originals[0] and images[1:] == originals[1:]  # the portrait's face replaced
+    assert verify_output(str(out), parse_key(b"5f0c9e2a7b1d4c8e93a6f2b0d7e4c1a8", "test")).ok
+
+    texts = sorted(f"row {t}-{i}" for t in range(2) for i in range(3))
+    assert sorted(pq.read_table(str(out)).column("text").to_pylist()) == texts  # .raypipe/ is skipped
+    assert sorted(row["text"] for row in ray.data.read_parquet(str(out)).take_all()) == texts
+    hf = datasets.load_dataset("parquet", data_dir=str(out), split="train", cache_dir=str(tmp_path / "hf"))
+    assert sorted(hf["text"]) == texts
+    first = next(row for row in hf if row["text"] == "row 0-0")["image"]  # decoded by the Image feature
+    assert first.size == (512, 512)
+
+    again = run(job_config(str(tmp_path / "in"), str(out)))
+    assert again.ok and again.samples_processed == 0 and again.shards_skipped == 2
 
 
 def test_overwrite_replaces_results_of_another_config(ray_local, inputs: Path, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 def test_every_config_key_is_documented_and_every_documented_key_exists() -> None:
     documented = set(re.findall(r"^\| `([a-z_]+(?:\.[a-z_0-9]+)?)` \|", README, flags=re.M))
     actual = {f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
-    actual |= {"input", "output"}
+    actual |= {"input", "output", "input_format"}
     assert actual - documented == set(), "keys missing from the README's configuration table"
     assert documented - actual == set(), "the README documents keys that do not exist"
 

@@ -162,14 +162,14 @@ def test_missing_spelled_out_shards_are_named(tmp_path: Path) -> None:
 def test_nothing_matching_names_the_spec(tmp_path: Path) -> None:
     touch(tmp_path, "notes.txt")
     spec = str(tmp_path / "*.tar")
-    with pytest.raises(ShardSpecError, match=r"matches no \.tar shards") as caught:
+    with pytest.raises(ShardSpecError, match=r"matches no \.tar or \.parquet shards") as caught:
         expand_shards(spec)
     assert spec in str(caught.value)
 
 
 def test_spelled_out_non_tar_is_an_error(tmp_path: Path) -> None:
     touch(tmp_path, "a.zip")
-    with pytest.raises(ShardSpecError, match=r"a\.zip is a file; INPUT names \.tar shards or folders of them"):
+    with pytest.raises(ShardSpecError, match=r"a\.zip is a file; INPUT names \.tar or \.parquet shards or folders"):
         expand_shards(str(tmp_path / "a.zip"))
     with pytest.raises(ShardSpecError, match=r"b\.zip does not exist"):
         expand_shards(str(tmp_path / "b.zip"))
@@ -183,8 +183,26 @@ def test_a_folder_stands_for_every_tar_directly_inside_it(tmp_path: Path) -> Non
     assert expand_shards(str(tmp_path) + "/") == expected
     assert expand_shards([str(tmp_path), str(tmp_path / "a.tar")]) == expected  # no duplicates
     touch(tmp_path, "jpgs/x.jpg")
-    with pytest.raises(ShardSpecError, match=r"jpgs holds no \.tar shards \(folders of image files"):
+    with pytest.raises(ShardSpecError, match=r"jpgs holds no \.tar or \.parquet shards \(folders of image files"):
         expand_shards(str(tmp_path / "jpgs"))
+
+
+def test_tables_are_shards_and_tars_come_first_where_both_lie(tmp_path: Path) -> None:
+    touch(tmp_path, "tables/train-1.parquet", "tables/train-0.parquet", "tables/README.md")
+    tables = [str(tmp_path / "tables" / f"train-{i}.parquet") for i in (0, 1)]
+    assert expand_shards(str(tmp_path / "tables")) == tables
+    assert expand_shards(str(tmp_path / "tables/*.parquet")) == tables
+    assert expand_shards(str(tmp_path / "tables/train-1.parquet")) == tables[1:]
+    # img2dataset's webdataset output: a .parquet of metadata beside every tar. auto reads the tars.
+    touch(tmp_path, "wds/00000.tar", "wds/00000.parquet")
+    assert expand_shards(str(tmp_path / "wds")) == [str(tmp_path / "wds/00000.tar")]
+    assert expand_shards(str(tmp_path / "wds/*")) == [str(tmp_path / "wds/00000.tar")]
+    assert expand_shards(str(tmp_path / "wds"), input_format="parquet") == [str(tmp_path / "wds/00000.parquet")]
+    assert expand_shards(str(tmp_path / "wds/00000.parquet")) == [str(tmp_path / "wds/00000.parquet")]  # named
+    with pytest.raises(ShardSpecError, match=r"tables holds no \.tar shards"):
+        expand_shards(str(tmp_path / "tables"), input_format="webdataset")
+    with pytest.raises(ShardSpecError, match="input format 'csv' is not one of auto, webdataset, parquet"):
+        expand_shards(str(tmp_path / "tables"), input_format="csv")
 
 
 def test_empty_spec_list_is_an_error() -> None:

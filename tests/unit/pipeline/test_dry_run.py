@@ -6,12 +6,15 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
+
 from raypipe.cli import EXIT_OK, EXIT_USAGE, main
-from raypipe.config import build_config
+from raypipe.config import ConfigError, build_config
 from raypipe.layout import OutputLayout, done_name
 from raypipe.pipeline.dryrun import dry_run
 from raypipe.pipeline.lease import Holder, acquire
 from raypipe.pipeline.plan import make_plan
+from tests.integration.jobs import parquet_tables
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -72,3 +75,27 @@ def test_a_held_lease_and_a_removed_shard_are_shown(inputs: Path, tmp_path: Path
     planned = dry_run(config_for(inputs, out))
     assert planned.lease.startswith("held by run 20261203T000000Z-0000abcd") and "refused" in planned.lease
     assert planned.removed == ["part-00009.tar"] and "part-00009.tar" in (planned.refusal or "")
+
+
+def test_tables_are_listed_and_settings_they_cannot_honour_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "tables"
+    folder.mkdir()
+    for name, data in parquet_tables().items():
+        (folder / name).write_bytes(data)
+    (folder / "00000.tar").write_bytes(b"")  # a tar beside them: auto reads it alone, parquet the tables
+    assert dry_run(config_for(folder, tmp_path / "out")).todo == ["00000.tar"]
+    tables = build_config(
+        {"input": str(folder), "output": str(tmp_path / "out"), "input_format": "parquet", "method": {"name": "blur"}},
+        {},
+    )
+    assert dry_run(tables).todo == ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
+    with pytest.raises(ConfigError, match=r"input_format: must be one of auto, webdataset, parquet.*'parquet'\?"):
+        build_config({"input": str(folder), "output": "o", "input_format": "parquets"}, {})
+    per_sample = build_config(
+        {"input": str(folder / "*.parquet"), "output": str(tmp_path / "out"), "method": {"attribute_from": "json:p"}},
+        {},
+    )
+    with pytest.raises(ConfigError, match=r"method.attribute_from reads a JSON member .* is a Parquet table"):
+        dry_run(per_sample)
+    assert main(["anonymize", str(folder), str(tmp_path / "out"), "--input-format", "parquet", "--dry-run"]) == EXIT_OK
+    assert not (tmp_path / "out").exists()
