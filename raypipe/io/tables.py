@@ -99,7 +99,12 @@ def member_columns(schema: pa.Schema) -> list[MemberColumn]:
 
 
 def _is_binary(kind: pa.DataType) -> bool:
-    return bool(pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind))
+    return bool(
+        pa.types.is_binary(kind)
+        or pa.types.is_large_binary(kind)
+        or pa.types.is_fixed_size_binary(kind)
+        or pa.types.is_binary_view(kind)
+    )
 
 
 def _is_image_struct(kind: pa.DataType) -> bool:
@@ -118,10 +123,15 @@ def _holds_binary(kind: pa.DataType) -> bool:
         return any(_holds_binary(kind.field(i).type) for i in range(kind.num_fields))
     if pa.types.is_map(kind):
         return _holds_binary(kind.key_type) or _holds_binary(kind.item_type)
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+    if any(
+        check(kind)
+        for check in (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list, pa.types.is_list_view)
+    ) or pa.types.is_large_list_view(kind):
         return _holds_binary(kind.value_type)
     if pa.types.is_dictionary(kind):
         return _holds_binary(kind.value_type)
+    if pa.types.is_union(kind):
+        return any(_holds_binary(kind.field(i).type) for i in range(kind.num_fields))
     return False
 
 

@@ -42,6 +42,7 @@ def test_member_columns_are_top_level_binary_and_image_structs() -> None:
         [
             ("jpg", pa.binary()),
             ("large", pa.large_binary()),
+            ("view", pa.binary_view()),
             ("image", IMAGE),
             ("caption", pa.string()),
             ("meta", pa.struct([("width", pa.int32())])),
@@ -50,9 +51,16 @@ def test_member_columns_are_top_level_binary_and_image_structs() -> None:
     assert [(c.name, c.struct) for c in member_columns(schema)] == [
         ("jpg", False),
         ("large", False),
+        ("view", False),
         ("image", True),
     ]
-    for nested in (pa.list_(pa.binary()), pa.struct([("thumb", pa.binary()), ("w", pa.int32())])):
+    for nested in (
+        pa.list_(pa.binary()),
+        pa.struct([("thumb", pa.binary()), ("w", pa.int32())]),
+        pa.map_(pa.string(), pa.large_binary()),
+        pa.dictionary(pa.int32(), pa.binary()),
+        pa.large_list_view(pa.binary_view()),
+    ):
         with pytest.raises(ParquetShardError, match=r"column 'frames' .* holds binary data inside a nested type"):
             member_columns(pa.schema([("frames", nested)]))
 
