@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from raypipe.config import LimitsConfig, build_config
+from raypipe.config import ConfigError, LimitsConfig, build_config
 from raypipe.io.storage import StorageOptions
 from raypipe.layout import OutputLayout
 from raypipe.pipeline.commit import RunInfo, commit_fragment, committed_positions, finalize_shard
@@ -75,3 +75,11 @@ def test_the_marker_pins_the_input_read(inputs: Path, tmp_path: Path) -> None:
     data = (inputs / "part-00000.tar").read_bytes()
     assert marker["input"]["sha256"] == hashlib.sha256(data).hexdigest()
     assert marker["input"]["size"] == len(data) and "mtime_ns" in marker["input"]
+
+
+def test_a_shard_whose_state_names_could_be_another_shards_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "x.parquet.tar").write_bytes(sample_shards(shards=1, per_shard=1)["part-00000.tar"])
+    config = _config(tmp_path / "in", tmp_path / "out")
+    with pytest.raises(ConfigError, match=r"named 'x.parquet.tar', which raypipe cannot tell from 'x.parquet'"):
+        make_plan(config, OutputLayout(str(tmp_path / "out")))
