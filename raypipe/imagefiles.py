@@ -31,6 +31,22 @@ _EMBEDDED = re.compile(rb"\xff\xd8\xff|" + re.escape(PNG_SIGNATURE))
 _EMBEDDED_BASE64 = re.compile(rb"(?:/9j/|iVBORw0KGgo)[A-Za-z0-9+/=\r\n]*")
 
 
+# A picture written as text: a data URI, or the base64 start of a JPEG, PNG, GIF, WebP or TIFF.
+_TEXT_PICTURE = re.compile(rb"data:image/|(?:/9j/|iVBORw0KGgo|R0lGOD[dl]h|UklGR|SUkqA|TU0AK)[A-Za-z0-9+/=]{16}")
+
+
+def picture_in_text(data: bytes) -> str | None:
+    """What a text value holds that is a picture (a JPEG or PNG signature, a data URI, a base64 picture),
+    said for an error message; None when it holds none of these."""
+    raw = _EMBEDDED.search(data)
+    if raw is not None:
+        return f"holds a picture's signature at byte {raw.start()}"
+    written = _TEXT_PICTURE.search(data)
+    if written is not None:
+        return f"holds a picture written as text (data URI or base64) at byte {written.start()}"
+    return None
+
+
 class LayoutError(ValueError):
     """The bytes do not follow their format's structure; the message says where."""
 

@@ -9,16 +9,23 @@ shard of the same name:
   column and every Hugging Face image struct (``{bytes: binary, path: string}``), each named
   ``<key>.<column>`` (:func:`member_name`); a null value is no member. They are scanned like any tar
   member: a picture (by extension or content) is decoded and searched for faces;
-- a table that holds binary data anywhere else (inside a list, a map or another struct) cannot be
-  scanned, and none of its rows is released;
+- every other column must be *plain* data, which is copied as it is: numbers, booleans, dates and
+  times, text, fixed-size binary of at most :data:`PLAIN_FIXED_BYTES` bytes (UUIDs, hashes), and lists,
+  structs and maps of those. Text is scanned too (``scan_text``): a value that is not UTF-8, or that
+  holds a picture or a base64 picture, fails its row;
+- a table with anything else (binary inside a nested type, extension types such as tensors, unions,
+  lists of 8-bit integers or lists of lists of numbers, which may be raw pixels, repeated column or
+  field names), or whose schema metadata holds a picture, cannot be scanned: none of its rows is
+  released;
 - an image struct whose ``bytes`` is null but whose ``path`` is set points at a file outside the table:
   raypipe never sees that picture, so the row is not released.
 
-Every other column (strings, numbers, lists) is neither decoded nor scanned: :func:`write_rows` copies
-it from the input, with the row order and the schema (its metadata included). The output holds the
-rows that were released, with their member columns replaced by the output members; a row that is not
-released is left out. Reading spools the input to a local file while hashing it (:func:`spool`), so
-the whole file is read once and then parsed a row group at a time.
+Rows are read one row group at a time, all columns; a row group that cannot be read, or that is over
+the size limit by its footer, fails its own rows and no others. :func:`write_rows` copies the plain
+columns from the input with the row order and the schema (its metadata included) and writes the
+member columns from the output members; a row that is not released is left out. Reading spools the
+input to a local file while hashing it (:func:`spool`), so the whole file is read once and then
+parsed from local disk.
 """
 
 from __future__ import annotations
@@ -31,15 +38,22 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raypipe.io.identity import HashingReader
 
 PARQUET_SUFFIX = ".parquet"
 KEY_DIGITS = 8
-BATCH_ROWS = 64  # rows parsed at a time while reading (member columns only)
-_COPY_CHUNK = 8 * 2**20
+PLAIN_FIXED_BYTES = 64  # fixed-size binary up to this width is plain data (UUIDs, hashes): never a picture
 QUARANTINE_COLUMN = "raypipe_quarantine"  # why each row of a quarantine table was held back (JSON)
+_COPY_CHUNK = 8 * 2**20
+# A row group is read whole; one whose footer says it holds more than this many bytes uncompressed, or
+# 4 x limits.max_member_bytes if that is more, fails its rows unread (a small file may inflate a lot).
+ROW_GROUP_FLOOR_BYTES = 256 * 2**20
+_CODECS = {"snappy": "snappy", "gzip": "gzip", "brotli": "brotli", "zstd": "zstd", "lz4": "lz4", "lz4_raw": "lz4"}
+
+ScanText = Callable[[bytes], "str | None"]  # what a text value holds that must not be released, if anything
 
 
 class ParquetShardError(ValueError):
@@ -81,58 +95,105 @@ def column_of(key: str, name: str) -> str:
     return name[len(key) + 1 :]
 
 
+# ------------------------------------------------------------------------------------------ schema
+
+
 def member_columns(schema: pa.Schema) -> list[MemberColumn]:
-    """The member columns of a table, in schema order. Raises :class:`ParquetShardError` when binary data
-    lies anywhere raypipe does not scan (inside a list, a map or a struct that is not an image)."""
+    """The member columns of a table, in schema order, after checking every other column is plain.
+    Raises :class:`ParquetShardError` naming the first column raypipe cannot scan."""
+    names = [column.name for column in schema]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ParquetShardError(f"the column name(s) {repeated} appear more than once")
     found = []
     for column in schema:
-        if _is_binary(column.type):
+        if _is_member_binary(column.type):
             found.append(MemberColumn(column.name))
         elif _is_image_struct(column.type):
             found.append(MemberColumn(column.name, struct=True))
-        elif _holds_binary(column.type):
-            raise ParquetShardError(
-                f"column {column.name!r} ({column.type}) holds binary data inside a nested type; raypipe scans "
-                "top-level binary columns and image structs {bytes, path} only, so no row of this table is released"
-            )
+        else:
+            why = _not_plain(column.type, top=True)
+            if why:
+                raise ParquetShardError(
+                    f"column {column.name!r} ({column.type}) {why}; raypipe scans top-level binary columns and image "
+                    "structs {bytes, path} and copies plain data only, so no row of this table is released"
+                )
     return found
 
 
-def _is_binary(kind: pa.DataType) -> bool:
-    return bool(
-        pa.types.is_binary(kind)
-        or pa.types.is_large_binary(kind)
-        or pa.types.is_fixed_size_binary(kind)
-        or pa.types.is_binary_view(kind)
-    )
+def _is_member_binary(kind: pa.DataType) -> bool:
+    return bool(pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_binary_view(kind))
 
 
 def _is_image_struct(kind: pa.DataType) -> bool:
     if not pa.types.is_struct(kind):
         return False
-    names = {kind.field(i).name: kind.field(i).type for i in range(kind.num_fields)}
-    if "bytes" not in names or not _is_binary(names["bytes"]):
+    fields = {kind.field(i).name: kind.field(i).type for i in range(kind.num_fields)}
+    if len(fields) != kind.num_fields or "bytes" not in fields or not _is_member_binary(fields["bytes"]):
         return False
-    return not any(_holds_binary(t) for name, t in names.items() if name != "bytes")
+    return all(not _not_plain(t) for name, t in fields.items() if name != "bytes")
 
 
-def _holds_binary(kind: pa.DataType) -> bool:
-    if _is_binary(kind):
+def _not_plain(kind: pa.DataType, top: bool = False, in_list: bool = False) -> str | None:
+    """Why a type is not plain data (None: it is)."""
+    types = pa.types
+    if isinstance(kind, pa.BaseExtensionType):
+        return f"is the extension type {kind.extension_name!r}, which may hold pictures"
+    if types.is_null(kind) or types.is_boolean(kind) or types.is_decimal(kind) or types.is_temporal(kind):
+        return None
+    if types.is_integer(kind) or types.is_floating(kind):
+        if in_list and kind.bit_width == 8:
+            return "holds lists of 8-bit integers, which may be raw pixels"
+        return None
+    if types.is_string(kind) or types.is_large_string(kind) or (top and types.is_string_view(kind)):
+        return None
+    if types.is_fixed_size_binary(kind):
+        return None if kind.byte_width <= PLAIN_FIXED_BYTES else f"holds binary values of {kind.byte_width} bytes"
+    if types.is_binary(kind) or types.is_large_binary(kind) or types.is_binary_view(kind):
+        return "holds binary data inside a nested type"
+    if types.is_list(kind) or types.is_large_list(kind) or types.is_fixed_size_list(kind):
+        element = kind.value_type
+        if in_list and (types.is_integer(element) or types.is_floating(element)):
+            return "holds lists of lists of numbers, which may be raw pixels"
+        return _not_plain(element, in_list=True)
+    if types.is_struct(kind):
+        names = [kind.field(i).name for i in range(kind.num_fields)]
+        if len(set(names)) != len(names):
+            return "has repeated field names"
+        return next((why for i in range(kind.num_fields) if (why := _not_plain(kind.field(i).type))), None)
+    if types.is_map(kind):
+        return _not_plain(kind.key_type) or _not_plain(kind.item_type)
+    if types.is_dictionary(kind):
+        return _not_plain(kind.value_type, top=top, in_list=in_list)
+    return "is a type raypipe does not scan"
+
+
+def _has_text(kind: pa.DataType) -> bool:
+    types = pa.types
+    if types.is_string(kind) or types.is_large_string(kind) or types.is_string_view(kind):
         return True
-    if pa.types.is_struct(kind):
-        return any(_holds_binary(kind.field(i).type) for i in range(kind.num_fields))
-    if pa.types.is_map(kind):
-        return _holds_binary(kind.key_type) or _holds_binary(kind.item_type)
-    if any(
-        check(kind)
-        for check in (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list, pa.types.is_list_view)
-    ) or pa.types.is_large_list_view(kind):
-        return _holds_binary(kind.value_type)
-    if pa.types.is_dictionary(kind):
-        return _holds_binary(kind.value_type)
-    if pa.types.is_union(kind):
-        return any(_holds_binary(kind.field(i).type) for i in range(kind.num_fields))
-    return False
+    if types.is_dictionary(kind):
+        return _has_text(kind.value_type)
+    if types.is_map(kind):
+        return _has_text(kind.key_type) or _has_text(kind.item_type)
+    return any(_has_text(kind.field(i).type) for i in range(kind.num_fields))
+
+
+def _metadata_problem(schema: pa.Schema, scan_text: ScanText | None) -> str | None:
+    """What the schema's or a field's metadata holds that must not be released (a picture), if anything."""
+    if scan_text is None:
+        return None
+    where = [("the schema's metadata", schema.metadata)]
+    where += [(f"the metadata of column {f.name!r}", f.metadata) for f in schema]
+    for place, metadata in where:
+        for key, value in (metadata or {}).items():
+            found = scan_text(key) or scan_text(value)
+            if found:
+                return f"{place} ({key[:40]!r}) {found}"
+    return None
+
+
+# ------------------------------------------------------------------------------------------- read
 
 
 def spool(handle: IO[bytes], folder: str, name: str = "table.parquet") -> tuple[str, str]:
@@ -148,65 +209,133 @@ def open_table(local: str) -> pq.ParquetFile:
     """A local Parquet file, with any failure to parse its footer as :class:`ParquetShardError`."""
     try:
         return pq.ParquetFile(local)
-    except (pa.ArrowException, OSError) as exc:
+    except (pa.ArrowException, OSError, ValueError) as exc:
         raise ParquetShardError(f"not a readable Parquet file ({exc})") from None
 
 
-def iter_rows(local: str, max_member_bytes: int | None = None) -> Iterator[Row]:
-    """Every row of a local Parquet file as a :class:`Row`, in order, parsing one batch at a time.
+def iter_rows(local: str, max_member_bytes: int | None = None, scan_text: ScanText | None = None) -> Iterator[Row]:
+    """Every row of a local Parquet file as a :class:`Row`, in order, one row group at a time.
 
-    Raises :class:`ParquetShardError` when the file is not Parquet or a row group cannot be read; the
-    rows yielded before it are complete. A table with binary data that cannot be scanned yields every
-    row with that problem (so every row gets its audit record, and none is released).
+    Raises :class:`ParquetShardError` only when the file is not Parquet at all. A table raypipe cannot
+    scan yields every row with that problem (so every row gets its audit record, and none is
+    released); so does a row group that cannot be read, or whose footer says it holds more than
+    ``4 * max_member_bytes`` uncompressed, for its own rows.
     """
     table = open_table(local)
-    rows = table.metadata.num_rows
+    meta = table.metadata
     try:
         columns = member_columns(table.schema_arrow)
+        refusal = _metadata_problem(table.schema_arrow, scan_text)
     except ParquetShardError as exc:
-        for position in range(rows):
-            yield Row(row_key(position), problems=[str(exc)])
-        return
-    if not columns:
-        for position in range(rows):
-            yield Row(row_key(position))
-        return
+        refusal = str(exc)
     position = 0
-    batches = table.iter_batches(batch_size=BATCH_ROWS, columns=[c.name for c in columns], use_threads=False)
-    while True:
-        try:
-            batch = next(batches)
-        except StopIteration:
-            return
-        except (pa.ArrowException, OSError) as exc:
-            raise ParquetShardError(f"row {position} and after cannot be read ({exc})") from None
-        values = [batch.column(i).to_pylist() for i in range(len(columns))]
-        for offset in range(batch.num_rows):
-            yield _row(position, columns, [column[offset] for column in values], max_member_bytes)
-            position += 1
+    for group in range(meta.num_row_groups):
+        count = meta.row_group(group).num_rows
+        if refusal is None:
+            rows = _group_rows(table, group, position, columns, max_member_bytes, scan_text)
+        else:
+            rows = [Row(row_key(position + i), problems=[refusal]) for i in range(count)]
+        yield from rows
+        position += count
 
 
-def _row(position: int, columns: Sequence[MemberColumn], values: Sequence[Any], limit: int | None) -> Row:
-    row = Row(row_key(position))
-    for column, value in zip(columns, values):
-        data = value
-        if column.struct and value is not None:
-            data = value.get("bytes")
-            if data is None and value.get("path"):
+def _group_rows(
+    table: pq.ParquetFile,
+    group: int,
+    start: int,
+    columns: list[MemberColumn],
+    limit: int | None,
+    scan_text: ScanText | None,
+) -> list[Row]:
+    count = table.metadata.row_group(group).num_rows
+    size = table.metadata.row_group(group).total_byte_size
+    most = max(ROW_GROUP_FLOOR_BYTES, 4 * (limit or 0))
+    if size > most:
+        why = f"row group {group} holds {size} bytes uncompressed, over the {most} a row group may hold"
+        return [Row(row_key(start + i), problems=[why]) for i in range(count)]
+    try:
+        chunk = table.read_row_group(group, use_threads=False)
+        rows = [Row(row_key(start + i)) for i in range(chunk.num_rows)]
+        for column in columns:
+            _add_members(rows, chunk, column, limit)
+        if scan_text is not None:
+            _scan_texts(rows, chunk, columns, scan_text)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        why = f"row group {group} cannot be read ({str(exc)[:300]})"
+        return [Row(row_key(start + i), problems=[why]) for i in range(count)]
+    return rows
+
+
+def _member_values(chunk: pa.Table, column: MemberColumn) -> tuple[list[Any], list[Any]]:
+    """(bytes or None, path or None) per row of a member column; paths as bytes, never decoded."""
+    array = chunk.column(column.name)
+    if not column.struct:
+        return array.to_pylist(), [None] * len(array)
+    data = pc.struct_field(array, "bytes").to_pylist()
+    if array.type.get_field_index("path") < 0:
+        return data, [None] * len(array)
+    paths = pc.struct_field(array, "path")
+    return data, paths.cast(pa.binary()).to_pylist() if pa.types.is_string(paths.type) else paths.to_pylist()
+
+
+def _add_members(rows: list[Row], chunk: pa.Table, column: MemberColumn, limit: int | None) -> None:
+    data, paths = _member_values(chunk, column)
+    for row, value, path in zip(rows, data, paths):
+        if value is None:
+            if path:
+                shown = bytes(path)[:200].decode("utf-8", "replace") if isinstance(path, bytes) else str(path)[:200]
                 row.problems.append(
-                    f"column {column.name!r} refers to a picture by path ({str(value['path'])[:200]!r}) and holds no "
-                    "bytes: raypipe anonymizes only pictures the table holds"
+                    f"column {column.name!r} refers to a picture by path ({shown!r}) and holds no bytes: raypipe "
+                    "anonymizes only pictures the table holds"
                 )
-                continue
-        if data is None:
-            continue
-        if limit is not None and len(data) > limit:
+        elif limit is not None and len(value) > limit:
             row.problems.append(
-                f"column {column.name!r} holds {len(data)} bytes, over the limit of {limit} (limits.max_member_bytes)"
+                f"column {column.name!r} holds {len(value)} bytes, over the limit of {limit} (limits.max_member_bytes)"
             )
+        else:
+            row.members.append((member_name(row.key, column.name), bytes(value)))
+
+
+def _scan_texts(rows: list[Row], chunk: pa.Table, columns: list[MemberColumn], scan_text: ScanText) -> None:
+    """Fail every row whose text (in any plain column, at any depth) is not UTF-8 or holds a picture."""
+    structs = {c.name for c in columns if c.struct}
+    texts = [(name, chunk.column(name)) for name in chunk.column_names if name not in {c.name for c in columns}]
+    for name in structs:  # an image struct's other fields (its path) are copied too
+        array = chunk.column(name)
+        texts += [
+            (f"{name}.{array.type.field(i).name}", pc.struct_field(array, i))
+            for i in range(array.type.num_fields)
+            if array.type.field(i).name != "bytes"
+        ]
+    for name, array in texts:
+        if not _has_text(array.type):
             continue
-        row.members.append((member_name(row.key, column.name), bytes(data)))
-    return row
+        for position, row in enumerate(rows):
+            one = array.slice(position, 1)
+            try:
+                for chunked in one.chunks:
+                    chunked.validate(full=True)
+                values = one.to_pylist()
+            except (pa.ArrowException, ValueError):
+                row.problems.append(f"column {name!r} holds text that is not UTF-8")
+                continue
+            found = next(filter(None, (scan_text(text.encode()) for text in _texts(values))), None)
+            if found:
+                row.problems.append(f"column {name!r} {found}")
+
+
+def _texts(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _texts(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _texts(item)
+
+
+# ------------------------------------------------------------------------------------------ write
 
 
 def write_rows(
@@ -216,44 +345,69 @@ def write_rows(
     note: Callable[[int], str] | None = None,
 ) -> int:
     """Write the rows of the local Parquet file ``local`` that ``select`` keeps to ``sink`` (a writable
-    stream); returns how many. One input row group is held at a time.
+    stream); returns how many. One input row group is held at a time, and a row group none of whose
+    rows is kept is never read.
 
     ``select(position)`` gives a row's output members (named ``<key>.<column>``), or None to leave the
     row out; in a row kept, a member column without an output member is null (its input value is never
-    released unless ``select`` gives it). The schema, its metadata
-    and the row order are the input's; the compression is that of the input's first column chunk.
-    With ``note``, a string column ``raypipe_quarantine`` holds ``note(position)`` for every row.
+    released unless ``select`` gives it). The schema, its metadata and the row order are the input's;
+    the compression is that of the input's first column chunk. With ``note``, a string column
+    ``raypipe_quarantine`` holds ``note(position)`` for every row. A table none of whose rows is kept
+    comes out with no rows (and, if its schema cannot be read, no columns).
     """
-    table = open_table(local)
+    try:
+        table = open_table(local)
+    except ParquetShardError:
+        table = None
+    if table is None:
+        return _write_empty(pa.schema([]), sink)
     schema = table.schema_arrow
+    plan = []
+    start = 0
+    for group in range(table.num_row_groups):
+        count = table.metadata.row_group(group).num_rows
+        chosen = [(offset, select(start + offset)) for offset in range(count)]
+        plan.append([(offset, members) for offset, members in chosen if members is not None])
+        start += count
+    if not any(plan):
+        return _write_empty(schema, sink)
     columns = member_columns(schema)
     out_schema = schema.append(pa.field(QUARANTINE_COLUMN, pa.string())) if note is not None else schema
     written, start = 0, 0
     with pq.ParquetWriter(_Stream(sink), out_schema, compression=_compression(table)) as writer:
-        for group in range(table.num_row_groups):
-            chunk = table.read_row_group(group, use_threads=False)
-            kept: list[int] = []
-            outputs: list[dict[str, bytes]] = []
-            for offset in range(chunk.num_rows):
-                members = select(start + offset)
-                if members is not None:
-                    key = row_key(start + offset)
-                    kept.append(offset)
-                    outputs.append({column_of(key, name): data for name, data in members})
-            chunk = chunk.take(pa.array(kept, pa.int64()))
-            for column in columns:
-                index = chunk.schema.get_field_index(column.name)
-                values = _replaced(chunk.column(index).to_pylist(), column, outputs)
-                chunk = chunk.set_column(index, schema.field(index), pa.array(values, schema.field(index).type))
-            if note is not None:
-                chunk = chunk.append_column(
-                    out_schema.field(QUARANTINE_COLUMN), pa.array([note(start + i) for i in kept], pa.string())
-                )
-            if chunk.num_rows:
+        for group, kept in enumerate(plan):
+            if kept:
+                chunk = _kept_rows(table.read_row_group(group, use_threads=False), [offset for offset, _ in kept])
+                outputs = [
+                    {column_of(row_key(start + offset), name): data for name, data in members}
+                    for offset, members in kept
+                ]
+                for column in columns:
+                    index = chunk.schema.get_field_index(column.name)
+                    replaced = _replaced(chunk.column(index), column, outputs)
+                    chunk = chunk.set_column(index, schema.field(index), replaced)
+                if note is not None:
+                    notes = pa.array([note(start + offset) for offset, _ in kept], pa.string())
+                    chunk = chunk.append_column(out_schema.field(QUARANTINE_COLUMN), notes)
                 writer.write_table(chunk.replace_schema_metadata(out_schema.metadata))
-            written += chunk.num_rows
+                written += chunk.num_rows
             start += table.metadata.row_group(group).num_rows
     return written
+
+
+def _kept_rows(chunk: pa.Table, offsets: list[int]) -> pa.Table:
+    """The rows at ``offsets``; view columns go through their plain type (``take`` has no view kernel)."""
+    plain = {pa.binary_view(): pa.binary(), pa.string_view(): pa.string()}
+    through = pa.schema([f.with_type(plain.get(f.type, f.type)) for f in chunk.schema], chunk.schema.metadata)
+    taken = chunk.cast(through).take(pa.array(offsets, pa.int64()))
+    return taken.cast(chunk.schema) if through != chunk.schema else taken
+
+
+def _write_empty(schema: pa.Schema, sink: Any) -> int:
+    """A table with no rows: the input's columns, without any metadata."""
+    bare = pa.schema([f.remove_metadata() for f in schema])
+    pq.write_table(bare.empty_table(), _Stream(sink))
+    return 0
 
 
 class _Stream(io.RawIOBase):
@@ -277,43 +431,39 @@ class _Stream(io.RawIOBase):
         return self._position
 
 
-def _replaced(values: list[Any], column: MemberColumn, outputs: list[dict[str, bytes]]) -> list[Any]:
-    result: list[Any] = []
-    for value, output in zip(values, outputs):
-        data = output.get(column.name)
-        if column.struct:
-            result.append(None if value is None and data is None else {**(value or {}), "bytes": data})
-        else:
-            result.append(data)
-    return result
+def _replaced(values: pa.ChunkedArray, column: MemberColumn, outputs: list[dict[str, bytes]]) -> pa.Array:
+    """A member column with each kept row's output member (null where it has none)."""
+    array = values.combine_chunks()
+    if not column.struct:
+        return pa.array([output.get(column.name) for output in outputs], array.type)
+    kind = array.type
+    bytes_at = kind.get_field_index("bytes")
+    children = [array.field(i) for i in range(kind.num_fields)]
+    children[bytes_at] = pa.array([output.get(column.name) for output in outputs], kind.field(bytes_at).type)
+    fields = [kind.field(i) for i in range(kind.num_fields)]
+    has_output = [column.name in output for output in outputs]
+    valid = pc.or_(array.is_valid(), pa.array(has_output, pa.bool_()))
+    return pa.StructArray.from_arrays(children, fields=fields, mask=pc.invert(valid))
 
 
 def _compression(table: pq.ParquetFile) -> str:
     if table.num_row_groups == 0 or table.metadata.num_columns == 0:
         return "snappy"
     codec = str(table.metadata.row_group(0).column(0).compression).lower()
-    return codec if codec in {"snappy", "gzip", "brotli", "zstd", "lz4", "none"} else "snappy"
+    return _CODECS.get(codec, "none" if codec == "uncompressed" else "snappy")
 
 
-def released_members(handle: IO[bytes]) -> Iterator[list[tuple[str, bytes]]]:
-    """The members of every row of an output table, in order, as ``(column, bytes)``: what a verifier
-    names with the key of the released sample at that position. Raises :class:`ParquetShardError`."""
+def released_members(local: str) -> Iterator[list[tuple[str, bytes]]]:
+    """The members of every row of a local output table, in order, as ``(column, bytes)``: what a
+    verifier names with the key of the released sample at that position. Raises
+    :class:`ParquetShardError` for anything it cannot read."""
     try:
-        table = pq.ParquetFile(handle)
+        table = open_table(local)
         columns = member_columns(table.schema_arrow)
-        if not columns:
-            for _ in range(table.metadata.num_rows):
-                yield []
-            return
-        for batch in table.iter_batches(batch_size=BATCH_ROWS, columns=[c.name for c in columns], use_threads=False):
-            values = [batch.column(i).to_pylist() for i in range(len(columns))]
-            for offset in range(batch.num_rows):
-                row = []
-                for column, column_values in zip(columns, values):
-                    value = column_values[offset]
-                    data = value.get("bytes") if column.struct and value is not None else value
-                    if data is not None:
-                        row.append((column.name, bytes(data)))
-                yield row
-    except (pa.ArrowException, OSError) as exc:
-        raise ParquetShardError(f"not a readable Parquet file ({exc})") from None
+        for group in range(table.num_row_groups):
+            chunk = table.read_row_group(group, columns=[c.name for c in columns], use_threads=False)
+            values = [_member_values(chunk, column)[0] for column in columns]
+            for offset in range(chunk.num_rows):
+                yield [(c.name, bytes(v[offset])) for c, v in zip(columns, values) if v[offset] is not None]
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise ParquetShardError(f"not a readable table ({str(exc)[:300]})") from None

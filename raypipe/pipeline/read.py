@@ -13,6 +13,7 @@ recomputed.
 
 from __future__ import annotations
 
+import itertools
 import json
 import tempfile
 from collections import Counter
@@ -22,10 +23,12 @@ from typing import Any
 
 from raypipe.audit.schema import sample_digest
 from raypipe.config import LimitsConfig
+from raypipe.imagefiles import picture_in_text
+from raypipe.images import identify_image
 from raypipe.io.identity import HashingReader, object_identity, same_object
 from raypipe.io.spans import InputChangedError, MemberRef
 from raypipe.io.storage import StorageOptions, filesystem, redact
-from raypipe.io.tables import ParquetShardError, Row, is_table_shard, iter_rows, row_key, spool
+from raypipe.io.tables import ParquetShardError, Row, is_table_shard, iter_rows, spool
 from raypipe.io.tars import OVER_LIMIT, Sample, TarProblem, TarReadError, iter_samples
 from raypipe.logs import get_logger
 from raypipe.pipeline.intervals import Positions
@@ -95,7 +98,7 @@ def table_tasks(work: ShardWork, options: StorageOptions, limits: LimitsConfig) 
     The table is spooled to a local file while it is hashed, then parsed a batch of rows at a time
     (:mod:`raypipe.io.tables`). Its identity is always pinned, so finalize can check that it copies
     the other columns from the very bytes these rows were read from. A table that cannot be parsed
-    gives one failed record; a row group that cannot be read ends the shard with a failed record.
+    gives one failed record; a row group that cannot be read fails its own rows.
     """
     from raypipe.io.retry import retry
 
@@ -107,24 +110,31 @@ def table_tasks(work: ShardWork, options: StorageOptions, limits: LimitsConfig) 
     with tempfile.TemporaryDirectory(prefix="raypipe-read-") as spool_dir:
         with retry(lambda: fs.open(path, "rb")) as fh:
             local, shard_sha256 = spool(fh, spool_dir)
-        rows = iter_rows(local, limits.max_member_bytes)
-        while True:
-            try:
-                row = next(rows)
-            except StopIteration:
-                break
-            except ParquetShardError as exc:
-                row = Row(row_key(seq) if seq else "", problems=[f"{source}: {exc}"])
-                rows = iter(())
+        input_id = json.dumps(json.loads(input_id) | {"sha256": shard_sha256}, sort_keys=True)
+        try:
+            rows: Iterator[Row] = iter_rows(local, limits.max_member_bytes, scan_text=_picture_in_text)
+            first = [next(rows, None)]
+        except ParquetShardError as exc:  # not Parquet at all: one record says so
+            rows, first = iter(()), [Row("", problems=[f"{source}: {exc}"])]
+        for row in itertools.chain(filter(None, first), rows):
             if seq not in work.committed:
                 task = _row_task(work, seq, row)
-                task.input_id = input_id
+                task.input_id = input_id  # with the table's sha256: rows of two versions never mix
                 yield task
             seq += 1
     end = SampleTask.end_marker(source, work.name, seq)
     end.source_uri = work.uri
-    end.input_id = json.dumps(json.loads(input_id) | {"sha256": shard_sha256}, sort_keys=True)
+    end.input_id = input_id
     yield end
+
+
+def _picture_in_text(data: bytes) -> str | None:
+    """Why a text value of a table must not be released as it is (a picture in it), if it must not."""
+    found = picture_in_text(data)
+    if found is None and len(data) >= 32:
+        content = identify_image(data)
+        found = f"holds a picture in the {content} format (found by its content)" if content else None
+    return found
 
 
 def _row_task(work: ShardWork, seq: int, row: Row) -> SampleTask:
