@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from raypipe.pipeline.run import run
-from tests.integration.jobs import job_config, read_audit, sample_shards
+from tests.integration.jobs import job_config, parquet_tables, read_audit, sample_shards
 
 pytestmark = [pytest.mark.isolated, pytest.mark.slow]
 
@@ -55,13 +55,16 @@ def test_s3_in_s3_out_matches_the_local_run(ray_s3, s3_env: str, tmp_path: Path)
     client.create_bucket(Bucket=bucket)
     local_in = tmp_path / "in"
     local_in.mkdir()
-    for name, data in sample_shards(shards=2, per_shard=4).items():
+    table = "train-00000-of-00001.parquet"  # a Parquet table in the same job: one shard of its own kind
+    for name, data in (sample_shards(shards=2, per_shard=4) | parquet_tables(tables=1)).items():
         client.put_object(Bucket=bucket, Key=f"in/{name}", Body=data)
         (local_in / name).write_bytes(data)
 
-    remote = run(job_config(f"s3://{bucket}/in/part-*.tar", f"s3://{bucket}/out"))
-    local = run(job_config(str(local_in / "part-*.tar"), str(tmp_path / "out")))
-    assert remote.ok and local.ok and remote.counts == local.counts == {"anonymized": 2, "no_face": 6}
+    remote = run(job_config([f"s3://{bucket}/in/part-*.tar", f"s3://{bucket}/in/{table}"], f"s3://{bucket}/out"))
+    local = run(job_config([str(local_in / "part-*.tar"), str(local_in / table)], str(tmp_path / "out")))
+    assert remote.ok and local.ok and remote.counts == local.counts == {"anonymized": 3, "no_face": 8}
+    output_table = client.get_object(Bucket=bucket, Key=f"out/{table}")["Body"].read()
+    assert output_table == (tmp_path / "out" / table).read_bytes()  # streamed to S3: the same bytes
 
     listed = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"]}
     for name in ("part-00000", "part-00001"):
