@@ -17,9 +17,13 @@ from skimage import data
 
 from raypipe.audit.report import render_report
 from raypipe.audit.verify import verify_output
-from raypipe.config import LimitsConfig, MethodConfig, ModelsConfig
+from raypipe.config import AuditConfig, LimitsConfig, MethodConfig, ModelsConfig
+from raypipe.io.storage import StorageOptions
 from raypipe.io.tables import QUARANTINE_COLUMN
-from raypipe.pipeline.stages import Anonymize
+from raypipe.layout import OutputLayout
+from raypipe.pipeline.commit import RunInfo, commit_fragment, committed_positions, finalize_shard
+from raypipe.pipeline.read import ShardWork, shard_tasks
+from raypipe.pipeline.stages import Anonymize, Compose, Decode
 from tests.integration.jobs import jpeg, png, read_audit
 from tests.unit.pipeline.stages_run import KEY, run_stages
 
@@ -107,3 +111,29 @@ def test_verify_finds_a_changed_or_dropped_row_in_an_output_table(
     pq.write_table(pa.Table.from_pylist(rows[:2], schema=SCHEMA), output)
     result = verify_output(str(tmp_path), KEY)
     assert any(p.kind == "missing" and p.where == "train-00000.parquet key=00000003" for p in result.problems)
+
+
+def test_a_table_resumed_after_some_rows_were_committed_comes_out_the_same(
+    table: Path, anonymize: Anonymize, tmp_path: Path
+) -> None:
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    run_stages(table, whole, anonymize)
+    layout, run = OutputLayout(str(resumed)), RunInfo(config_hash="c" * 64, code_version="test", method={})
+
+    def process(work: ShardWork) -> list:
+        tasks = list(shard_tasks(work, StorageOptions(), LimitsConfig()))
+        return Compose(AuditConfig()).ready()(anonymize(Decode(LimitsConfig())(tasks)))
+
+    first = [t for t in process(ShardWork(str(table), table.name)) if not t.end_of_shard][:2]
+    commit_fragment(layout, table.name, first, run)  # a run that died after two rows
+    committed, _ = committed_positions(layout, table.name)
+    rest = process(ShardWork(str(table), table.name, committed))
+    assert [t.seq for t in rest] == [2, 3, 4]  # rows 2 and 3, then the end marker
+    commit_fragment(layout, table.name, rest, run)
+    finalize_shard(layout, table.name, source=str(table))
+    assert (resumed / table.name).read_bytes() == (whole / table.name).read_bytes()
+    audit = ".raypipe/shards/train-00000.parquet.audit.parquet"
+    strip = ("timings", "provenance", "processed_at")
+    assert [{k: v for k, v in r.items() if k not in strip} for r in read_audit((resumed / audit).read_bytes())] == [
+        {k: v for k, v in r.items() if k not in strip} for r in read_audit((whole / audit).read_bytes())
+    ]
