@@ -1,7 +1,9 @@
 """``raypipe estimate INPUT``: the size of a job and its bill before it runs.
 
 1. Every shard's tar headers are read, not its payloads (a few hundred bytes per member): shards,
-   samples, image members and bytes are exact.
+   samples, image members and bytes are exact. A Parquet table's footer is read instead: its rows, and
+   the non-null values of its member columns from the footer's statistics (exact where the writer
+   stored null counts, an upper bound where it did not).
 2. Faces are counted on a random sample of the images (read by offset from their shards, decoded and
    run through the job's face analyzer), and scaled to all images with a 95 % interval.
 3. Seconds per face come from ``raypipe/cost_table.json``, which ``benchmarks/cost_table.py`` builds
@@ -21,12 +23,12 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from raypipe.config import ConfigError, JobConfig
+from raypipe.config import JobConfig
 from raypipe.images import decode_image, image_format_for
 from raypipe.io.concurrent import map_bounded
 from raypipe.io.retry import retry
-from raypipe.io.shards import TABLE_SUFFIX
 from raypipe.io.storage import StorageOptions, filesystem, redact
+from raypipe.io.tables import ParquetShardError, is_table_shard, member_columns
 from raypipe.io.tars import MemberHeader, iter_headers, split_member_name
 from raypipe.logs import get_logger
 
@@ -36,12 +38,23 @@ HEADER_BLOCK = 64 * 1024  # read-ahead while walking headers: small, so payloads
 Z95 = 1.96
 
 
+@dataclass(frozen=True)
+class TableCell:
+    """The ``nth`` non-null value of member column ``column`` in row group ``group`` of a table."""
+
+    group: int
+    column: str
+    struct: bool
+    nth: int
+
+
 @dataclass
 class ShardIndex:
     uri: str
     samples: int
-    bytes: int  # of the members' data
-    images: list[MemberHeader]
+    bytes: int  # of the members' data (a table: the file's size)
+    images: list[MemberHeader] | list[TableCell]
+    exact: bool = True  # False: a table without null counts, whose images are counted as rows
 
 
 @dataclass
@@ -51,6 +64,7 @@ class Estimate:
     samples: int
     images: int
     bytes: int
+    exact: bool = True
     sampled: int = 0
     faces_sampled: int = 0
     unreadable: int = 0  # sampled images that did not decode (the job would fail or quarantine them)
@@ -66,7 +80,9 @@ class Estimate:
         lines = [
             f"raypipe estimate: {', '.join(self.input)}",
             f"  input:  {self.shards:,} shard(s), {self.samples:,} samples, {self.images:,} images, "
-            f"{self.bytes / 1e9:.2f} GB (exact: from the tar headers; no payload was read)",
+            f"{self.bytes / 1e9:.2f} GB ("
+            + ("exact" if self.exact else "images at most, as some tables have no null counts")
+            + ": from tar headers and Parquet footers; no payload was read)",
         ]
         if self.sampled:
             lines.append(
@@ -95,7 +111,9 @@ def _row_line(row: dict[str, Any], price: float | None) -> str:
 
 
 def index_shard(uri: str, options: StorageOptions) -> ShardIndex:
-    """Samples, bytes and image members of one shard, from its headers."""
+    """Samples, bytes and image members of one shard, from its headers (a table: its footer)."""
+    if is_table_shard(uri):
+        return index_table(uri, options)
     fs, path = filesystem(uri, options)
 
     def walk() -> ShardIndex:
@@ -108,17 +126,45 @@ def index_shard(uri: str, options: StorageOptions) -> ShardIndex:
     return retry(walk, description=f"read the headers of {redact(uri)}")
 
 
+def index_table(uri: str, options: StorageOptions) -> ShardIndex:
+    """Rows and the values of member columns of one Parquet table, from its footer alone. A table the
+    job would refuse to scan counts its rows and no images (none of them would be anonymized)."""
+    import pyarrow.parquet as pq
+
+    fs, path = filesystem(uri, options)
+
+    def walk() -> ShardIndex:
+        with fs.open(path, "rb") as handle:
+            table = pq.ParquetFile(handle)
+            meta, size = table.metadata, fs.size(path)
+            try:
+                columns = member_columns(table.schema_arrow)
+            except ParquetShardError as exc:
+                log.warning("%s: %s", redact(uri), exc)
+                return ShardIndex(uri, meta.num_rows, size, [])
+            where = {meta.schema.column(i).path: i for i in range(meta.num_columns)}
+            cells: list[TableCell] = []
+            exact = True
+            for group in range(meta.num_row_groups):
+                row_group = meta.row_group(group)
+                for column in columns:
+                    leaf = where.get(f"{column.name}.bytes" if column.struct else column.name)
+                    stats = row_group.column(leaf).statistics if leaf is not None else None
+                    if stats is not None and stats.has_null_count:
+                        count = row_group.num_rows - stats.null_count
+                    else:
+                        count, exact = row_group.num_rows, False
+                    cells += [TableCell(group, column.name, column.struct, nth) for nth in range(count)]
+            return ShardIndex(uri, meta.num_rows, size, cells, exact)
+
+    return retry(walk, description=f"read the footer of {redact(uri)}")
+
+
 def estimate(config: JobConfig, sample: int = 32, seed: int = 0, price_per_gpu_hour: float | None = None) -> Estimate:
     """Index every input shard, count faces on ``sample`` random images, price every cost-table row."""
     from raypipe.anonymize.pipeline import load_analyzer_from_config
 
     uris = config.input_shards()
-    tables = [uri for uri in uris if uri.endswith(TABLE_SUFFIX)]
-    if tables:
-        raise ConfigError(
-            f"raypipe estimate reads tar headers, and {redact(tables[0])} is a Parquet table: Parquet inputs are not "
-            "estimated yet (raypipe anonymize --dry-run lists their shards)"
-        )
     shards = map_bounded(lambda uri: index_shard(uri, config.storage), uris)
     result = Estimate(
         input=[redact(spec) for spec in config.input],
@@ -126,6 +172,7 @@ def estimate(config: JobConfig, sample: int = 32, seed: int = 0, price_per_gpu_h
         samples=sum(s.samples for s in shards),
         images=sum(len(s.images) for s in shards),
         bytes=sum(s.bytes for s in shards),
+        exact=all(s.exact for s in shards),
         price_per_gpu_hour=price_per_gpu_hour,
     )
     population = [(s.uri, image) for s in shards for image in s.images]
@@ -145,21 +192,38 @@ def estimate(config: JobConfig, sample: int = 32, seed: int = 0, price_per_gpu_h
     return result
 
 
-def _faces_in(uri: str, header: MemberHeader, analyzer: Any, config: JobConfig) -> int | None:
+def _faces_in(uri: str, header: MemberHeader | TableCell, analyzer: Any, config: JobConfig) -> int | None:
     fs, path = filesystem(uri, config.storage)
 
-    def read() -> bytes:
+    def read() -> bytes | None:
         with fs.open(path, "rb") as handle:
+            if isinstance(header, TableCell):
+                return _cell(handle, header)
             handle.seek(header.offset)
             return bytes(handle.read(header.size))
 
-    data = retry(read, description=f"read {header.name} of {redact(uri)}")
+    name = f"row group {header.group} of {header.column}" if isinstance(header, TableCell) else header.name
+    data = retry(read, description=f"read {name} of {redact(uri)}")
+    if data is None:
+        return None
     try:
         rgb = decode_image(data, max_pixels=config.limits.max_image_pixels).rgb
     except Exception as exc:  # the job would fail or quarantine this image; it holds no countable face
-        log.info("%s in %s: not decoded (%s)", header.name, redact(uri), exc)
+        log.info("%s in %s: not decoded (%s)", name, redact(uri), exc)
         return None
     return len(analyzer.analyze(rgb))
+
+
+def _cell(handle: Any, cell: TableCell) -> bytes | None:
+    """The bytes of one table cell: its row group's column is read (nothing else of the table)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    values = pq.ParquetFile(handle).read_row_group(cell.group, columns=[cell.column]).column(0)
+    if cell.struct:
+        values = pc.struct_field(values, "bytes")
+    present = [value for value in values.to_pylist() if value is not None]
+    return bytes(present[cell.nth]) if cell.nth < len(present) else None
 
 
 def _scale(result: Estimate, counts: list[int]) -> None:

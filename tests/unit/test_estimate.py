@@ -12,7 +12,7 @@ from raypipe.config import build_config
 from raypipe.estimate import cost_table, estimate, index_shard
 from raypipe.io.storage import StorageOptions
 from raypipe.io.tars import iter_headers
-from tests.integration.jobs import sample_shards
+from tests.integration.jobs import parquet_tables, sample_shards
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +81,14 @@ def test_every_cost_row_names_its_kind_device_and_date() -> None:
         "fast",
         "preview",
     }
+
+
+def test_tables_are_estimated_from_their_footers(tmp_path: Path) -> None:
+    for name, data in parquet_tables(tables=2, rows=3).items():  # one portrait per table
+        (tmp_path / name).write_bytes(data)
+    index = index_shard(str(tmp_path / "train-00000-of-00002.parquet"), StorageOptions())
+    assert index.samples == 3 and len(index.images) == 3 and index.exact
+    config = build_config({"input": str(tmp_path), "models": {"analyzer": "dlib"}}, {}, require_io=False)
+    result = estimate(config, sample=100)
+    assert (result.shards, result.samples, result.images, result.sampled, result.faces_sampled) == (2, 6, 6, 6, 2)
+    assert "exact: from tar headers and Parquet footers" in result.render()
