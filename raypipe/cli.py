@@ -320,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--attribute-from",
         metavar="MEMBER:FIELD",
-        help="each sample's attribute prompt from its metadata, e.g. json:prompt (--attribute is the default)",
+        help="each sample's attribute prompt from its metadata, e.g. json:prompt, or a table's column:NAME"
+        " (--attribute is the default)",
     )
     p.add_argument("--overwrite", action="store_true", help="delete results of a different configuration in OUTPUT")
     p.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")

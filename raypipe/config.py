@@ -50,8 +50,8 @@ class MethodConfig:
     ip_adapter_scale: float = 1.0
     face_size: int = 1024
     attribute_prompt: str | None = None
-    # Each sample's prompt from its metadata, "MEMBER:FIELD" (raypipe.attributes); attribute_prompt is
-    # the default where a sample's metadata has none.
+    # Each sample's prompt from its metadata, "MEMBER:FIELD" or a table's "column:NAME" (raypipe.attributes);
+    # attribute_prompt is the default where a sample's metadata has none.
     attribute_from: str | None = None
     seed: int = 0
     face_batch_size: int | str = 4  # faces per UNet call; "auto": the most that fit the GPU's free memory
@@ -119,7 +119,9 @@ class MethodConfig:
         key = "method.attribute_from"
         if self.attribute_from is None:
             return
-        _check(isinstance(self.attribute_from, str), key, "a string MEMBER:FIELD or null", self.attribute_from)
+        _check(
+            isinstance(self.attribute_from, str), key, "a string MEMBER:FIELD, column:NAME or null", self.attribute_from
+        )
         try:
             AttributeSource.parse(self.attribute_from)
         except ValueError as exc:

@@ -75,6 +75,7 @@ class Row:
     key: str
     members: list[tuple[str, bytes]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    text: tuple[str | None, str] = (None, "")  # the value of ``text_column`` (see iter_rows), and why not
 
 
 def is_table_shard(name: str) -> bool:
@@ -213,7 +214,9 @@ def open_table(local: str) -> pq.ParquetFile:
         raise ParquetShardError(f"not a readable Parquet file ({exc})") from None
 
 
-def iter_rows(local: str, max_member_bytes: int | None = None, scan_text: ScanText | None = None) -> Iterator[Row]:
+def iter_rows(
+    local: str, max_member_bytes: int | None = None, scan_text: ScanText | None = None, text_column: str | None = None
+) -> Iterator[Row]:
     """Every row of a local Parquet file as a :class:`Row`, in order, one row group at a time.
 
     Raises :class:`ParquetShardError` only when the file is not Parquet at all. A table raypipe cannot
@@ -233,6 +236,8 @@ def iter_rows(local: str, max_member_bytes: int | None = None, scan_text: ScanTe
         count = meta.row_group(group).num_rows
         if refusal is None:
             rows = _group_rows(table, group, position, columns, max_member_bytes, scan_text)
+            if text_column is not None:
+                _add_text(rows, table, group, text_column)
         else:
             rows = [Row(row_key(position + i), problems=[refusal]) for i in range(count)]
         yield from rows
@@ -264,6 +269,26 @@ def _group_rows(
         why = f"row group {group} cannot be read ({str(exc)[:300]})"
         return [Row(row_key(start + i), problems=[why]) for i in range(count)]
     return rows
+
+
+def _add_text(rows: list[Row], table: pq.ParquetFile, group: int, name: str) -> None:
+    schema = table.schema_arrow
+    index = schema.get_field_index(name)
+    kind = schema.field(index).type if index >= 0 else None
+    if kind is None or not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        why = f"the table has no column {name!r}" if kind is None else f"column {name!r} is {kind}, not a string column"
+        for row in rows:
+            row.text = (None, why)
+        return
+    try:
+        values = table.read_row_group(group, columns=[name], use_threads=False).column(0).to_pylist()
+    except (pa.ArrowException, OSError, ValueError):  # the rows fail for it anyway (unreadable, not UTF-8)
+        values = [None] * len(rows)
+        for row in rows:
+            row.text = (None, f"column {name!r} cannot be read in this row group")
+        return
+    for row, value in zip(rows, values):
+        row.text = (value, "")
 
 
 def _member_values(chunk: pa.Table, column: MemberColumn) -> tuple[list[Any], list[Any]]:

@@ -169,7 +169,11 @@ def make_plan(
 
     for (uri, name), found in zip(shards, map_bounded(look, shards)):
         if isinstance(found, Positions):
-            plan.pending.append(ShardWork(uri=uri, name=name, committed=found, identity=identities[uri]))
+            source = config.method.attribute_source
+            column = source.column if source is not None else None
+            plan.pending.append(
+                ShardWork(uri=uri, name=name, committed=found, identity=identities[uri], attribute_column=column)
+            )
             continue
         plan.done.append(name)
         if found is not None:

@@ -45,6 +45,7 @@ class ShardWork:
     name: str
     committed: Positions = field(default_factory=Positions)  # runs: O(gaps), not O(samples)
     identity: dict[str, Any] | None = None  # the input as planned (raypipe.io.identity); None: not pinned
+    attribute_column: str | None = None  # a table's column with each row's attribute prompt (column:NAME)
 
 
 @dataclass
@@ -112,7 +113,9 @@ def table_tasks(work: ShardWork, options: StorageOptions, limits: LimitsConfig) 
             local, shard_sha256 = spool(fh, spool_dir)
         input_id = json.dumps(json.loads(input_id) | {"sha256": shard_sha256}, sort_keys=True)
         try:
-            rows: Iterator[Row] = iter_rows(local, limits.max_member_bytes, scan_text=_picture_in_text)
+            rows: Iterator[Row] = iter_rows(
+                local, limits.max_member_bytes, scan_text=_picture_in_text, text_column=work.attribute_column
+            )
             first = [next(rows, None)]
         except ParquetShardError as exc:  # not Parquet at all: one record says so
             rows, first = iter(()), [Row("", problems=[f"{source}: {exc}"])]
@@ -148,6 +151,7 @@ def _row_task(work: ShardWork, seq: int, row: Row) -> SampleTask:
         source_uri=work.uri,
         refs=None,  # values of compressed pages: carried as bytes
     )
+    task.attribute_column = row.text
     if row.problems:
         task.fail("read", "; ".join(row.problems))
     return task

@@ -183,11 +183,20 @@ def check_inputs_fit(config: JobConfig, uris: list[str]) -> None:
     """Refuse settings that the kind of input cannot honour, before OUTPUT is touched."""
     from raypipe.io.tables import is_table_shard
 
+    source = config.method.attribute_source
+    if source is None:
+        return
     tables = [uri for uri in uris if is_table_shard(uri)]
-    if tables and config.method.attribute_from:
+    tars = [uri for uri in uris if not is_table_shard(uri)]
+    if source.column is None and tables:
         raise ConfigError(
-            f"method.attribute_from reads a JSON member of each WebDataset sample, and {redact(tables[0])} is a "
-            "Parquet table (its rows have no such member); use method.attribute_prompt for tables"
+            f"method.attribute_from: {source} reads a JSON member of each WebDataset sample, and {redact(tables[0])} "
+            "is a Parquet table (its rows have no members of that kind); use column:NAME for a table's column"
+        )
+    if source.column is not None and tars:
+        raise ConfigError(
+            f"method.attribute_from: {source} reads a column of each Parquet table, and {redact(tars[0])} is a "
+            "WebDataset tar; use MEMBER:FIELD (json:prompt) for a tar's JSON member"
         )
 
 

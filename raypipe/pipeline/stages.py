@@ -208,7 +208,7 @@ def _read_attribute_prompt(task: SampleTask, method: MethodConfig) -> None:
     if source is None or not any(face.ready for work in task.images for face in work.faces):
         return
     try:
-        task.attribute_prompt = source.prompt(task.members, method.attribute_prompt)
+        task.attribute_prompt = source.prompt(task.members, method.attribute_prompt, task.attribute_column)
     except PromptError as exc:
         task.fail("detect", str(exc))
 

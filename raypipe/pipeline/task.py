@@ -67,6 +67,9 @@ class SampleTask:
     # This sample's attribute prompt from its metadata (method.attribute_from; "": none), read where its
     # faces are found; None: not read, the job's method.attribute_prompt applies.
     attribute_prompt: str | None = None
+    # A table's row: the value of the column method.attribute_from names ("column:NAME"), and why there
+    # is none if the table cannot give one. Resolved, like a member's, only for samples with faces.
+    attribute_column: tuple[str | None, str] = (None, "")
     timings: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)  # node, device, models, weight hashes
 

@@ -75,3 +75,18 @@ def test_a_classic_method_refuses_a_prompt_source() -> None:
         MethodConfig(name="blur", attribute_from="json:prompt")
     assert MethodConfig(attribute_from="json:prompt").attribute_source == AttributeSource("json", ("prompt",))
     assert MethodConfig().attribute_source is None
+
+
+def test_a_column_source_reads_a_tables_row_value() -> None:
+    source = AttributeSource.parse("column:prompt")
+    assert source.column == "prompt" and str(source) == "column:prompt"
+    assert source.prompt([], "a child", ("an elderly man", "")) == "an elderly man"
+    assert source.prompt([], "a child", (None, "")) == "a child"
+    with pytest.raises(
+        PromptError, match=r"^the table has no column 'prompt' \(method.attribute_from: column:prompt\)$"
+    ):
+        source.prompt([], "a child", (None, "the table has no column 'prompt'"))
+    with pytest.raises(PromptError, match="over the 1000 an attribute prompt may have"):
+        source.prompt([], None, ("x" * 1001, ""))
+    with pytest.raises(ValueError, match="name the table's column"):
+        AttributeSource.parse("column:")

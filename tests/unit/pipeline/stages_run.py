@@ -25,12 +25,15 @@ def run_stages(
     anonymize: Anonymize,
     quarantine: Path | None = None,
     method: dict[str, Any] | None = None,
+    attribute_column: str | None = None,
 ) -> None:
     """Every stage over ``shard`` into OUTPUT ``out``; ``method``: the run's method settings, as the
-    audit records them (``to_dict(MethodConfig)``; none by default)."""
+    audit records them (``to_dict(MethodConfig)``; none by default); ``attribute_column``: a table's
+    column of attribute prompts, as the plan passes it (``column:NAME``)."""
     layout = OutputLayout(str(out))
     held = OutputLayout(str(quarantine)) if quarantine else None
-    tasks: list[SampleTask] = list(shard_tasks(ShardWork(str(shard), shard.name), StorageOptions(), LimitsConfig()))
+    work = ShardWork(str(shard), shard.name, attribute_column=attribute_column)
+    tasks: list[SampleTask] = list(shard_tasks(work, StorageOptions(), LimitsConfig()))
     tasks = Compose(AuditConfig()).ready()(anonymize(Decode(LimitsConfig())(tasks)))
     run_info = RunInfo(config_hash="c" * 64, code_version="test", method=method or {}, quarantine=held)
     commit_fragment(layout, shard.name, tasks, run_info)

@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from skimage import data
 
@@ -74,3 +76,33 @@ def test_each_sample_is_anonymized_with_the_prompt_its_metadata_names(shard: Pat
     _, job_wide = run(shard, tmp_path / "job-wide", attribute_prompt="an elderly man")
     assert released["00000.png"] == job_wide["00000.png"]
     assert released["00001.png"] != job_wide["00001.png"] and released["00002.png"] != job_wide["00002.png"]
+
+
+def test_a_tables_rows_take_their_prompts_from_a_column(tmp_path: Path) -> None:
+    portrait = png(np.ascontiguousarray(data.astronaut()))
+    faceless = jpeg(np.ascontiguousarray(data.coffee()))
+    images = [portrait, portrait, faceless]
+
+    def table(name: str, prompts: pa.Array) -> Path:
+        path = tmp_path / "in" / name
+        path.parent.mkdir(exist_ok=True)
+        pq.write_table(pa.table({"image": pa.array(images, pa.binary()), "prompt": prompts}), path)
+        return path
+
+    config = MethodConfig(**BASE, attribute_from="column:prompt", attribute_prompt="a child")  # type: ignore[arg-type]
+    anonymize = Anonymize(MODELS, config, LimitsConfig(), detect=True).ready()
+    texts = table("texts.parquet", pa.array(["an elderly man", None, "never read"]))
+    run_stages(texts, tmp_path / "texts", anonymize, method=to_dict(config), attribute_column="prompt")
+    records = read_audit((tmp_path / "texts/.raypipe/shards/texts.parquet.audit.parquet").read_bytes())
+    assert [(r["status"], r["attribute_prompt"]) for r in records] == [
+        ("anonymized", "an elderly man"),
+        ("anonymized", "a child"),  # null: the job's prompt
+        ("no_face", None),
+    ]
+
+    numbers = table("numbers.parquet", pa.array([1, 2, 3]))
+    run_stages(numbers, tmp_path / "numbers", anonymize, method=to_dict(config), attribute_column="prompt")
+    records = read_audit((tmp_path / "numbers/.raypipe/shards/numbers.parquet.audit.parquet").read_bytes())
+    assert [r["status"] for r in records] == ["failed", "failed", "no_face"]  # faceless: never held back for it
+    assert records[0]["error"] == "column 'prompt' is int64, not a string column (method.attribute_from: column:prompt)"
+    assert verify_output(str(tmp_path / "numbers"), KEY).ok

@@ -95,7 +95,13 @@ def test_tables_are_listed_and_settings_they_cannot_honour_refused(tmp_path: Pat
         {"input": str(folder / "*.parquet"), "output": str(tmp_path / "out"), "method": {"attribute_from": "json:p"}},
         {},
     )
-    with pytest.raises(ConfigError, match=r"method.attribute_from reads a JSON member .* is a Parquet table"):
+    with pytest.raises(ConfigError, match=r"method.attribute_from: json:p reads a JSON member .* is a Parquet table"):
         dry_run(per_sample)
+    columns = build_config(
+        {"input": str(folder / "*.tar"), "output": str(tmp_path / "out"), "method": {"attribute_from": "column:p"}},
+        {},
+    )
+    with pytest.raises(ConfigError, match=r"method.attribute_from: column:p reads a column .* is a WebDataset tar"):
+        dry_run(columns)
     assert main(["anonymize", str(folder), str(tmp_path / "out"), "--input-format", "parquet", "--dry-run"]) == EXIT_OK
     assert not (tmp_path / "out").exists()
