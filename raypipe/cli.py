@@ -271,9 +271,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_make_samples(args: argparse.Namespace) -> int:
-    from raypipe.samples import make_sample_shards
+    from raypipe.samples import make_sample_shards, make_sample_tables
 
-    paths = make_sample_shards(args.folder, shards=args.shards, samples_per_shard=args.per_shard)
+    if args.format == "parquet":
+        paths = make_sample_tables(args.folder, tables=args.shards, rows_per_table=args.per_shard)
+    else:
+        paths = make_sample_shards(args.folder, shards=args.shards, samples_per_shard=args.per_shard)
     for path in paths:
         print(path)
     return EXIT_OK
@@ -341,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("make-samples", help="write small WebDataset shards built from public-domain photos")
     p.add_argument("folder", metavar="FOLDER")
     p.add_argument("--shards", type=int, default=3)
-    p.add_argument("--per-shard", type=int, default=5)
+    p.add_argument("--per-shard", type=int, default=5, help="samples per shard (rows per table)")
+    p.add_argument("--format", choices=("webdataset", "parquet"), default="webdataset", help="tars, or Parquet tables")
     p.set_defaults(func=cmd_make_samples)
 
     from raypipe.audit.cli import add_audit_commands

@@ -3,7 +3,8 @@
 Photos: NASA's astronaut portrait and other images shipped with scikit-image, and insightface's
 group photo ``t1.jpg`` when insightface is installed. Each sample has an image plus ``.json``,
 ``.txt`` and ``.cls`` members, so a run shows faces anonymized, faceless images and non-image
-members copied byte for byte.
+members copied byte for byte. :func:`make_sample_tables` writes the same samples as Parquet tables,
+laid out as Hugging Face ``datasets`` writes an image dataset.
 """
 
 from __future__ import annotations
@@ -83,5 +84,42 @@ def make_sample_shards(folder: str | os.PathLike[str], shards: int = 3, samples_
         path = out / f"sample-{shard:05d}.tar"
         with open(path, "wb") as fh:
             write_tar(samples, fh)
+        paths.append(str(path))
+    return paths
+
+
+def make_sample_tables(folder: str | os.PathLike[str], tables: int = 3, rows_per_table: int = 5) -> list[str]:
+    """Write ``tables`` Parquet tables ``sample-{00000..}.parquet`` into ``folder``: an ``image`` struct
+    ``{bytes, path}``, a ``text`` and a ``label`` column, and Hugging Face's features as schema metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    photos = [(name, _jpeg(rgb)) for name, rgb in sample_photos()]
+    features = {
+        "image": {"_type": "Image"},
+        "text": {"dtype": "string", "_type": "Value"},
+        "label": {"dtype": "int64", "_type": "Value"},
+    }
+    schema = pa.schema(
+        [
+            ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+            ("text", pa.string()),
+            ("label", pa.int64()),
+        ],
+        metadata={"huggingface": json.dumps({"info": {"features": features}})},
+    )
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for table in range(tables):
+        rows = []
+        for row in range(rows_per_table):
+            index = table * rows_per_table + row
+            name, jpeg = photos[index % len(photos)]
+            rows.append(
+                {"image": {"bytes": jpeg, "path": f"{name}.jpg"}, "text": f"a photo: {name}", "label": index % 3}
+            )
+        path = out / f"sample-{table:05d}.parquet"
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
         paths.append(str(path))
     return paths

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import raypipe
-from raypipe.cli import EXIT_USAGE, main
+from raypipe.cli import EXIT_OK, EXIT_USAGE, main
 
 
 def test_version_prints_the_package_version() -> None:
@@ -84,3 +84,17 @@ def test_attribute_flags_reach_the_job_config(tmp_path: Path, caplog: pytest.Log
     assert config.method.attribute_from == "meta.json:attributes.age"
     assert main(["anonymize", "in.tar", str(tmp_path / "out"), "--attribute-from", "prompt"]) == EXIT_USAGE
     assert "method.attribute_from: 'prompt' is not MEMBER:FIELD" in caplog.text
+
+
+def test_make_samples_writes_parquet_tables_a_dry_run_lists(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "tables"
+    assert main(["make-samples", str(folder), "--format", "parquet", "--shards", "2", "--per-shard", "3"]) == EXIT_OK
+    assert sorted(p.name for p in folder.iterdir()) == ["sample-00000.parquet", "sample-00001.parquet"]
+    table = pq.read_table(folder / "sample-00000.parquet")
+    assert table.num_rows == 3 and table.column_names == ["image", "text", "label"]
+    assert b"huggingface" in table.schema.metadata
+    capsys.readouterr()
+    assert main(["anonymize", str(folder), str(tmp_path / "out"), "--method", "blur", "--dry-run"]) == EXIT_OK
+    assert "sample-00000.parquet" in capsys.readouterr().out
