@@ -129,18 +129,30 @@ def index_shard(uri: str, options: StorageOptions) -> ShardIndex:
 def index_table(uri: str, options: StorageOptions) -> ShardIndex:
     """Rows and the values of member columns of one Parquet table, from its footer alone. A table the
     job would refuse to scan counts its rows and no images (none of them would be anonymized)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from raypipe.imagefiles import picture_in_text
+    from raypipe.io.tables import metadata_problem
 
     fs, path = filesystem(uri, options)
 
     def walk() -> ShardIndex:
         with fs.open(path, "rb") as handle:
-            table = pq.ParquetFile(handle)
-            meta, size = table.metadata, fs.size(path)
+            size = fs.size(path)
+            try:
+                table = pq.ParquetFile(handle)
+            except (pa.ArrowException, ValueError) as exc:
+                log.warning("%s: not a readable Parquet table (%s); the job would fail it", redact(uri), exc)
+                return ShardIndex(uri, 0, size, [])
+            meta = table.metadata
             try:
                 columns = member_columns(table.schema_arrow)
+                hidden = metadata_problem(table.schema_arrow, picture_in_text)
             except ParquetShardError as exc:
-                log.warning("%s: %s", redact(uri), exc)
+                hidden = str(exc)
+            if hidden:
+                log.warning("%s: %s; none of its rows would be released", redact(uri), hidden)
                 return ShardIndex(uri, meta.num_rows, size, [])
             where = {meta.schema.column(i).path: i for i in range(meta.num_columns)}
             cells: list[TableCell] = []
@@ -215,11 +227,16 @@ def _faces_in(uri: str, header: MemberHeader | TableCell, analyzer: Any, config:
 
 
 def _cell(handle: Any, cell: TableCell) -> bytes | None:
-    """The bytes of one table cell: its row group's column is read (nothing else of the table)."""
+    """The bytes of one table cell: its row group's column is read (nothing else of the table); None
+    when that row group cannot be read (the job fails its rows)."""
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    values = pq.ParquetFile(handle).read_row_group(cell.group, columns=[cell.column]).column(0)
+    try:
+        values = pq.ParquetFile(handle).read_row_group(cell.group, columns=[cell.column]).column(0)
+    except (pa.ArrowException, ValueError, OSError):  # a damaged row group (pyarrow says OSError)
+        return None
     if cell.struct:
         values = pc.struct_field(values, "bytes")
     present = [value for value in values.to_pylist() if value is not None]

@@ -99,20 +99,23 @@ def column_of(key: str, name: str) -> str:
 # ------------------------------------------------------------------------------------------ schema
 
 
-def member_columns(schema: pa.Schema) -> list[MemberColumn]:
+def member_columns(schema: pa.Schema, strict: bool = True) -> list[MemberColumn]:
     """The member columns of a table, in schema order, after checking every other column is plain.
-    Raises :class:`ParquetShardError` naming the first column raypipe cannot scan."""
+    Raises :class:`ParquetShardError` naming the first column raypipe cannot scan. ``strict=False``
+    only finds them (for a table raypipe wrote, or the held-back rows of one it refused)."""
     names = [column.name for column in schema]
     repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
+    if repeated and strict:
         raise ParquetShardError(f"the column name(s) {repeated} appear more than once")
     found = []
     for column in schema:
+        if column.name in repeated:
+            continue
         if _is_member_binary(column.type):
             found.append(MemberColumn(column.name))
         elif _is_image_struct(column.type):
             found.append(MemberColumn(column.name, struct=True))
-        else:
+        elif strict:
             why = _not_plain(column.type, top=True)
             if why:
                 raise ParquetShardError(
@@ -130,7 +133,9 @@ def _is_image_struct(kind: pa.DataType) -> bool:
     if not pa.types.is_struct(kind):
         return False
     fields = {kind.field(i).name: kind.field(i).type for i in range(kind.num_fields)}
-    if len(fields) != kind.num_fields or "bytes" not in fields or not _is_member_binary(fields["bytes"]):
+    if len(fields) != kind.num_fields or "bytes" not in fields:
+        return False
+    if not (pa.types.is_binary(fields["bytes"]) or pa.types.is_large_binary(fields["bytes"])):
         return False
     return all(not _not_plain(t) for name, t in fields.items() if name != "bytes")
 
@@ -180,18 +185,35 @@ def _has_text(kind: pa.DataType) -> bool:
     return any(_has_text(kind.field(i).type) for i in range(kind.num_fields))
 
 
-def _metadata_problem(schema: pa.Schema, scan_text: ScanText | None) -> str | None:
-    """What the schema's or a field's metadata holds that must not be released (a picture), if anything."""
+def metadata_problem(schema: pa.Schema, scan_text: ScanText | None) -> str | None:
+    """What the schema's metadata, a field's (at any depth) or a name holds that must not be released
+    (a picture), if anything."""
     if scan_text is None:
         return None
     where = [("the schema's metadata", schema.metadata)]
-    where += [(f"the metadata of column {f.name!r}", f.metadata) for f in schema]
+    for path, one in _all_fields(schema):
+        found = scan_text(one.name.encode("utf-8", "replace"))
+        if found:
+            return f"the name of column {path[:80]!r} {found}"
+        where.append((f"the metadata of column {path!r}", one.metadata))
     for place, metadata in where:
         for key, value in (metadata or {}).items():
             found = scan_text(key) or scan_text(value)
             if found:
                 return f"{place} ({key[:40]!r}) {found}"
     return None
+
+
+def _all_fields(schema: pa.Schema) -> Iterator[tuple[str, pa.Field]]:
+    """Every field of a schema with its dotted path, nested ones too (struct, list, map children)."""
+    stack = [(one.name, one) for one in schema]
+    while stack:
+        path, one = stack.pop(0)
+        yield path, one
+        kind = one.type
+        if pa.types.is_dictionary(kind):
+            continue
+        stack += [(f"{path}.{kind.field(i).name}", kind.field(i)) for i in range(kind.num_fields)]
 
 
 # ------------------------------------------------------------------------------------------- read
@@ -228,15 +250,15 @@ def iter_rows(
     meta = table.metadata
     try:
         columns = member_columns(table.schema_arrow)
-        refusal = _metadata_problem(table.schema_arrow, scan_text)
+        refusal = metadata_problem(table.schema_arrow, scan_text)
     except ParquetShardError as exc:
         refusal = str(exc)
     position = 0
     for group in range(meta.num_row_groups):
         count = meta.row_group(group).num_rows
         if refusal is None:
-            rows = _group_rows(table, group, position, columns, max_member_bytes, scan_text)
-            if text_column is not None:
+            rows, read = _group_rows(table, group, position, columns, max_member_bytes, scan_text)
+            if read and text_column is not None:
                 _add_text(rows, table, group, text_column)
         else:
             rows = [Row(row_key(position + i), problems=[refusal]) for i in range(count)]
@@ -251,13 +273,14 @@ def _group_rows(
     columns: list[MemberColumn],
     limit: int | None,
     scan_text: ScanText | None,
-) -> list[Row]:
+) -> tuple[list[Row], bool]:
+    """The rows of one row group, and whether it was read (False: every row fails, saying why)."""
     count = table.metadata.row_group(group).num_rows
     size = table.metadata.row_group(group).total_byte_size
     most = max(ROW_GROUP_FLOOR_BYTES, 4 * (limit or 0))
     if size > most:
         why = f"row group {group} holds {size} bytes uncompressed, over the {most} a row group may hold"
-        return [Row(row_key(start + i), problems=[why]) for i in range(count)]
+        return [Row(row_key(start + i), problems=[why]) for i in range(count)], False
     try:
         chunk = table.read_row_group(group, use_threads=False)
         rows = [Row(row_key(start + i)) for i in range(chunk.num_rows)]
@@ -267,28 +290,26 @@ def _group_rows(
             _scan_texts(rows, chunk, columns, scan_text)
     except (pa.ArrowException, OSError, ValueError) as exc:
         why = f"row group {group} cannot be read ({str(exc)[:300]})"
-        return [Row(row_key(start + i), problems=[why]) for i in range(count)]
-    return rows
+        return [Row(row_key(start + i), problems=[why]) for i in range(count)], False
+    return rows, True
 
 
 def _add_text(rows: list[Row], table: pq.ParquetFile, group: int, name: str) -> None:
+    """Every row's value of the text column ``name`` (each decoded alone: one bad value fails its row)."""
     schema = table.schema_arrow
     index = schema.get_field_index(name)
-    kind = schema.field(index).type if index >= 0 else None
+    kind = _through(schema.field(index).type) if index >= 0 else None
     if kind is None or not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
         why = f"the table has no column {name!r}" if kind is None else f"column {name!r} is {kind}, not a string column"
         for row in rows:
             row.text = (None, why)
         return
-    try:
-        values = table.read_row_group(group, columns=[name], use_threads=False).column(0).to_pylist()
-    except (pa.ArrowException, OSError, ValueError):  # the rows fail for it anyway (unreadable, not UTF-8)
-        values = [None] * len(rows)
-        for row in rows:
-            row.text = (None, f"column {name!r} cannot be read in this row group")
-        return
-    for row, value in zip(rows, values):
-        row.text = (value, "")
+    column = table.read_row_group(group, columns=[name], use_threads=False).column(0)
+    for row, value in zip(rows, column.cast(kind).cast(pa.large_binary()).to_pylist()):
+        try:
+            row.text = (None if value is None else bytes(value).decode("utf-8"), "")
+        except UnicodeDecodeError:
+            row.text = (None, f"column {name!r} holds text that is not UTF-8")
 
 
 def _member_values(chunk: pa.Table, column: MemberColumn) -> tuple[list[Any], list[Any]]:
@@ -375,7 +396,9 @@ def write_rows(
 
     ``select(position)`` gives a row's output members (named ``<key>.<column>``), or None to leave the
     row out; in a row kept, a member column without an output member is null (its input value is never
-    released unless ``select`` gives it). The schema, its metadata and the row order are the input's;
+    released unless ``select`` gives it). With ``note`` (a quarantine of the rows held back) the rows
+    kept are copied as they are, their member columns too, and a row group that cannot be read (or is
+    over the size limit) is left out. The schema, its metadata and the row order are the input's;
     the compression is that of the input's first column chunk. With ``note``, a string column
     ``raypipe_quarantine`` holds ``note(position)`` for every row. A table none of whose rows is kept
     comes out with no rows (and, if its schema cannot be read, no columns).
@@ -396,24 +419,26 @@ def write_rows(
         start += count
     if not any(plan):
         return _write_empty(schema, sink)
-    columns = member_columns(schema)
-    out_schema = schema.append(pa.field(QUARANTINE_COLUMN, pa.string())) if note is not None else schema
+    columns = member_columns(schema, strict=note is None)
+    note_column = quarantine_column(schema) if note is not None else ""
+    out_schema = schema.append(pa.field(note_column, pa.string())) if note is not None else schema
     written, start = 0, 0
     with pq.ParquetWriter(_Stream(sink), out_schema, compression=_compression(table)) as writer:
         for group, kept in enumerate(plan):
-            if kept:
-                chunk = _kept_rows(table.read_row_group(group, use_threads=False), [offset for offset, _ in kept])
+            chunk = _read_group(table, group, kept, strict=note is None)
+            if chunk is not None:
+                chunk = _kept_rows(chunk, [offset for offset, _ in kept])
                 outputs = [
                     {column_of(row_key(start + offset), name): data for name, data in members}
                     for offset, members in kept
                 ]
                 for column in columns:
                     index = chunk.schema.get_field_index(column.name)
-                    replaced = _replaced(chunk.column(index), column, outputs)
+                    replaced = _replaced(chunk.column(index), column, outputs, keep_input=note is not None)
                     chunk = chunk.set_column(index, schema.field(index), replaced)
                 if note is not None:
                     notes = pa.array([note(start + offset) for offset, _ in kept], pa.string())
-                    chunk = chunk.append_column(out_schema.field(QUARANTINE_COLUMN), notes)
+                    chunk = chunk.append_column(out_schema.field(note_column), notes)
                 writer.write_table(chunk.replace_schema_metadata(out_schema.metadata))
                 written += chunk.num_rows
             start += table.metadata.row_group(group).num_rows
@@ -421,18 +446,68 @@ def write_rows(
 
 
 def _kept_rows(chunk: pa.Table, offsets: list[int]) -> pa.Table:
-    """The rows at ``offsets``; view columns go through their plain type (``take`` has no view kernel)."""
-    plain = {pa.binary_view(): pa.binary(), pa.string_view(): pa.string()}
-    through = pa.schema([f.with_type(plain.get(f.type, f.type)) for f in chunk.schema], chunk.schema.metadata)
+    """The rows at ``offsets``, through plain types: a view has no ``take`` kernel, and a dictionary
+    taken as it is keeps every value of the input's dictionary, those of rows left out too (which the
+    writer would write). Casting back re-encodes each dictionary from the rows kept."""
+    through = pa.schema([f.with_type(_through(f.type)) for f in chunk.schema], chunk.schema.metadata)
     taken = chunk.cast(through).take(pa.array(offsets, pa.int64()))
     return taken.cast(chunk.schema) if through != chunk.schema else taken
+
+
+def _through(kind: pa.DataType) -> pa.DataType:
+    """``kind`` with every dictionary replaced by its values and every view by its plain type."""
+    if pa.types.is_dictionary(kind):
+        return _through(kind.value_type)
+    if pa.types.is_binary_view(kind):
+        return pa.binary()
+    if pa.types.is_string_view(kind):
+        return pa.string()
+    if pa.types.is_struct(kind):
+        return pa.struct([kind.field(i).with_type(_through(kind.field(i).type)) for i in range(kind.num_fields)])
+    if pa.types.is_list(kind):
+        return pa.list_(kind.value_field.with_type(_through(kind.value_type)))
+    if pa.types.is_large_list(kind):
+        return pa.large_list(kind.value_field.with_type(_through(kind.value_type)))
+    if pa.types.is_fixed_size_list(kind):
+        return pa.list_(kind.value_field.with_type(_through(kind.value_type)), kind.list_size)
+    if pa.types.is_map(kind):
+        return pa.map_(
+            kind.key_field.with_type(_through(kind.key_type)),
+            kind.item_field.with_type(_through(kind.item_type)),
+            kind.keys_sorted,
+        )
+    return kind
 
 
 def _write_empty(schema: pa.Schema, sink: Any) -> int:
     """A table with no rows: the input's columns, without any metadata."""
     bare = pa.schema([f.remove_metadata() for f in schema])
-    pq.write_table(bare.empty_table(), _Stream(sink))
+    pq.write_table(pa.Table.from_batches([], schema=bare), _Stream(sink))
     return 0
+
+
+def _read_group(table: pq.ParquetFile, group: int, kept: list[Any], strict: bool) -> pa.Table | None:
+    """A row group with rows kept; None when none is. Leniently (a quarantine), also None for a group
+    that is over the size limit or cannot be read: its held rows are not copied (their audit says why)."""
+    if not kept:
+        return None
+    if strict:
+        return table.read_row_group(group, use_threads=False)
+    if table.metadata.row_group(group).total_byte_size > ROW_GROUP_FLOOR_BYTES:
+        return None
+    try:
+        return table.read_row_group(group, use_threads=False)
+    except (pa.ArrowException, OSError, ValueError):
+        return None
+
+
+def quarantine_column(schema: pa.Schema) -> str:
+    """The name of a quarantine table's note column: :data:`QUARANTINE_COLUMN`, with underscores added
+    while the input has a column of that name."""
+    name = QUARANTINE_COLUMN
+    while name in schema.names:
+        name += "_"
+    return name
 
 
 class _Stream(io.RawIOBase):
@@ -456,9 +531,14 @@ class _Stream(io.RawIOBase):
         return self._position
 
 
-def _replaced(values: pa.ChunkedArray, column: MemberColumn, outputs: list[dict[str, bytes]]) -> pa.Array:
-    """A member column with each kept row's output member (null where it has none)."""
+def _replaced(
+    values: pa.ChunkedArray, column: MemberColumn, outputs: list[dict[str, bytes]], keep_input: bool = False
+) -> pa.Array:
+    """A member column with each kept row's output member: null where it has none, or (``keep_input``,
+    a quarantine of originals) the input's value."""
     array = values.combine_chunks()
+    if keep_input:
+        return array
     if not column.struct:
         return pa.array([output.get(column.name) for output in outputs], array.type)
     kind = array.type
@@ -484,7 +564,7 @@ def released_members(local: str) -> Iterator[list[tuple[str, bytes]]]:
     :class:`ParquetShardError` for anything it cannot read."""
     try:
         table = open_table(local)
-        columns = member_columns(table.schema_arrow)
+        columns = member_columns(table.schema_arrow, strict=False)  # the sha256 vouches for the rest
         for group in range(table.num_row_groups):
             chunk = table.read_row_group(group, columns=[c.name for c in columns], use_threads=False)
             values = [_member_values(chunk, column)[0] for column in columns]

@@ -449,10 +449,13 @@ def _finalize_table(
         if quarantine is not None and not all(row["released"] for row in rows):
 
             def held(seq: int) -> list[tuple[str, bytes]] | None:
-                return None if rows[seq]["released"] else fragments.members(seq, "held", inputs)
+                return None if rows[seq]["released"] else []  # copied from the input as they are
 
-            with publish_stream(quarantine.fs, quarantine.tar(shard)) as out:
-                write_rows(local, held, out, note=lambda seq: json.dumps(_quarantine_note(records[seq])))
+            try:
+                with publish_stream(quarantine.fs, quarantine.tar(shard)) as out:
+                    write_rows(local, held, out, note=lambda seq: json.dumps(_quarantine_note(records[seq])))
+            except (pa.ArrowException, ValueError, OSError) as exc:  # never a reason not to finalize
+                log.error("%s: its held-back rows could not be copied to the quarantine (%s)", shard, exc)
 
         def released(seq: int) -> list[tuple[str, bytes]] | None:
             if not rows[seq]["released"]:

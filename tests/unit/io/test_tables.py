@@ -233,3 +233,35 @@ def test_a_table_that_releases_nothing_is_finalized_with_no_rows(tmp_path: Path,
     written = pq.read_table(tmp_path / "out" / "t.parquet")
     assert marker["released"] == 0 and written.num_rows == 0
     assert written.column_names == ([] if content else ["frames", "id"])
+
+
+def test_a_dictionary_column_keeps_no_value_of_a_row_left_out(tmp_path: Path) -> None:
+    uri = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB"
+    captions = pa.array(["ok", uri]).dictionary_encode()  # as pandas writes a category column
+    nested = pa.array([["a"], [uri]], pa.list_(pa.dictionary(pa.int32(), pa.string())))
+    path = write(tmp_path / "t.parquet", pa.table({"jpg": [b"x", b"y"], "caption": captions, "tags": nested}))
+    tasks = tasks_of(path)
+    assert tasks[0].status is None and "holds a picture written as text" in str(tasks[1].error)
+    sink = io.BytesIO()
+    write_rows(str(path), lambda seq: [("00000000.jpg", b"x")] if seq == 0 else None, HashingWriter(sink))
+    assert b"iVBOR" not in sink.getvalue()  # not in a dictionary page either
+    assert pq.read_table(io.BytesIO(sink.getvalue())).to_pylist() == [{"jpg": b"x", "caption": "ok", "tags": ["a"]}]
+
+
+def test_a_picture_in_a_nested_fields_metadata_or_a_name_refuses_the_table(tmp_path: Path) -> None:
+    uri = b"data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB"
+    inner = pa.field("who", pa.string(), metadata={b"thumb": uri})
+    schema = pa.schema([("jpg", pa.binary()), ("info", pa.struct([inner]))])
+    path = write(tmp_path / "t.parquet", pa.table({"jpg": [b"x"], "info": [{"who": "a"}]}, schema=schema))
+    assert "the metadata of column 'info.who' (b'thumb') holds a picture" in str(tasks_of(path)[0].error)
+    named = pa.table({"jpg": [b"x"], uri.decode(): ["a"]})
+    assert "the name of column 'data:image/png" in str(tasks_of(write(tmp_path / "n.parquet", named))[0].error)
+
+
+def test_a_prompt_column_is_read_value_by_value(tmp_path: Path) -> None:
+    prompts = pa.array([b"an elderly man", b"\xff\xfe", None], pa.binary()).cast(pa.string(), safe=False)
+    table = pa.table({"jpg": [b"x", b"y", b"z"], "prompt": prompts.dictionary_encode()})
+    path = write(tmp_path / "t.parquet", table)
+    work = ShardWork(str(path), path.name, attribute_column="prompt")
+    texts = [t.attribute_column for t in shard_tasks(work, StorageOptions(), LimitsConfig())][:-1]
+    assert texts == [("an elderly man", ""), (None, "column 'prompt' holds text that is not UTF-8"), (None, "")]

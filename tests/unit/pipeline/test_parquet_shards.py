@@ -137,3 +137,26 @@ def test_a_table_resumed_after_some_rows_were_committed_comes_out_the_same(
     assert [{k: v for k, v in r.items() if k not in strip} for r in read_audit((resumed / audit).read_bytes())] == [
         {k: v for k, v in r.items() if k not in strip} for r in read_audit((whole / audit).read_bytes())
     ]
+
+
+def test_a_refused_table_finalizes_empty_verifies_and_its_rows_go_to_the_quarantine(
+    anonymize: Anonymize, tmp_path: Path
+) -> None:
+    portrait = table_rows()[0]["image"]
+    values = {
+        "image": [portrait, portrait],
+        "pixels": [[1, 2, 3], [4]],  # a list of 8-bit integers: maybe raw pixels, never copied
+        QUARANTINE_COLUMN: ["the input's own", "column"],
+    }
+    schema = pa.schema([("image", IMAGE), ("pixels", pa.list_(pa.uint8())), (QUARANTINE_COLUMN, pa.string())])
+    path = tmp_path / "in" / "refused.parquet"
+    path.parent.mkdir()
+    pq.write_table(pa.table(values, schema=schema), path)
+    run_stages(path, tmp_path / "out", anonymize, quarantine=tmp_path / "held")
+    assert pq.read_table(tmp_path / "out" / "refused.parquet").num_rows == 0
+    verified = verify_output(str(tmp_path / "out"), KEY)
+    assert verified.ok, verified.problems
+    held = pq.read_table(tmp_path / "held" / "refused.parquet").to_pylist()
+    assert [row["image"] for row in held] == values["image"]  # the originals, as they were
+    assert [row[QUARANTINE_COLUMN] for row in held] == values[QUARANTINE_COLUMN]  # the input's column kept
+    assert all(json.loads(row[QUARANTINE_COLUMN + "_"])["status"] == "failed" for row in held)
