@@ -16,6 +16,11 @@ default full run) finalizes in a process below 1.2 GB resident.
 
     .venv/bin/python benchmarks/finalize_memory.py                  # 15, 60 and 150 samples of 10 MB
     .venv/bin/python benchmarks/finalize_memory.py --quick          # 8 and 48 samples of 4 MB (tests)
+    .venv/bin/python benchmarks/finalize_memory.py --format parquet # the same as Parquet tables
+
+With ``--format parquet`` the input is a table with a ``bin`` binary column and a ``json`` text column,
+in row groups of ``--rows-per-group`` rows: finalize holds one row group (and its output members) at a
+time, so growth is bounded by the row group, not by the table.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.report import write_report  # noqa: E402
 
-SHARD = "part-00000.tar"
+SHARDS = {"webdataset": "part-00000.tar", "parquet": "part-00000.parquet"}
 
 # Runs in a fresh interpreter: the peak it reports is finalize's alone.
 CHILD = """
@@ -69,7 +74,22 @@ def samples(count: int, member_bytes: int) -> Iterator[Any]:
         yield Sample(key, [(f"{key}.bin", os.urandom(member_bytes)), (f"{key}.json", b'{"i": %d}' % index)])
 
 
-def prepare(work: Path, count: int, member_bytes: int, per_fragment: int) -> tuple[Path, Path]:
+def write_table(path: Path, count: int, member_bytes: int, rows_per_group: int) -> None:
+    """A Parquet table of ``count`` rows written one row group at a time (never the whole in memory)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("bin", pa.binary()), ("json", pa.string())])
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, count, rows_per_group):
+            rows = range(start, min(count, start + rows_per_group))
+            values = {"bin": [os.urandom(member_bytes) for _ in rows], "json": [json.dumps({"i": i}) for i in rows]}
+            writer.write_table(pa.table(values, schema=schema))
+
+
+def prepare(
+    work: Path, count: int, member_bytes: int, per_fragment: int, shard: str, rows_per_group: int
+) -> tuple[Path, Path]:
     """The input shard and an OUTPUT holding its committed fragments; returns (input, output)."""
     from raypipe.config import LimitsConfig
     from raypipe.io.storage import StorageOptions
@@ -80,10 +100,13 @@ def prepare(work: Path, count: int, member_bytes: int, per_fragment: int) -> tup
     from raypipe.pipeline.stages import Decode
     from raypipe.records import FaceRecord, FaceStatus, Status
 
-    source, output = work / "in" / SHARD, work / "out"
+    source, output = work / "in" / shard, work / "out"
     source.parent.mkdir(parents=True)
-    with open(source, "wb") as fh:
-        write_tar(samples(count, member_bytes), fh)
+    if shard.endswith(".parquet"):
+        write_table(source, count, member_bytes, rows_per_group)
+    else:
+        with open(source, "wb") as fh:
+            write_tar(samples(count, member_bytes), fh)
     layout, run = OutputLayout(str(output)), RunInfo(config_hash="c" * 64, code_version="bench", method={})
     limits = LimitsConfig(max_member_bytes=max(member_bytes + 1, LimitsConfig().max_member_bytes))
     decode = Decode(limits)
@@ -97,14 +120,15 @@ def prepare(work: Path, count: int, member_bytes: int, per_fragment: int) -> tup
             if task.seq % 2:  # released with new bytes, as an anonymized image is
                 task.status = Status.ANONYMIZED
                 task.faces = [FaceRecord(0, (0.0, 0.0, 8.0, 8.0), 1.0, FaceStatus.ANONYMIZED, attempts=1)]
-                task.out_members = [(task.members[0][0], os.urandom(member_bytes)), task.unchanged(1)]
+                others = [task.unchanged(i) for i in range(1, len(task.members))]  # a table's json is no member
+                task.out_members = [(task.members[0][0], os.urandom(member_bytes)), *others]
             else:  # released unchanged: read back from the input at finalize
                 task.status = Status.NO_FACE
                 task.out_members = [task.unchanged(i) for i in range(len(task.members))]
-        commit_fragment(layout, SHARD, batch, run)
+        commit_fragment(layout, shard, batch, run)
         batch.clear()
 
-    for task in shard_tasks(ShardWork(str(source), SHARD), StorageOptions(), limits):
+    for task in shard_tasks(ShardWork(str(source), shard), StorageOptions(), limits):
         batch.append(task)
         if len(batch) == per_fragment:
             commit()
@@ -113,13 +137,15 @@ def prepare(work: Path, count: int, member_bytes: int, per_fragment: int) -> tup
     return source, output
 
 
-def measure(count: int, member_mb: float, per_fragment: int, work: Path) -> dict[str, Any]:
+def measure(
+    count: int, member_mb: float, per_fragment: int, work: Path, shard: str, rows_per_group: int
+) -> dict[str, Any]:
     member_bytes = int(member_mb * 1024 * 1024)
     folder = work / f"n{count}"
-    source, output = prepare(folder, count, member_bytes, per_fragment)
+    source, output = prepare(folder, count, member_bytes, per_fragment, shard, rows_per_group)
     shard_mb = source.stat().st_size / 2**20
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(output), SHARD, str(source)],
+        [sys.executable, "-c", CHILD, str(output), shard, str(source)],
         capture_output=True,
         text=True,
         check=True,
@@ -127,7 +153,7 @@ def measure(count: int, member_mb: float, per_fragment: int, work: Path) -> dict
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
     child = json.loads(done.stdout.strip().splitlines()[-1])
-    written = (output / SHARD).stat().st_size / 2**20
+    written = (output / shard).stat().st_size / 2**20
     shutil.rmtree(folder)
     if child["released"] != count:
         raise RuntimeError(f"finalize released {child['released']} of {count} samples")
@@ -148,6 +174,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, nargs="+", default=[15, 60, 150], help="samples per shard, per setting")
     p.add_argument("--member-mb", type=float, default=10.0, help="size of each sample's .bin member")
     p.add_argument("--per-fragment", type=int, default=8, help="samples per committed fragment (a write batch)")
+    p.add_argument("--format", choices=sorted(SHARDS), default="webdataset", help="a tar shard or a Parquet table")
+    p.add_argument("--rows-per-group", type=int, default=4, help="rows per row group of a Parquet table")
     p.add_argument("--quick", action="store_true", help="8 and 48 samples of 4 MB (tests)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
@@ -161,10 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="raypipe-finalize-mem-") as work:
         for count in sorted(args.samples):
-            row = measure(count, args.member_mb, args.per_fragment, Path(work))
+            row = measure(
+                count, args.member_mb, args.per_fragment, Path(work), SHARDS[args.format], args.rows_per_group
+            )
             rows.append(row)
             print(
-                f"{row['input_shard_mb']:.0f} MB shard ({count} x {args.member_mb:g} MB): finalize peak"
+                f"{row['input_shard_mb']:.0f} MB {args.format} shard ({count} x {args.member_mb:g} MB): finalize peak"
                 f" {row['process_peak_mb']:.0f} MB resident, {row['finalize_growth_mb']:.0f} MB over the process"
                 f" before it, {row['seconds']:.1f} s",
                 flush=True,
@@ -182,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "largest_peak_mb": last["process_peak_mb"],
     }
-    out = write_report(report, "finalize_memory", args.quick, args.out)
+    name = "finalize_memory" if args.format == "webdataset" else f"finalize_memory_{args.format}"
+    out = write_report(report, name, args.quick, args.out)
     print(
         f"shard {report['shard_ratio_largest_over_smallest']}x larger, finalize growth"
         f" {report['growth_ratio_largest_over_smallest']}x; wrote {out}"

@@ -386,22 +386,23 @@ def _texts(value: Any) -> Iterator[str]:
 
 def write_rows(
     local: str,
-    select: Callable[[int], Sequence[tuple[str, bytes]] | None],
+    keep: Callable[[int], bool],
     sink: Any,
+    members: Callable[[int], Sequence[tuple[str, bytes]]] | None = None,
     note: Callable[[int], str] | None = None,
 ) -> int:
-    """Write the rows of the local Parquet file ``local`` that ``select`` keeps to ``sink`` (a writable
-    stream); returns how many. One input row group is held at a time, and a row group none of whose
-    rows is kept is never read.
+    """Write the rows of the local Parquet file ``local`` that ``keep`` keeps to ``sink`` (a writable
+    stream); returns how many. One input row group and the output members of its rows kept are held
+    at a time, and a row group none of whose rows is kept is never read.
 
-    ``select(position)`` gives a row's output members (named ``<key>.<column>``), or None to leave the
-    row out; in a row kept, a member column without an output member is null (its input value is never
-    released unless ``select`` gives it). With ``note`` (a quarantine of the rows held back) the rows
-    kept are copied as they are, their member columns too, and a row group that cannot be read (or is
-    over the size limit) is left out. The schema, its metadata and the row order are the input's;
-    the compression is that of the input's first column chunk. With ``note``, a string column
-    ``raypipe_quarantine`` holds ``note(position)`` for every row. A table none of whose rows is kept
-    comes out with no rows (and, if its schema cannot be read, no columns).
+    ``members(position)`` gives a kept row's output members (named ``<key>.<column>``), asked for one
+    row group at a time; a member column without an output member is null (its input value is never
+    released unless ``members`` gives it). Without ``members`` (a quarantine of the rows held back),
+    the rows kept are copied as they are, their member columns too, with a string column
+    ``raypipe_quarantine`` holding ``note(position)``, and a row group that cannot be read (or is over
+    the size limit) is left out. The schema, its metadata and the row order are the input's; the
+    compression is that of the input's first column chunk. A table none of whose rows is kept comes
+    out with no rows (and, if its schema cannot be read, no columns).
     """
     try:
         table = open_table(local)
@@ -414,30 +415,32 @@ def write_rows(
     start = 0
     for group in range(table.num_row_groups):
         count = table.metadata.row_group(group).num_rows
-        chosen = [(offset, select(start + offset)) for offset in range(count)]
-        plan.append([(offset, members) for offset, members in chosen if members is not None])
+        plan.append([offset for offset in range(count) if keep(start + offset)])
         start += count
     if not any(plan):
         return _write_empty(schema, sink)
-    columns = member_columns(schema, strict=note is None)
+    copy = members is None
+    columns = member_columns(schema, strict=not copy)
     note_column = quarantine_column(schema) if note is not None else ""
     out_schema = schema.append(pa.field(note_column, pa.string())) if note is not None else schema
     written, start = 0, 0
     with pq.ParquetWriter(_Stream(sink), out_schema, compression=_compression(table)) as writer:
         for group, kept in enumerate(plan):
-            chunk = _read_group(table, group, kept, strict=note is None)
+            chunk = _read_group(table, group, kept, strict=not copy)
             if chunk is not None:
-                chunk = _kept_rows(chunk, [offset for offset, _ in kept])
-                outputs = [
-                    {column_of(row_key(start + offset), name): data for name, data in members}
-                    for offset, members in kept
-                ]
-                for column in columns:
-                    index = chunk.schema.get_field_index(column.name)
-                    replaced = _replaced(chunk.column(index), column, outputs, keep_input=note is not None)
-                    chunk = chunk.set_column(index, schema.field(index), replaced)
+                chunk = _kept_rows(chunk, kept)
+                if members is not None:
+                    outputs = [
+                        {column_of(row_key(start + offset), name): data for name, data in members(start + offset)}
+                        for offset in kept
+                    ]
+                    for column in columns:
+                        index = chunk.schema.get_field_index(column.name)
+                        chunk = chunk.set_column(
+                            index, schema.field(index), _replaced(chunk.column(index), column, outputs)
+                        )
                 if note is not None:
-                    notes = pa.array([note(start + offset) for offset, _ in kept], pa.string())
+                    notes = pa.array([note(start + offset) for offset in kept], pa.string())
                     chunk = chunk.append_column(out_schema.field(note_column), notes)
                 writer.write_table(chunk.replace_schema_metadata(out_schema.metadata))
                 written += chunk.num_rows
@@ -486,7 +489,7 @@ def _write_empty(schema: pa.Schema, sink: Any) -> int:
     return 0
 
 
-def _read_group(table: pq.ParquetFile, group: int, kept: list[Any], strict: bool) -> pa.Table | None:
+def _read_group(table: pq.ParquetFile, group: int, kept: list[int], strict: bool) -> pa.Table | None:
     """A row group with rows kept; None when none is. Leniently (a quarantine), also None for a group
     that is over the size limit or cannot be read: its held rows are not copied (their audit says why)."""
     if not kept:
@@ -531,14 +534,9 @@ class _Stream(io.RawIOBase):
         return self._position
 
 
-def _replaced(
-    values: pa.ChunkedArray, column: MemberColumn, outputs: list[dict[str, bytes]], keep_input: bool = False
-) -> pa.Array:
-    """A member column with each kept row's output member: null where it has none, or (``keep_input``,
-    a quarantine of originals) the input's value."""
+def _replaced(values: pa.ChunkedArray, column: MemberColumn, outputs: list[dict[str, bytes]]) -> pa.Array:
+    """A member column with each kept row's output member (null where it has none)."""
     array = values.combine_chunks()
-    if keep_input:
-        return array
     if not column.struct:
         return pa.array([output.get(column.name) for output in outputs], array.type)
     kind = array.type

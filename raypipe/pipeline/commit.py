@@ -447,25 +447,24 @@ def _finalize_table(
         )
     with SpanReader(source, layout.options) as inputs:  # members of tables are bytes: it is never opened
         if quarantine is not None and not all(row["released"] for row in rows):
-
-            def held(seq: int) -> list[tuple[str, bytes]] | None:
-                return None if rows[seq]["released"] else []  # copied from the input as they are
-
             try:
                 with publish_stream(quarantine.fs, quarantine.tar(shard)) as out:
-                    write_rows(local, held, out, note=lambda seq: json.dumps(_quarantine_note(records[seq])))
+                    write_rows(
+                        local,
+                        lambda seq: not rows[seq]["released"],
+                        out,
+                        note=lambda seq: json.dumps(_quarantine_note(records[seq])),
+                    )
             except (pa.ArrowException, ValueError, OSError) as exc:  # never a reason not to finalize
                 log.error("%s: its held-back rows could not be copied to the quarantine (%s)", shard, exc)
 
-        def released(seq: int) -> list[tuple[str, bytes]] | None:
-            if not rows[seq]["released"]:
-                return None
+        def released(seq: int) -> list[tuple[str, bytes]]:
             members = fragments.members(seq, "out", inputs)
             records[seq].output_sha256 = sample_digest(members)
             return members
 
         with publish_stream(layout.fs, layout.tar(shard)) as table:
-            write_rows(local, released, table)
+            write_rows(local, lambda seq: bool(rows[seq]["released"]), table, members=released)
     return table.sha256
 
 

@@ -177,6 +177,27 @@ def test_finalize_memory_quick_grows_with_a_sample_not_with_the_shard(tmp_path: 
     assert large["process_peak_mb"] < small["process_peak_mb"] + 0.25 * extra_shard
 
 
+def test_finalize_memory_quick_of_a_table_grows_with_a_row_group_not_with_the_table(tmp_path: Path) -> None:
+    out = tmp_path / "finalize.json"
+    assert load_benchmark("finalize_memory").main(["--quick", "--format", "parquet", "--out", str(out)]) == 0
+    small, large = json.loads(out.read_text())["rows"]
+    assert large["input_shard_mb"] >= 5 * small["input_shard_mb"]
+    assert large["output_shard_mb"] >= large["input_shard_mb"] * 0.99  # every row released
+    extra = large["input_shard_mb"] - small["input_shard_mb"]
+    assert large["finalize_growth_mb"] - small["finalize_growth_mb"] < 0.25 * extra
+
+
+def test_the_finalize_memory_figures_of_tables_are_the_benchmarks() -> None:
+    report = json.loads((ROOT / "benchmarks" / "results" / "finalize_memory_parquet.json").read_text())
+    largest = report["rows"][-1]
+    assert largest["input_shard_mb"] >= 1400 and largest["process_peak_mb"] < 1200
+    text = (ROOT / "BENCHMARKS.md").read_text()
+    assert (
+        f"A {largest['input_shard_mb']:.0f} MB table finalizes in a process of {largest['process_peak_mb']:.0f} MB"
+        in text
+    )
+
+
 def test_the_finalize_memory_figures_are_the_benchmarks() -> None:
     report = json.loads((ROOT / "benchmarks" / "results" / "finalize_memory.json").read_text())
     largest = report["rows"][-1]

@@ -152,7 +152,7 @@ def test_written_rows_keep_schema_and_compression_and_never_the_input_bytes_of_a
         tmp_path / "t.parquet", pa.table({"jpg": [b"a", b"b"], "n": [1, 2]}, schema=schema), compression="zstd"
     )
     sink = io.BytesIO()
-    written = write_rows(str(path), lambda seq: [] if seq == 0 else None, HashingWriter(sink))
+    written = write_rows(str(path), lambda seq: seq == 0, HashingWriter(sink), members=lambda seq: [])
     out = pq.ParquetFile(io.BytesIO(sink.getvalue()))
     assert written == 1 and out.schema_arrow == schema and out.schema_arrow.metadata == schema.metadata
     assert out.metadata.row_group(0).column(0).compression == "ZSTD"
@@ -208,7 +208,7 @@ def test_views_and_other_struct_fields_go_through_the_writer(tmp_path: Path) -> 
     path = write(tmp_path / "t.parquet", pa.table(values, schema=schema), compression="lz4")
     out = {0: [("00000000.raw", b"A"), ("00000000.image", b"P")], 2: [("00000002.image", b"R")]}
     sink = io.BytesIO()
-    assert write_rows(str(path), out.get, HashingWriter(sink)) == 2
+    assert write_rows(str(path), out.__contains__, HashingWriter(sink), members=out.__getitem__) == 2
     written = pq.ParquetFile(io.BytesIO(sink.getvalue()))
     codec = pq.ParquetFile(path).metadata.row_group(0).column(0).compression
     assert written.schema_arrow == schema and written.metadata.row_group(0).column(0).compression == codec
@@ -243,7 +243,7 @@ def test_a_dictionary_column_keeps_no_value_of_a_row_left_out(tmp_path: Path) ->
     tasks = tasks_of(path)
     assert tasks[0].status is None and "holds a picture written as text" in str(tasks[1].error)
     sink = io.BytesIO()
-    write_rows(str(path), lambda seq: [("00000000.jpg", b"x")] if seq == 0 else None, HashingWriter(sink))
+    write_rows(str(path), lambda seq: seq == 0, HashingWriter(sink), members=lambda seq: [("00000000.jpg", b"x")])
     assert b"iVBOR" not in sink.getvalue()  # not in a dictionary page either
     assert pq.read_table(io.BytesIO(sink.getvalue())).to_pylist() == [{"jpg": b"x", "caption": "ok", "tags": ["a"]}]
 
