@@ -192,6 +192,7 @@ def test_a_row_group_that_cannot_be_read_fails_its_own_rows_only(tmp_path: Path,
     ]
     assert "row group 1 cannot be read" in str(tasks[2].error) and tasks[-1].seq == 6
 
+    assert tables.ROW_GROUP_FLOOR_BYTES == 256 * 2**20  # what the README says
     monkeypatch.setattr(tables, "ROW_GROUP_FLOOR_BYTES", 1000)  # as a small file that inflates a lot
     tasks = tasks_of(write(tmp_path / "big.parquet", table, row_group_size=3), max_member_bytes=100)
     assert all("row group" in str(t.error) and "bytes uncompressed, over the 1000" in str(t.error) for t in tasks[:-1])
