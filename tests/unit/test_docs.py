@@ -65,3 +65,43 @@ def test_documented_defaults_are_the_real_defaults() -> None:
         assert yaml.safe_load(cell) == default, f"{section}.{key}: README says {cell}, code says {default!r}"
         checked += 1
     assert checked >= 40  # every row with a literal default
+
+
+def readme_commands() -> list[str]:
+    """Every ``raypipe ...`` command line the README shows, in code blocks and inline code, without
+    environment assignments, usage notation (``[--flag]``, ``a\\|b``) and bare command names in prose."""
+    found: set[str] = set()
+    for block in re.findall(r"```[a-z]*\n(.*?)```", README, flags=re.S):
+        found.update(line.strip().removeprefix("$ ") for line in block.replace("\\\n", " ").splitlines())
+    found.update(code.strip() for code in re.findall(r"`([^`\n]+)`", README))
+    commands = []
+    names = {"raypipe", "audit", "jobs", "models", "anonymize", "estimate", "submit", "report", "status"}
+    for line in sorted(found):
+        for part in re.split(r" && | ; ", re.sub(r"^(\S+=\S+ )+", "", line)):
+            words = part.strip().split()
+            if words[:1] != ["raypipe"] or re.match(r"raypipe (dry run|run \S+) ->", part.strip()):
+                continue  # not a command, or the job's own output
+            if any(mark in part for mark in ("[", "\\|", "...")) or set(words) <= names:
+                continue
+            commands.append(part.strip())
+    return commands
+
+
+def test_every_command_the_readme_shows_parses_with_the_cli() -> None:
+    import contextlib
+    import io
+    import shlex
+
+    commands = readme_commands()
+    assert len(commands) >= 20 and "raypipe anonymize data/train/ out/" in commands
+    parser = build_parser()
+    refused = []
+    for command in commands:
+        errors = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
+                parser.parse_args(shlex.split(command)[1:])
+        except SystemExit as exc:
+            if exc.code not in (0, None):
+                refused.append(f"{command}: {errors.getvalue().strip().splitlines()[-1:]}")
+    assert refused == []
