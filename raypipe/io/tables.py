@@ -243,8 +243,9 @@ def iter_rows(
 
     Raises :class:`ParquetShardError` only when the file is not Parquet at all. A table raypipe cannot
     scan yields every row with that problem (so every row gets its audit record, and none is
-    released); so does a row group that cannot be read, or whose footer says it holds more than
-    ``4 * max_member_bytes`` uncompressed, for its own rows.
+    released); so does a row group that cannot be read, or whose footer says it holds more uncompressed
+    than :data:`ROW_GROUP_FLOOR_BYTES` or ``4 * max_member_bytes``, whichever is more, for its own rows.
+    With ``text_column``, every row's ``text`` is that string column's value, or why there is none.
     """
     table = open_table(local)
     meta = table.metadata
@@ -304,8 +305,14 @@ def _add_text(rows: list[Row], table: pq.ParquetFile, group: int, name: str) -> 
         for row in rows:
             row.text = (None, why)
         return
-    column = table.read_row_group(group, columns=[name], use_threads=False).column(0)
-    for row, value in zip(rows, column.cast(kind).cast(pa.large_binary()).to_pylist()):
+    try:
+        column = table.read_row_group(group, columns=[name], use_threads=False).column(0)
+        values = column.cast(kind).cast(pa.large_binary()).to_pylist()
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        for row in rows:
+            row.text = (None, f"column {name!r} cannot be read ({str(exc)[:200]})")
+        return
+    for row, value in zip(rows, values):
         try:
             row.text = (None if value is None else bytes(value).decode("utf-8"), "")
         except UnicodeDecodeError:
@@ -321,7 +328,10 @@ def _member_values(chunk: pa.Table, column: MemberColumn) -> tuple[list[Any], li
     if array.type.get_field_index("path") < 0:
         return data, [None] * len(array)
     paths = pc.struct_field(array, "path")
-    return data, paths.cast(pa.binary()).to_pylist() if pa.types.is_string(paths.type) else paths.to_pylist()
+    plain = _through(paths.type)
+    if pa.types.is_string(plain) or pa.types.is_large_string(plain):  # as bytes: a bad path is never decoded
+        return data, paths.cast(plain).cast(pa.large_binary()).to_pylist()
+    return data, paths.to_pylist()
 
 
 def _add_members(rows: list[Row], chunk: pa.Table, column: MemberColumn, limit: int | None) -> None:
@@ -356,18 +366,26 @@ def _scan_texts(rows: list[Row], chunk: pa.Table, columns: list[MemberColumn], s
     for name, array in texts:
         if not _has_text(array.type):
             continue
+        whole = _valid_values(array)  # the column at once; value by value only where it is not UTF-8
         for position, row in enumerate(rows):
-            one = array.slice(position, 1)
-            try:
-                for chunked in one.chunks:
-                    chunked.validate(full=True)
-                values = one.to_pylist()
-            except (pa.ArrowException, ValueError):
+            one = [whole[position]] if whole is not None else _valid_values(array.slice(position, 1))
+            if one is None:
                 row.problems.append(f"column {name!r} holds text that is not UTF-8")
                 continue
+            values = one[0]
             found = next(filter(None, (scan_text(text.encode()) for text in _texts(values))), None)
             if found:
                 row.problems.append(f"column {name!r} {found}")
+
+
+def _valid_values(array: pa.ChunkedArray) -> list[Any] | None:
+    """The values of a column as Python objects, or None when some text in it is not valid UTF-8."""
+    try:
+        for chunk in array.chunks:
+            chunk.validate(full=True)
+        return array.to_pylist()
+    except (pa.ArrowException, ValueError):
+        return None
 
 
 def _texts(value: Any) -> Iterator[str]:

@@ -106,6 +106,12 @@ def test_text_that_is_not_utf8_or_holds_a_picture_fails_its_row(tmp_path: Path) 
     rows = tasks_of(write(tmp_path / "p.parquet", pa.table({"image": image})))[:-1]
     assert rows[0].error == "column 'image.path' holds a picture written as text (data URI or base64) at byte 4"
 
+    wide = pa.struct([("bytes", pa.binary()), ("path", pa.large_string())])
+    paths = pa.array([b"a.jpg", b"\xff.jpg"], pa.large_binary()).cast(pa.large_string(), safe=False)
+    image = pa.StructArray.from_arrays([pa.array([b"x", b"y"]), paths], fields=list(wide))
+    rows = tasks_of(write(tmp_path / "w.parquet", pa.table({"image": image})))[:-1]
+    assert rows[0].status is None and rows[1].error == "column 'image.path' holds text that is not UTF-8"
+
     hidden = pa.schema([("jpg", pa.binary())], metadata={b"cover": jpeg_start})
     path = write(tmp_path / "m.parquet", pa.table({"jpg": [b"x", b"y"]}, schema=hidden))
     rows = tasks_of(path)[:-1]
