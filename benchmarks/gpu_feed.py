@@ -340,8 +340,8 @@ def job_config(pattern: str, output: Path, settings: dict[str, Any], actors: int
         "progress": False,
         "stall_timeout_s": settings["stall_timeout_s"],
     }
-    for key in ("batch_size", "detect_actors", "compose_actors"):
-        if settings[key] is not None:
+    for key in ("batch_size", "detect_actors", "compose_actors", "anonymize_tasks_in_flight"):
+        if settings.get(key) is not None:
             pipeline[key] = settings[key]
     data = {
         "input": pattern,
@@ -452,6 +452,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compose-actors", default=None, help="pipeline.compose_actors: a number or auto")
     p.add_argument("--actor-cpus", type=float, default=0.1, help="pipeline.num_cpus_per_actor of the stand-ins")
     p.add_argument("--max-tasks-in-flight", type=int, default=None, help="DataContext.max_tasks_in_flight_per_actor")
+    p.add_argument(
+        "--anonymize-tasks-in-flight",
+        type=int,
+        nargs="+",
+        default=None,
+        help="pipeline.anonymize_tasks_in_flight, per setting: batches queued per actor (default: the config's;"
+        " the first value is the baseline the others are compared with)",
+    )
     p.add_argument("--reservation", choices=["on", "off"], default=None, help="op_resource_reservation_enabled")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None)
@@ -471,6 +479,9 @@ def main(argv: list[str] | None = None) -> int:
 
         cloudpickle.register_pickle_by_value(sys.modules[__name__])
     os.environ.setdefault("RAYPIPE_AUDIT_KEY", "benchmark-hmac-key-0123456789")  # a signed manifest, as in production
+    from raypipe.config import PipelineConfig
+
+    defaults = PipelineConfig()
     cores = os.cpu_count() or 1
     work = Path(tempfile.mkdtemp(prefix="raypipe-gpufeed-"))
     settings = {
@@ -498,29 +509,35 @@ def main(argv: list[str] | None = None) -> int:
                 drawn = draw_samples(list(photos), count, args.seed)
                 folder = work / "in" / f"{count}"
                 shards = sorted(folder.glob("part-*.tar")) or write_shards(folder, drawn, encoded, args.per_shard)
-                row = run_setting(cost, actors, shards, work, settings)
-                bound = serial_bound(per_photo, drawn, cores, cost, actors)
-                row["cpu_bound"] = bound
-                row["busy_over_cpu_bound"] = round(row["pool_busy_fraction"] / bound["best_busy_fraction"], 4)
-                rows.append(row)
-                print(
-                    f"c={cost:g}s n={actors}: pool busy {row['pool_busy_fraction']:.3f}"
-                    f" (until last start {row['pool_busy_until_last_start']}, min actor"
-                    f" {row['min_actor_busy_fraction']:.3f}); CPU bound {bound['best_busy_fraction']:.3f},"
-                    f" measured/bound {row['busy_over_cpu_bound']:.3f}; first anonymization"
-                    f" {row['first_anonymization_after_run_start_s']} s after run(); {row['samples']} samples,"
-                    f" {row['faces_anonymized']} faces, {row['job_wall_s']:.1f} s",
-                    flush=True,
-                )
+                baseline = None
+                for in_flight in args.anonymize_tasks_in_flight or [None]:
+                    row = run_setting(cost, actors, shards, work, settings | {"anonymize_tasks_in_flight": in_flight})
+                    row["anonymize_tasks_in_flight"] = in_flight or defaults.anonymize_tasks_in_flight
+                    bound = serial_bound(per_photo, drawn, cores, cost, actors)
+                    row["cpu_bound"] = bound
+                    row["busy_over_cpu_bound"] = round(row["pool_busy_fraction"] / bound["best_busy_fraction"], 4)
+                    baseline = baseline or row
+                    row["busy_over_first_in_flight"] = round(
+                        row["pool_busy_fraction"] / max(baseline["pool_busy_fraction"], 1e-9), 3
+                    )
+                    rows.append(row)
+                    print(
+                        f"c={cost:g}s n={actors} in flight {row['anonymize_tasks_in_flight']}: pool busy"
+                        f" {row['pool_busy_fraction']:.3f} (until last start {row['pool_busy_until_last_start']},"
+                        f" min actor {row['min_actor_busy_fraction']:.3f});"
+                        f" CPU bound {bound['best_busy_fraction']:.3f},"
+                        f" measured/bound {row['busy_over_cpu_bound']:.3f}; {row['busy_over_first_in_flight']}x the"
+                        f" first in-flight setting; first anonymization {row['first_anonymization_after_run_start_s']}"
+                        f" s after run(); {row['samples']} samples, {row['faces_anonymized']} faces,"
+                        f" {row['job_wall_s']:.1f} s",
+                        flush=True,
+                    )
     finally:
         import ray
 
         if ray.is_initialized():
             ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
-    from raypipe.config import PipelineConfig
-
-    defaults = PipelineConfig()
     report = {
         "benchmark": "gpu_feed",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

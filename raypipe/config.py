@@ -211,6 +211,9 @@ class PipelineConfig:
     num_cpus_per_actor: float = 0.5
     anonymize_actor_resources: dict[str, float] | None = None  # custom Ray resources, e.g. {"a100": 1}
     batch_size: int = 8  # samples per batch handed to an actor
+    # Batches queued at each anonymize actor: 1 keeps batches from piling up on one actor while another
+    # idles (benchmarks/gpu_feed.py: 4 actors at 2 s per face 0.81 busy with 1, 0.50 with Ray Data's 2).
+    anonymize_tasks_in_flight: int = 1
     detect: str = "cpu"  # "cpu": a CPU stage before the GPU pool; "gpu_actor": inside the GPU actors
     detect_actors: int = 1
     compose_actors: int | str = "auto"  # "auto": from 1 up to what the cluster's CPUs allow (Ray Data scales it)
@@ -236,6 +239,7 @@ class PipelineConfig:
         for name in (
             "anonymize_actors_min",
             "anonymize_actors_max",
+            "anonymize_tasks_in_flight",
             "batch_size",
             "detect_actors",
         ):

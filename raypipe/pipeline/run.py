@@ -122,7 +122,13 @@ def job_stages(config: JobConfig, cluster: dict[str, float]) -> list[Stage]:
     if gpus is None:
         gpus = 1.0 if cluster.get("GPU", 0) > 0 else 0.0
     pool = (p.anonymize_actors_min, p.anonymize_actors_max)
-    anonymize = Resources(p.num_cpus_per_actor, gpus, dict(p.anonymize_actor_resources or {}), actors=pool)
+    anonymize = Resources(
+        p.num_cpus_per_actor,
+        gpus,
+        dict(p.anonymize_actor_resources or {}),
+        actors=pool,
+        tasks_in_flight=p.anonymize_tasks_in_flight,
+    )
     if not config.method.classic:  # a classic method hides faces in Compose, on the CPU
         chain.append(
             stages.Anonymize(

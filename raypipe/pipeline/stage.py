@@ -28,6 +28,7 @@ class Resources:
     num_gpus: float = 0.0
     custom: dict[str, float] = field(default_factory=dict)  # e.g. {"accelerator_type:A10G": 0.001}
     actors: tuple[int, int] | None = None  # (min, max) actors in its pool; None: stateless tasks
+    tasks_in_flight: int | None = None  # batches queued at each actor of the pool; None: Ray Data's default
 
 
 class Stage:
@@ -91,9 +92,8 @@ def add_stage(ds: Any, stage: Stage) -> Any:
 
     low, high = r.actors
     worker = type(stage.name, (StageWorker,), {"__module__": __name__})
-    return ds.map_batches(
-        worker, fn_constructor_args=(stage,), compute=ActorPoolStrategy(min_size=low, max_size=high), **options
-    )
+    pool = ActorPoolStrategy(min_size=low, max_size=high, max_tasks_in_flight_per_actor=r.tasks_in_flight)
+    return ds.map_batches(worker, fn_constructor_args=(stage,), compute=pool, **options)
 
 
 def _quiet_unless_asked(stage: Stage) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from raypipe.config import PipelineConfig
 from tests.helpers import load_benchmark
 
 pytestmark = [pytest.mark.isolated]
@@ -52,7 +53,10 @@ def test_the_gpu_feed_figures_are_the_benchmarks() -> None:
     text = (ROOT / "BENCHMARKS.md").read_text()
     for row in report["rows"]:
         line = (
-            f"| {row['cost_s_per_face']:g} s | {row['actors']} | {row['pool_busy_fraction']:.2f} |"
-            f" {row['cpu_bound']['best_busy_fraction']:.2f} |"
+            f"| {row['cost_s_per_face']:g} s | {row['actors']} | {row['anonymize_tasks_in_flight']} |"
+            f" {row['pool_busy_fraction']:.2f} | {row['cpu_bound']['best_busy_fraction']:.2f} |"
         )
         assert line in text
+    default = PipelineConfig().anonymize_tasks_in_flight
+    by = {(r["cost_s_per_face"], r["actors"], r["anonymize_tasks_in_flight"]): r for r in report["rows"]}
+    assert default == 1 and by[(2.0, 4, 1)]["pool_busy_fraction"] > 1.5 * by[(2.0, 4, 2)]["pool_busy_fraction"]

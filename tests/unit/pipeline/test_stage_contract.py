@@ -39,6 +39,7 @@ def test_the_job_is_its_stages_in_order_each_with_what_it_declares() -> None:
     assert decode.actors is None and decode.num_cpus == stages.TASK_CPUS  # stateless tasks
     assert detect.actors == (2, 2) and detect.num_gpus == 0
     assert anonymize.actors == (1, 3) and anonymize.num_gpus == 0  # no GPU in this cluster
+    assert anonymize.tasks_in_flight == 1 and detect.tasks_in_flight is None  # pipeline.anonymize_tasks_in_flight
     assert compose.actors == compose_pool(job, 16.0)
 
 
@@ -120,9 +121,11 @@ def test_one_adapter_maps_any_stage_with_its_resources_and_its_name() -> None:
     assert "num_gpus" not in options and "resources" not in options
 
     gpu = Counting()
-    gpu.resources = Resources(2.0, num_gpus=1.0, custom={"a100": 1}, actors=(2, 2))
+    gpu.resources = Resources(2.0, num_gpus=1.0, custom={"a100": 1}, actors=(2, 2), tasks_in_flight=1)
     add_stage(ds, gpu)
     assert ds.calls[1][1]["num_gpus"] == 1.0 and ds.calls[1][1]["resources"] == {"a100": 1}
+    assert ds.calls[1][1]["compute"].max_tasks_in_flight_per_actor == 1
+    assert options["compute"].max_tasks_in_flight_per_actor is None  # Ray Data's default
 
     tasks = Counting()
     tasks.resources = Resources(0.25)  # no pool: stateless tasks, set up where they run
