@@ -28,7 +28,7 @@ from raypipe.images import decode_image, image_format_for
 from raypipe.io.concurrent import map_bounded
 from raypipe.io.retry import retry
 from raypipe.io.storage import StorageOptions, filesystem, redact
-from raypipe.io.tables import ParquetShardError, is_table_shard, member_columns
+from raypipe.io.tables import is_table_shard
 from raypipe.io.tars import MemberHeader, iter_headers, split_member_name
 from raypipe.logs import get_logger
 
@@ -133,7 +133,7 @@ def index_table(uri: str, options: StorageOptions) -> ShardIndex:
     import pyarrow.parquet as pq
 
     from raypipe.imagefiles import picture_in_text
-    from raypipe.io.tables import metadata_problem
+    from raypipe.io.tables import scan_plan
 
     fs, path = filesystem(uri, options)
 
@@ -146,11 +146,7 @@ def index_table(uri: str, options: StorageOptions) -> ShardIndex:
                 log.warning("%s: not a readable Parquet table (%s); the job would fail it", redact(uri), exc)
                 return ShardIndex(uri, 0, size, [])
             meta = table.metadata
-            try:
-                columns = member_columns(table.schema_arrow)
-                hidden = metadata_problem(table.schema_arrow, picture_in_text)
-            except ParquetShardError as exc:
-                hidden = str(exc)
+            columns, hidden = scan_plan(table.schema_arrow, picture_in_text)
             if hidden:
                 log.warning("%s: %s; none of its rows would be released", redact(uri), hidden)
                 return ShardIndex(uri, meta.num_rows, size, [])

@@ -204,6 +204,14 @@ def metadata_problem(schema: pa.Schema, scan_text: ScanText | None) -> str | Non
     return None
 
 
+def scan_plan(schema: pa.Schema, scan_text: ScanText | None) -> tuple[list[MemberColumn], str | None]:
+    """A table's member columns, and why none of its rows may be released (None: they may)."""
+    try:
+        return member_columns(schema), metadata_problem(schema, scan_text)
+    except ParquetShardError as exc:
+        return [], str(exc)
+
+
 def _all_fields(schema: pa.Schema) -> Iterator[tuple[str, pa.Field]]:
     """Every field of a schema with its dotted path, nested ones too (struct, list, map children)."""
     stack = [(one.name, one) for one in schema]
@@ -249,11 +257,7 @@ def iter_rows(
     """
     table = open_table(local)
     meta = table.metadata
-    try:
-        columns = member_columns(table.schema_arrow)
-        refusal = metadata_problem(table.schema_arrow, scan_text)
-    except ParquetShardError as exc:
-        refusal = str(exc)
+    columns, refusal = scan_plan(table.schema_arrow, scan_text)
     position = 0
     for group in range(meta.num_row_groups):
         count = meta.row_group(group).num_rows
