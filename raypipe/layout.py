@@ -31,6 +31,7 @@ from typing import Any
 
 from raypipe.io.publish import exists, read_bytes
 from raypipe.io.storage import StorageOptions, filesystem, join
+from raypipe.io.tables import is_table_shard
 
 STATE_DIR = ".raypipe"
 SHARDS_DIR = "shards"  # under STATE_DIR: every finalized shard's audit and completion marker
@@ -99,7 +100,7 @@ def shard_stem(shard: str) -> str:
 def shard_of_stem(stem: str) -> str:
     """The shard a stem (of a marker, an audit or a fragments folder) belongs to: the inverse of
     :func:`shard_stem` for every name :func:`stems_uniquely` accepts."""
-    return stem if stem.endswith(".parquet") else f"{stem}.tar"
+    return stem if is_table_shard(stem) else f"{stem}.tar"
 
 
 def stems_uniquely(shard: str) -> bool:

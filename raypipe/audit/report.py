@@ -38,7 +38,6 @@ import math
 import os
 import re
 import stat
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +51,7 @@ from raypipe.audit.signing import KEY_ENV, Key
 from raypipe.audit.verify import SAFE_SHARD_NAME, VerifyReport, verify_output
 from raypipe.io.publish import exists, is_local, read_bytes
 from raypipe.io.storage import StorageOptions, redact
-from raypipe.io.tables import ParquetShardError, is_table_shard, member_name, released_members, spool
+from raypipe.io.tables import ParquetShardError, is_table_shard, keyed_members, spooled
 from raypipe.io.tars import Sample, TarReadError, iter_samples
 from raypipe.layout import OutputLayout
 from raypipe.logs import get_logger
@@ -723,12 +722,9 @@ def _add_table_faces(
     """Like the tar case, for a Parquet shard: its row ``j`` is the ``j``-th released record."""
     keys = [str(row.get("key")) for row in records if row.get("status") in RELEASED_STATUSES]
     try:
-        with tempfile.TemporaryDirectory(prefix="raypipe-report-") as spool_dir:
-            with layout.fs.open(path, "rb") as handle:
-                local, _ = spool(handle, spool_dir)
-            for key, columns in zip(keys, released_members(local)):
+        with spooled(layout.fs, path, f"open {shard}") as (local, _):
+            for key, members in keyed_members(local, keys):
                 if key in wanted:
-                    members = [(member_name(key, column), data) for column, data in columns]
                     _add_sample(gallery, Sample(key=key, members=members), wanted.pop(key), shard)
                 if len(gallery.thumbnails) >= gallery.limit:
                     return

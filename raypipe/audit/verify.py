@@ -30,7 +30,6 @@ import itertools
 import os
 import re
 import stat
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,7 +58,7 @@ from raypipe.audit.signing import Key, describe_mismatch, verify
 from raypipe.io.identity import HashingReader
 from raypipe.io.publish import exists, is_local, read_bytes
 from raypipe.io.storage import StorageOptions, redact
-from raypipe.io.tables import ParquetShardError, is_table_shard, member_name, released_members, spool
+from raypipe.io.tables import ParquetShardError, is_table_shard, keyed_members, spooled
 from raypipe.io.tars import Sample, TarProblem, TarReadError, iter_samples
 from raypipe.layout import STATE_DIR, OutputLayout, audit_name, done_name, shard_of_stem
 from raypipe.logs import get_logger
@@ -488,19 +487,14 @@ class _Verifier:
     def check_table(self, shard: str, path: str, entry: dict[str, Any], rows: list[dict[str, Any]] | None) -> None:
         """A Parquet shard: its sha256, then its rows against the released records. Its rows carry no
         key: row ``j`` is compared with the ``j``-th released record, by that record's key."""
-        with tempfile.TemporaryDirectory(prefix="raypipe-verify-") as spool_dir:
-            with self.fs.open(path, "rb") as handle:  # one read: what is hashed is what is parsed
-                local, digest = spool(handle, spool_dir)
+        with spooled(self.fs, path, f"open {shard}") as (local, digest):  # what is hashed is what is parsed
             if digest != entry.get("tar_sha256"):
                 self.add("modified", shard, f"sha256 {digest[:16]}... differs from the manifest's")
             if rows is None:
                 return
-            keys = [row.get("key") for row in _by_seq(rows) if row.get("status") in RELEASED_STATUSES]
-            found: list[tuple[str, str]] = []
+            keys = [str(row.get("key")) for row in _by_seq(rows) if row.get("status") in RELEASED_STATUSES]
             try:
-                for position, columns in enumerate(released_members(local)):
-                    key = str(keys[position]) if position < len(keys) else f"row {position}"
-                    found.append((key, sample_digest([(member_name(key, c), data) for c, data in columns])))
+                found = [(key, sample_digest(members)) for key, members in keyed_members(local, keys)]
             except ParquetShardError as exc:
                 self.add("modified", shard, f"unreadable table ({exc})")
                 return

@@ -22,14 +22,14 @@ import fsspec
 
 from raypipe.io.retry import retry
 from raypipe.io.storage import StorageOptions, basename, filesystem, protocol_of, redact, to_uri
+from raypipe.io.tables import PARQUET_SUFFIX
 from raypipe.logs import get_logger
 
 logger = get_logger(__name__)
 
 SHARD_SUFFIX = ".tar"
-TABLE_SUFFIX = ".parquet"
 INPUT_FORMATS = ("auto", "webdataset", "parquet")
-_SUFFIXES = {"auto": (SHARD_SUFFIX, TABLE_SUFFIX), "webdataset": (SHARD_SUFFIX,), "parquet": (TABLE_SUFFIX,)}
+_SUFFIXES = {"auto": (SHARD_SUFFIX, PARQUET_SUFFIX), "webdataset": (SHARD_SUFFIX,), "parquet": (PARQUET_SUFFIX,)}
 MAX_EXPANSION = 1_000_000
 # Up to this many spelled-out names in one folder are checked one by one; more and the folder is
 # listed once instead (a HEAD per shard is slow for thousands of shards).
@@ -214,7 +214,7 @@ def _one_kind(spec: str, shards: list[str]) -> list[str]:
             redact(spec),
             len(tars),
             len(shards) - len(tars),
-            TABLE_SUFFIX,
+            PARQUET_SUFFIX,
         )
     return tars or shards
 

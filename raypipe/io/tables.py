@@ -30,9 +30,11 @@ parsed from local disk.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -42,6 +44,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raypipe.io.identity import HashingReader
+from raypipe.io.retry import retry
 
 PARQUET_SUFFIX = ".parquet"
 KEY_DIGITS = 8
@@ -236,6 +239,15 @@ def spool(handle: IO[bytes], folder: str, name: str = "table.parquet") -> tuple[
     return local, reader.digest.hexdigest()
 
 
+@contextlib.contextmanager
+def spooled(fs: Any, path: str, description: str) -> Iterator[tuple[str, str]]:
+    """A local copy of the table at ``path`` (opened with retries) for the block: (local path, sha256)."""
+    with tempfile.TemporaryDirectory(prefix="raypipe-table-") as folder:
+        with retry(lambda: fs.open(path, "rb"), description=description) as handle:
+            copied = spool(handle, folder)
+        yield copied
+
+
 def open_table(local: str) -> pq.ParquetFile:
     """A local Parquet file, with any failure to parse its footer as :class:`ParquetShardError`."""
     try:
@@ -255,7 +267,13 @@ def iter_rows(
     than :data:`ROW_GROUP_FLOOR_BYTES` or ``4 * max_member_bytes``, whichever is more, for its own rows.
     With ``text_column``, every row's ``text`` is that string column's value, or why there is none.
     """
-    table = open_table(local)
+    table = open_table(local)  # here, not in the generator: a file that is not Parquet raises at the call
+    return _rows(table, max_member_bytes, scan_text, text_column)
+
+
+def _rows(
+    table: pq.ParquetFile, max_member_bytes: int | None, scan_text: ScanText | None, text_column: str | None
+) -> Iterator[Row]:
     meta = table.metadata
     columns, refusal = scan_plan(table.schema_arrow, scan_text)
     position = 0
@@ -578,17 +596,21 @@ def _compression(table: pq.ParquetFile) -> str:
     return _CODECS.get(codec, "none" if codec == "uncompressed" else "snappy")
 
 
-def released_members(local: str) -> Iterator[list[tuple[str, bytes]]]:
-    """The members of every row of a local output table, in order, as ``(column, bytes)``: what a
-    verifier names with the key of the released sample at that position. Raises
-    :class:`ParquetShardError` for anything it cannot read."""
+def keyed_members(local: str, keys: Sequence[str]) -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
+    """Every row of a local output table, in order, as ``(key, members)``: row ``j`` is the ``j``-th
+    released sample, so it takes ``keys[j]`` (``row j`` past the end of ``keys``), and its members are
+    named as the read stage named them. Raises :class:`ParquetShardError` for anything it cannot read."""
     try:
         table = open_table(local)
         columns = member_columns(table.schema_arrow, strict=False)  # the sha256 vouches for the rest
+        position = 0
         for group in range(table.num_row_groups):
             chunk = table.read_row_group(group, columns=[c.name for c in columns], use_threads=False)
             values = [_member_values(chunk, column)[0] for column in columns]
             for offset in range(chunk.num_rows):
-                yield [(c.name, bytes(v[offset])) for c, v in zip(columns, values) if v[offset] is not None]
+                key = str(keys[position]) if position < len(keys) else f"row {position}"
+                present = [(c.name, v[offset]) for c, v in zip(columns, values) if v[offset] is not None]
+                yield key, [(member_name(key, name), bytes(data)) for name, data in present]
+                position += 1
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise ParquetShardError(f"not a readable table ({str(exc)[:300]})") from None

@@ -36,10 +36,9 @@ from raypipe.audit.manifest import (
 from raypipe.audit.schema import RECORD_TYPE, AuditRecord, records_table, sample_digest
 from raypipe.audit.signing import mac, mac_file
 from raypipe.io.publish import delete, publish_bytes, publish_stream, read_bytes
-from raypipe.io.retry import retry
 from raypipe.io.spans import InputChangedError, MemberRef, SpanReader
 from raypipe.io.storage import filesystem, redact
-from raypipe.io.tables import is_table_shard, spool, write_rows
+from raypipe.io.tables import is_table_shard, spooled, write_rows
 from raypipe.io.tars import Sample, write_tar
 from raypipe.layout import OutputLayout
 from raypipe.logs import get_logger
@@ -300,7 +299,8 @@ def finalize_shard(
         records = [AuditRecord.from_row(row["audit"]) for row in ordered]
         fs = layout.fs
         if is_table_shard(shard):
-            output_sha256 = _finalize_table(layout, shard, quarantine, source, spool, ordered, records, fragments)
+            pinned = input_identity or {}
+            output_sha256 = _finalize_table(layout, shard, quarantine, source, pinned, ordered, records, fragments)
         else:
             if quarantine is not None:
                 with SpanReader(source, layout.options) as inputs:
@@ -428,24 +428,22 @@ def _finalize_table(
     shard: str,
     quarantine: OutputLayout | None,
     source: str,
-    spool_dir: str,
+    pinned: dict[str, Any],
     rows: list[dict[str, Any]],
     records: list[AuditRecord],
     fragments: _Fragments,
 ) -> str:
     """Publish a Parquet shard (and its quarantine table) from the input table and the fragments;
     returns the output's sha256. The input is spooled again and must be the bytes its rows were read
-    from (the sha256 the read stage pinned): every column but the member columns is copied from it."""
-    pinned = _input_of(shard, fragments.end_input, rows) or {}
+    from (``pinned``, with the sha256 the read stage recorded): every column but the member columns is
+    copied from it."""
     fs, path = filesystem(source, layout.options)
-    with retry(lambda: fs.open(path, "rb"), description=f"open {redact(source)}") as handle:
-        local, digest = spool(handle, spool_dir, "input.parquet")
-    if digest != pinned.get("sha256"):
-        raise InputChangedError(
-            f"{redact(source)}: the input table is not the one its rows were read from (sha256 {digest[:16]}...); "
-            "rerun the same command to restart that shard"
-        )
-    with SpanReader(source, layout.options) as inputs:  # members of tables are bytes: it is never opened
+    with spooled(fs, path, f"open {redact(source)}") as (local, digest):
+        if digest != pinned.get("sha256"):
+            raise InputChangedError(
+                f"{redact(source)}: the input table is not the one its rows were read from (sha256 {digest[:16]}...);"
+                " rerun the same command to restart that shard"
+            )
         if quarantine is not None and not all(row["released"] for row in rows):
             try:
                 with publish_stream(quarantine.fs, quarantine.tar(shard)) as out:
@@ -458,13 +456,15 @@ def _finalize_table(
             except (pa.ArrowException, ValueError, OSError) as exc:  # never a reason not to finalize
                 log.error("%s: its held-back rows could not be copied to the quarantine (%s)", shard, exc)
 
-        def released(seq: int) -> list[tuple[str, bytes]]:
-            members = fragments.members(seq, "out", inputs)
-            records[seq].output_sha256 = sample_digest(members)
-            return members
+        with SpanReader(source, layout.options) as inputs:  # members of tables are bytes: it is never opened
 
-        with publish_stream(layout.fs, layout.tar(shard)) as table:
-            write_rows(local, lambda seq: bool(rows[seq]["released"]), table, members=released)
+            def released(seq: int) -> list[tuple[str, bytes]]:
+                members = fragments.members(seq, "out", inputs)
+                records[seq].output_sha256 = sample_digest(members)
+                return members
+
+            with publish_stream(layout.fs, layout.tar(shard)) as table:
+                write_rows(local, lambda seq: bool(rows[seq]["released"]), table, members=released)
     return table.sha256
 
 

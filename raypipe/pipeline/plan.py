@@ -140,6 +140,8 @@ def make_plan(
         _check_none_removed(layout, removed)
     plan = Plan(config_hash=digest, shards=shards, overwrite=overwrote)
     identities = dict(zip(uris, map_bounded(lambda uri: object_identity(uri, config.storage), uris)))
+    source = config.method.attribute_source
+    prompt_column = source.column if source is not None else None  # read with each table's rows
     for uri, name in shards:  # before anything is dropped: a changed signed input stops the run
         if name in signed:
             _check_signed_input(name, signed[name], identities[uri])
@@ -169,10 +171,8 @@ def make_plan(
 
     for (uri, name), found in zip(shards, map_bounded(look, shards)):
         if isinstance(found, Positions):
-            source = config.method.attribute_source
-            column = source.column if source is not None else None
             plan.pending.append(
-                ShardWork(uri=uri, name=name, committed=found, identity=identities[uri], attribute_column=column)
+                ShardWork(uri=uri, name=name, committed=found, identity=identities[uri], attribute_column=prompt_column)
             )
             continue
         plan.done.append(name)

@@ -13,12 +13,10 @@ recomputed.
 
 from __future__ import annotations
 
-import itertools
 import json
-import tempfile
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from raypipe.audit.schema import sample_digest
@@ -28,7 +26,7 @@ from raypipe.images import identify_image
 from raypipe.io.identity import HashingReader, object_identity, same_object
 from raypipe.io.spans import InputChangedError, MemberRef
 from raypipe.io.storage import StorageOptions, filesystem, redact
-from raypipe.io.tables import ParquetShardError, Row, is_table_shard, iter_rows, spool
+from raypipe.io.tables import ParquetShardError, Row, is_table_shard, iter_rows, spooled
 from raypipe.io.tars import OVER_LIMIT, Sample, TarProblem, TarReadError, iter_samples
 from raypipe.logs import get_logger
 from raypipe.pipeline.intervals import Positions
@@ -101,25 +99,22 @@ def table_tasks(work: ShardWork, options: StorageOptions, limits: LimitsConfig) 
     the other columns from the very bytes these rows were read from. A table that cannot be parsed
     gives one failed record; a row group that cannot be read fails its own rows.
     """
-    from raypipe.io.retry import retry
-
     fs, path = filesystem(work.uri, options)
     source = redact(work.uri)
-    pinned = work if work.identity is not None else replace(work, identity=object_identity(work.uri, options))
-    input_id = _check_identity(pinned, options)
+    if work.identity is not None:
+        planned = json.loads(_check_identity(work, options))
+    else:
+        planned = object_identity(work.uri, options)
     seq = 0
-    with tempfile.TemporaryDirectory(prefix="raypipe-read-") as spool_dir:
-        with retry(lambda: fs.open(path, "rb")) as fh:
-            local, shard_sha256 = spool(fh, spool_dir)
-        input_id = json.dumps(json.loads(input_id) | {"sha256": shard_sha256}, sort_keys=True)
+    with spooled(fs, path, f"open {source}") as (local, shard_sha256):
+        input_id = json.dumps(planned | {"sha256": shard_sha256}, sort_keys=True)
         try:
-            rows: Iterator[Row] = iter_rows(
+            rows = iter_rows(
                 local, limits.max_member_bytes, scan_text=_picture_in_text, text_column=work.attribute_column
             )
-            first = [next(rows, None)]
         except ParquetShardError as exc:  # not Parquet at all: one record says so
-            rows, first = iter(()), [Row("", problems=[f"{source}: {exc}"])]
-        for row in itertools.chain(filter(None, first), rows):
+            rows = iter([Row("", problems=[f"{source}: {exc}"])])
+        for row in rows:
             if seq not in work.committed:
                 task = _row_task(work, seq, row)
                 task.input_id = input_id  # with the table's sha256: rows of two versions never mix
