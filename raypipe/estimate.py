@@ -26,8 +26,9 @@ from typing import Any
 from raypipe.config import JobConfig
 from raypipe.images import decode_image, image_format_for
 from raypipe.io.concurrent import map_bounded
+from raypipe.io.filetrees import folder_uri, group_files, is_files_group, samples_of
 from raypipe.io.retry import retry
-from raypipe.io.storage import StorageOptions, filesystem, redact
+from raypipe.io.storage import StorageOptions, filesystem, join, redact
 from raypipe.io.tables import is_table_shard
 from raypipe.io.tars import MemberHeader, iter_headers, split_member_name
 from raypipe.logs import get_logger
@@ -114,6 +115,10 @@ def index_shard(uri: str, options: StorageOptions) -> ShardIndex:
     """Samples, bytes and image members of one shard, from its headers (a table: its footer)."""
     if is_table_shard(uri):
         return index_table(uri, options)
+    if is_files_group(uri):
+        files = group_files(uri, options)
+        images = [MemberHeader(f.name, 0, f.size) for f in files if image_format_for(f.name) is not None]
+        return ShardIndex(uri, len(samples_of(f.name for f in files)), sum(f.size for f in files), images)
     fs, path = filesystem(uri, options)
 
     def walk() -> ShardIndex:
@@ -201,6 +206,8 @@ def estimate(config: JobConfig, sample: int = 32, seed: int = 0, price_per_gpu_h
 
 
 def _faces_in(uri: str, header: MemberHeader | TableCell, analyzer: Any, config: JobConfig) -> int | None:
+    if is_files_group(uri) and isinstance(header, MemberHeader):  # a file of a group: offset 0, read whole
+        uri = join(folder_uri(uri), header.name)
     fs, path = filesystem(uri, config.storage)
 
     def read() -> bytes | None:

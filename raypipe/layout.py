@@ -2,6 +2,7 @@
 
 ```
 OUTPUT/<shard>.tar                              anonymized shard, same name as the input shard (or <shard>.parquet)
+OUTPUT/<folder>/<file>                          a released file of a tree of files, same place as in INPUT
 OUTPUT/.raypipe/shards/<shard>.audit.parquet    one audit record per input sample
 OUTPUT/.raypipe/shards/<shard>.done.json        completion marker, written last: hashes and counts
 OUTPUT/.raypipe/job.json                        the configuration hash this OUTPUT holds results of
@@ -29,7 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from raypipe.io.publish import exists, read_bytes
+from raypipe.io.filetrees import file_digest, folder_files, group_folder, is_files_group, listing_digest
+from raypipe.io.publish import delete, exists, read_bytes
 from raypipe.io.storage import StorageOptions, filesystem, join
 from raypipe.io.tables import is_table_shard
 
@@ -62,6 +64,10 @@ class OutputLayout:
     def tar(self, shard: str) -> str:
         return self.path(shard)
 
+    def folder(self, group: str) -> str:
+        """Where the released files of a group of files are (:mod:`raypipe.io.filetrees`)."""
+        return self.path(group_folder(group))
+
     def audit(self, shard: str) -> str:
         return self.path(audit_name(shard))
 
@@ -92,15 +98,36 @@ class OutputLayout:
         return value
 
 
+def output_files(layout: OutputLayout, shard: str) -> list[tuple[str, str]]:
+    """``(name, path)`` of what a shard's output is: its tar (or table), or a group's released files."""
+    if is_files_group(shard):
+        return folder_files(layout.fs, layout.folder(shard))
+    return [(shard, layout.tar(shard))]
+
+
+def output_sha256(layout: OutputLayout, shard: str) -> str:
+    """The content hash of a shard's output as it is stored: the sha256 of its tar (or table), or of
+    a group of files, the digest of its files' names and sha256 (:func:`raypipe.io.filetrees.listing_digest`)."""
+    hashes = [(name, file_digest(layout.fs, path)) for name, path in output_files(layout, shard)]
+    return listing_digest(hashes) if is_files_group(shard) else hashes[0][1]
+
+
+def delete_output(layout: OutputLayout, shard: str) -> None:
+    """Remove a shard's output (:func:`output_files`), its audit and its completion marker."""
+    for path in [layout.done(shard), *(path for _, path in output_files(layout, shard)), layout.audit(shard)]:
+        delete(layout.fs, path)
+
+
 def shard_stem(shard: str) -> str:
-    """``data-00001.tar`` -> ``data-00001``; a Parquet shard keeps its suffix (``part-0.parquet``)."""
+    """``data-00001.tar`` -> ``data-00001``; a Parquet shard or a group of files keeps its suffix
+    (``part-0.parquet``, ``a%2Fb.files``)."""
     return shard[: -len(".tar")] if shard.endswith(".tar") else shard
 
 
 def shard_of_stem(stem: str) -> str:
     """The shard a stem (of a marker, an audit or a fragments folder) belongs to: the inverse of
     :func:`shard_stem` for every name :func:`stems_uniquely` accepts."""
-    return stem if is_table_shard(stem) else f"{stem}.tar"
+    return stem if is_table_shard(stem) or is_files_group(stem) else f"{stem}.tar"
 
 
 def stems_uniquely(shard: str) -> bool:

@@ -60,7 +60,15 @@ from raypipe.audit.merkle import MerkleBuilder
 from raypipe.audit.signing import Key, canonical, describe_mismatch, mac, sign, verify
 from raypipe.io.publish import exists, publish_bytes, read_bytes
 from raypipe.io.storage import redact
-from raypipe.layout import DONE_SUFFIX, HISTORY_DIR, MANIFEST_FILE, STATE_DIR, OutputLayout, shard_of_stem
+from raypipe.layout import (
+    DONE_SUFFIX,
+    HISTORY_DIR,
+    MANIFEST_FILE,
+    STATE_DIR,
+    OutputLayout,
+    output_sha256,
+    shard_of_stem,
+)
 from raypipe.logs import get_logger
 from raypipe.records import Status
 
@@ -82,7 +90,6 @@ ENTRY_FIELDS = (
 MAX_MANIFEST_BYTES = 256 * 2**20  # a manifest of 10^6 shards is ~500 MB pretty-printed; cap what we parse
 MAX_JSON_DEPTH = 16
 RELEASED_STATUSES = frozenset(s.value for s in Status if s.releasable)
-_HASH_CHUNK = 8 * 2**20
 
 # Names a caller must not put in ``run``: the manifest is handed to third parties.
 _SECRET_NAME = re.compile(r"secret|passw|token|credential|private|api_?key|access_?key|signing_?key", re.I)
@@ -181,15 +188,6 @@ def read_signed_manifest(layout: OutputLayout, key: Key) -> dict[str, Any] | Non
             "a run never extends a manifest it cannot verify: run `raypipe audit verify`"
         )
     return manifest
-
-
-def sha256_file(fs: Any, path: str) -> str:
-    """sha256 hex of a file, streamed (shard tars can be far larger than memory)."""
-    digest = hashlib.sha256()
-    with fs.open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def finished_shards(layout: OutputLayout, manifest: dict[str, Any] | None) -> list[str]:
@@ -302,7 +300,7 @@ def entry_from_files(layout: OutputLayout, shard: str, secret: bytes | None = No
     audit_data = read_bytes(fs, layout.audit(shard))
     rows = audit_rows(audit_data)
     recomputed = {
-        "tar_sha256": sha256_file(fs, layout.tar(shard)),
+        "tar_sha256": output_sha256(layout, shard),
         "audit_sha256": hashlib.sha256(audit_data).hexdigest(),
         "samples": len(rows),
         "released": sum(1 for row in rows if row.get("status") in RELEASED_STATUSES),

@@ -48,7 +48,8 @@ import pyarrow as pa
 from raypipe.audit.manifest import RELEASED_STATUSES, ManifestError, audit_rows, finished_shards, read_manifest
 from raypipe.audit.schema import sample_digest
 from raypipe.audit.signing import KEY_ENV, Key
-from raypipe.audit.verify import SAFE_SHARD_NAME, VerifyReport, verify_output
+from raypipe.audit.verify import VerifyReport, safe_shard_name, verify_output
+from raypipe.io.filetrees import folder_files, is_files_group, samples_of
 from raypipe.io.publish import exists, is_local, read_bytes
 from raypipe.io.storage import StorageOptions, redact
 from raypipe.io.tables import ParquetShardError, is_table_shard, keyed_members, spooled
@@ -374,7 +375,7 @@ def _add_shard(data: ReportData, layout: OutputLayout, shard: str) -> dict[str, 
     listed = _dict(_dict(_dict(data.manifest).get("shards")).get(shard))
     entry: dict[str, Any] = {"shard": shard, "manifest_samples": listed.get("samples"), "counts": {}, "samples": None}
     data.shards.append(entry)
-    if not SAFE_SHARD_NAME.match(shard):
+    if not safe_shard_name(shard):
         entry.update(audit="not read (not a plain shard name)", marker=False, released=None, tar_sha256=None)
         data.read_errors.append(f"{shard[:80]!r}: not a plain shard name; nothing of it was read")
         return None
@@ -693,6 +694,9 @@ def _add_shard_faces(gallery: Gallery, layout: OutputLayout, shard: str) -> None
     wanted = _candidates(records, shard)
     if not wanted:
         return
+    if is_files_group(shard):
+        _add_files_faces(gallery, layout, shard, wanted)
+        return
     path = layout.tar(shard)
     if not _regular_file(layout, path):
         gallery.skipped["a shard tar is missing or not a regular file (never read)"] += 1
@@ -730,6 +734,24 @@ def _add_table_faces(
                     return
     except (ParquetShardError, OSError):
         gallery.skipped["a shard table could not be read to its end"] += 1
+
+
+def _add_files_faces(gallery: Gallery, layout: OutputLayout, shard: str, wanted: dict[str, dict[str, Any]]) -> None:
+    """Like the tar case, for a group of files: the files of each wanted key in its folder."""
+    try:
+        paths = dict(folder_files(layout.fs, layout.folder(shard)))
+        for key, names in samples_of(paths):
+            if key not in wanted:
+                continue
+            if not all(_regular_file(layout, paths[name]) for name in names):
+                gallery.skipped["a released file is not a regular file (never read)"] += 1
+                continue
+            members = [(name, read_bytes(layout.fs, paths[name])) for name in names]
+            _add_sample(gallery, Sample(key=key, members=members), wanted.pop(key), shard)
+            if len(gallery.thumbnails) >= gallery.limit:
+                return
+    except OSError:
+        gallery.skipped["a folder of released files could not be read"] += 1
 
 
 def gallery_faces(root: str, data: ReportData, limit: int, options: StorageOptions | None = None) -> Gallery:

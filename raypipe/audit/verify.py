@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import posixpath
 import re
 import stat
 from collections import Counter
@@ -55,6 +56,15 @@ from raypipe.audit.manifest import (
 )
 from raypipe.audit.schema import sample_digest
 from raypipe.audit.signing import Key, describe_mismatch, verify
+from raypipe.io.filetrees import (
+    FileTreeError,
+    folder_files,
+    group_content,
+    group_folder,
+    is_files_group,
+    listing_digest,
+    samples_of,
+)
 from raypipe.io.identity import HashingReader
 from raypipe.io.publish import exists, is_local, read_bytes
 from raypipe.io.storage import StorageOptions, redact
@@ -81,7 +91,7 @@ KINDS = (
 MAX_PER_FILE = 20
 MAX_COUNT = 10**12  # no shard or manifest count is larger; bounds the work a forged number can ask for
 MAX_AUDIT_BYTES = 4 * 2**30  # an audit file of a shard is far smaller (about 1 KB a sample)
-SAFE_SHARD_NAME = re.compile(r"^[^/\\\x00-\x1f.][^/\\\x00-\x1f]*\.(tar|parquet)$")
+SAFE_SHARD_NAME = re.compile(r"^[^/\\\x00-\x1f.][^/\\\x00-\x1f]*\.(tar|parquet|files)$")
 # What raypipe itself keeps under OUTPUT/.raypipe besides the shards' sidecars, manifests and fragments.
 STATE_FILES = ("manifest.json", "config.yaml", "job.json", "lease.json")
 _RUN_RECORD = re.compile(rf"^{re.escape(STATE_DIR)}/runs/\d{{8}}T\d{{6}}Z-[0-9a-f]{{8}}\.json$")
@@ -133,6 +143,20 @@ class VerifyReport:
         lines = [f"FAILED {self.output}: {len(self.problems)} problem(s)"]
         lines.extend(f"  {problem}" for problem in self.problems)
         return "\n".join(lines)
+
+
+def safe_shard_name(shard: str) -> bool:
+    """Whether a name in a manifest is one raypipe gives a shard, so that it names a file (or, for a
+    group of files, a folder) inside OUTPUT."""
+    if not SAFE_SHARD_NAME.match(shard):
+        return False
+    if not is_files_group(shard):
+        return ".." not in shard
+    try:
+        group_folder(shard)  # quoted: its parts are checked once unquoted
+    except FileTreeError:
+        return False
+    return True
 
 
 def _count(value: Any) -> bool:
@@ -358,11 +382,11 @@ class _Verifier:
 
     def check_shard(self, shard: str, entry: dict[str, Any]) -> list[dict[str, Any]] | None:
         """Checks one shard; returns its audit rows in seq order when they match the manifest."""
-        if not SAFE_SHARD_NAME.match(shard) or ".." in shard:
+        if not safe_shard_name(shard):
             self.add(
                 "modified",
                 f"{STATE_DIR}/{MANIFEST_FILE}",
-                f"shard name {shard[:80]!r} is not a plain .tar or .parquet name",
+                f"shard name {shard[:80]!r} is not a plain .tar, .parquet or .files name",
             )
             return None
         self.check_marker(shard, entry, done_name(shard))
@@ -452,6 +476,9 @@ class _Verifier:
             )
 
     def check_tar(self, shard: str, entry: dict[str, Any], rows: list[dict[str, Any]] | None) -> None:
+        if is_files_group(shard):
+            self.check_files(shard, entry, rows)
+            return
         path = self.layout.tar(shard)
         if not exists(self.fs, path):
             self.add("missing", shard, "shard tar is gone" if not is_table_shard(shard) else "shard table is gone")
@@ -500,9 +527,27 @@ class _Verifier:
                 return
         self.check_released(shard, rows, found)
 
+    def check_files(self, shard: str, entry: dict[str, Any], rows: list[dict[str, Any]] | None) -> None:
+        """A group of files: the files in its folder (read a sample at a time) against the digest of the
+        manifest and the released records. Its samples come in key order, as the input's did."""
+        folder = self.layout.folder(shard)
+        paths = dict(folder_files(self.fs, folder))
+        hashes: list[tuple[str, str]] = []
+        found: list[tuple[str, str]] = []
+        for key, names in samples_of(paths):
+            members = [(name, read_bytes(self.fs, paths[name])) for name in names if self.regular(paths[name], shard)]
+            hashes.extend((name, hashlib.sha256(data).hexdigest()) for name, data in members)
+            found.append((key, sample_digest(members)))
+        digest = listing_digest(hashes)
+        if digest != entry.get("tar_sha256"):
+            self.add("modified", shard, f"the files' digest {digest[:16]}... differs from the manifest's")
+        if rows is not None:
+            self.check_released(shard, rows, found)
+
     def check_released(self, shard: str, rows: list[dict[str, Any]], found: list[tuple[str, str]]) -> None:
-        """The tar (or table) holds exactly the released samples of the audit, in order, with the recorded bytes."""
-        kind = "table" if is_table_shard(shard) else "tar"
+        """The tar (or table, or folder) holds exactly the released samples of the audit, in order, with the
+        recorded bytes."""
+        kind = "table" if is_table_shard(shard) else "folder" if is_files_group(shard) else "tar"
         in_order = _by_seq(rows)
         status = {row.get("key"): row.get("status") for row in in_order}
         expected: list[tuple[Any, Any]] = [
@@ -544,10 +589,14 @@ class _Verifier:
         known |= {f"{STATE_DIR}/{HISTORY_DIR}/{n:06d}.json" for n in range(1, sequence + 1)}
         for shard in shards:
             known |= {shard, audit_name(shard), done_name(shard)}
+        folders = {group_folder(shard) for shard in shards if is_files_group(shard)}  # checked by check_files
         unfinished: set[str] = set()
         for path in sorted(self.fs.find(root, withdirs=False)):
             name = path[len(root) + 1 :] if path.startswith(root + "/") else path
             if name in known or _RUN_RECORD.match(name):
+                continue
+            parent, base = posixpath.split(name)
+            if parent in folders and not base.startswith("."):
                 continue
             fragment = _FRAGMENT.match(name)
             if fragment and shard_of_stem(fragment["stem"]) not in shards:
@@ -622,6 +671,10 @@ class _Verifier:
         from raypipe.io.storage import filesystem
 
         uri = str(pinned.get("uri"))
+        if is_files_group(uri):
+            if group_content(uri, self.layout.options) != pinned.get("sha256"):
+                self.add("modified", uri, f"the input files of {shard} differ from the ones the anchor pins")
+            return
         fs, path = filesystem(uri, self.layout.options)
         if not exists(fs, path):
             self.add("missing", uri, f"the input of {shard} pinned by the anchor is gone")

@@ -12,6 +12,7 @@ import hashlib
 import os
 from typing import IO, Any
 
+from raypipe.io.filetrees import group_identity, is_files_group
 from raypipe.io.retry import retry
 from raypipe.io.storage import StorageOptions, filesystem, redact
 
@@ -20,7 +21,10 @@ _VERSION_KEYS = ("ETag", "etag", "generation", "md5Hash")
 
 
 def object_identity(uri: str, options: StorageOptions) -> dict[str, Any]:
-    """``{"uri", "size", "etag" | "mtime_ns"}`` of the object at ``uri`` (one metadata request)."""
+    """``{"uri", "size", "etag" | "mtime_ns"}`` of the object at ``uri`` (one metadata request); of a group
+    of files, a digest of its folder's listing as its ETag (:func:`raypipe.io.filetrees.group_identity`)."""
+    if is_files_group(uri):
+        return group_identity(uri, options)
     fs, path = filesystem(uri, options)
     identity: dict[str, Any] = {"uri": redact(uri)}
     if fs.protocol in ("file", "local") or "file" in tuple(fs.protocol):

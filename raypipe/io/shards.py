@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import fsspec
 
+from raypipe.io.filetrees import group_shard_name, is_files_group, list_groups
 from raypipe.io.retry import retry
 from raypipe.io.storage import StorageOptions, basename, filesystem, protocol_of, redact, to_uri
 from raypipe.io.tables import PARQUET_SUFFIX
@@ -28,8 +29,13 @@ from raypipe.logs import get_logger
 logger = get_logger(__name__)
 
 SHARD_SUFFIX = ".tar"
-INPUT_FORMATS = ("auto", "webdataset", "parquet")
-_SUFFIXES = {"auto": (SHARD_SUFFIX, PARQUET_SUFFIX), "webdataset": (SHARD_SUFFIX,), "parquet": (PARQUET_SUFFIX,)}
+INPUT_FORMATS = ("auto", "webdataset", "parquet", "files")
+_SUFFIXES = {
+    "auto": (SHARD_SUFFIX, PARQUET_SUFFIX),
+    "webdataset": (SHARD_SUFFIX,),
+    "parquet": (PARQUET_SUFFIX,),
+    "files": (),
+}
 MAX_EXPANSION = 1_000_000
 # Up to this many spelled-out names in one folder are checked one by one; more and the folder is
 # listed once instead (a HEAD per shard is slow for thousands of shards).
@@ -169,8 +175,8 @@ def expand_shards(
 
 
 def shard_name(uri: str) -> str:
-    """The shard's file name; the output shard has the same name."""
-    return basename(uri)
+    """The shard's file name (the output shard has the same name), or a group of files' name."""
+    return group_shard_name(uri) if is_files_group(uri) else basename(uri)
 
 
 def _expand_spec(spec: str, options: StorageOptions, input_format: str) -> list[str]:
@@ -187,17 +193,19 @@ def _expand_spec(spec: str, options: StorageOptions, input_format: str) -> list[
         literal = [n for n in names if not has_glob(n)]
         folders = [n for n in literal if not n.endswith(suffixes)]
         for name in folders:
-            listed.extend(_folder_shards(fs, scheme, spec, name, suffixes))
+            listed.extend(_folder_shards(fs, scheme, spec, name, input_format))
         present, absent = _check_exist(fs, scheme, [n for n in literal if n.endswith(suffixes)])
         named.extend(present)
         missing.extend(absent)
         for name in names:
+            if has_glob(name) and input_format == "files":
+                raise ShardSpecError(f"{redact(spec)}: with input format files, INPUT names folders, not globs")
             if has_glob(name):
                 listed.extend(_glob(fs, scheme, name, suffixes))
     if missing:
         raise MissingShardsError(spec, missing)
     if not named and not listed:
-        raise ShardSpecError(f"{redact(spec)} matches no {_kinds(suffixes)} shards")
+        raise ShardSpecError(f"{redact(spec)} matches no {_kinds(suffixes) or 'folders of'} shards")
     return named + (_one_kind(spec, listed) if input_format == "auto" else listed)
 
 
@@ -220,29 +228,51 @@ def _one_kind(spec: str, shards: list[str]) -> list[str]:
 
 
 def _folder_shards(
-    fs: fsspec.AbstractFileSystem, scheme: str | None, spec: str, name: str, suffixes: tuple[str, ...]
+    fs: fsspec.AbstractFileSystem, scheme: str | None, spec: str, name: str, input_format: str
 ) -> list[str]:
-    """A folder (or prefix) named as INPUT stands for every shard directly inside it, sorted."""
+    """A folder (or prefix) named as INPUT stands for every shard directly inside it, sorted; with
+    ``files`` (or ``auto``, for a folder that holds no shards), for the groups of its tree of files."""
+    suffixes = _SUFFIXES[input_format]
     path = fs._strip_protocol(name).rstrip("/")
     if not retry(lambda: fs.isdir(path), description=f"stat {redact(name)}"):
         what = (
             "does not exist" if not retry(lambda: fs.exists(path), description=f"stat {redact(name)}") else "is a file"
         )
+        kinds = "folders of files" if input_format == "files" else f"{_kinds(suffixes)} shards or folders of them"
+        raise ShardSpecError(f"{redact(spec)}: {redact(name)} {what}; INPUT names {kinds}")
+    shards: list[str] = []
+    if suffixes:
+        entries = retry(lambda: fs.ls(path, detail=True), description=f"list {redact(name)}")
+        shards = [
+            to_uri(scheme, fs, fs._strip_protocol(e["name"]))
+            for e in entries
+            if e.get("type") == "file" and e["name"].endswith(suffixes)
+        ]
+    if shards:
+        return sorted(shards)
+    if input_format not in ("files", "auto"):
         raise ShardSpecError(
-            f"{redact(spec)}: {redact(name)} {what}; INPUT names {_kinds(suffixes)} shards or folders of them"
+            f"{redact(spec)}: the folder {redact(name)} holds no {_kinds(suffixes)} shards "
+            "(--input-format files reads a folder of image files)"
         )
-    entries = retry(lambda: fs.ls(path, detail=True), description=f"list {redact(name)}")
-    shards = [
-        to_uri(scheme, fs, fs._strip_protocol(e["name"]))
-        for e in entries
-        if e.get("type") == "file" and e["name"].endswith(suffixes)
-    ]
-    if not shards:
+    groups = list_groups(fs, scheme, path)
+    if not groups:
+        raise ShardSpecError(f"{redact(spec)}: the folder {redact(name)} holds no files")
+    if input_format == "auto":
+        _refuse_nested_shards(fs, spec, name, path)
+    return groups
+
+
+def _refuse_nested_shards(fs: fsspec.AbstractFileSystem, spec: str, name: str, path: str) -> None:
+    """With ``auto``, a folder whose shards sit in subfolders is not read as a tree of files: its tars
+    would be copied as they are."""
+    nested = retry(lambda: fs.find(path, withdirs=False), description=f"list {redact(name)}")
+    shards = sorted(p for p in nested if p.endswith((SHARD_SUFFIX, PARQUET_SUFFIX)))
+    if shards:
         raise ShardSpecError(
-            f"{redact(spec)}: the folder {redact(name)} holds no {_kinds(suffixes)} shards (folders of image files "
-            "are not inputs raypipe reads)"
+            f"{redact(spec)}: the folder {redact(name)} holds shards in subfolders ({redact(shards[0])}, ...): name"
+            f" them ({redact(name.rstrip('/'))}/*/*.tar), or read the tree as files with --input-format files"
         )
-    return sorted(shards)
 
 
 def _glob(fs: fsspec.AbstractFileSystem, scheme: str | None, name: str, suffixes: tuple[str, ...]) -> list[str]:

@@ -35,6 +35,7 @@ from raypipe.audit.manifest import (
 )
 from raypipe.audit.schema import RECORD_TYPE, AuditRecord, records_table, sample_digest
 from raypipe.audit.signing import mac, mac_file
+from raypipe.io.filetrees import folder_files, is_files_group, listing_digest
 from raypipe.io.publish import delete, publish_bytes, publish_stream, read_bytes
 from raypipe.io.spans import InputChangedError, MemberRef, SpanReader
 from raypipe.io.storage import filesystem, redact
@@ -301,6 +302,8 @@ def finalize_shard(
         if is_table_shard(shard):
             pinned = input_identity or {}
             output_sha256 = _finalize_table(layout, shard, quarantine, source, pinned, ordered, records, fragments)
+        elif is_files_group(shard):
+            output_sha256 = _finalize_files(layout, shard, quarantine, source, ordered, records, fragments)
         else:
             if quarantine is not None:
                 with SpanReader(source, layout.options) as inputs:
@@ -468,6 +471,41 @@ def _finalize_table(
     return table.sha256
 
 
+def _finalize_files(
+    layout: OutputLayout,
+    shard: str,
+    quarantine: OutputLayout | None,
+    source: str,
+    rows: list[dict[str, Any]],
+    records: list[AuditRecord],
+    fragments: _Fragments,
+) -> str:
+    """Publish the released files of a group of files to its folder under OUTPUT (and its held-back
+    originals to ``<quarantine>/<group>.tar``); returns the digest of the files written. Files left
+    there by an earlier attempt that this one does not release are removed."""
+    folder = layout.folder(shard)
+    with SpanReader(source, layout.options) as inputs:  # members of files are bytes: it is never opened
+        if quarantine is not None:
+            try:
+                _publish_quarantine(quarantine, shard, rows, records, fragments, inputs, f"{shard}.tar")
+            except OSError as exc:  # never a reason not to finalize
+                log.error("%s: its held-back files could not be copied to the quarantine (%s)", shard, exc)
+        hashes: list[tuple[str, str]] = []
+        for row, record in zip(rows, records):
+            if not row["released"]:
+                continue
+            released = fragments.members(row["seq"], "out", inputs)
+            record.output_sha256 = sample_digest(released)
+            for name, data in released:
+                publish_bytes(layout.fs, posixpath.join(folder, name), data)
+                hashes.append((name, hashlib.sha256(data).hexdigest()))
+    written = {name for name, _ in hashes}
+    for name, path in folder_files(layout.fs, folder):
+        if name not in written:
+            delete(layout.fs, path)
+    return listing_digest(hashes)
+
+
 def _quarantine_note(record: AuditRecord) -> dict[str, Any]:
     """Why a sample was held back, beside its originals in the quarantine."""
     values = record.to_row()
@@ -481,10 +519,12 @@ def _publish_quarantine(
     records: list[AuditRecord],
     fragments: _Fragments,
     inputs: SpanReader,
+    tar_name: str | None = None,
 ) -> None:
-    """Every held-back original, under a key of its own: a shard may repeat a key (a, b, a), and two
-    held samples with one key side by side would be merged by every reader (and refused by write_tar).
-    A repeated key becomes ``<key>_seq<N>`` (N: the sample's position); its note keeps the real names."""
+    """Every held-back original, in ``<quarantine>/<tar_name>`` (by default the shard's name), under a
+    key of its own: a shard may repeat a key (a, b, a), and two held samples with one key side by side
+    would be merged by every reader (and refused by write_tar). A repeated key becomes
+    ``<key>_seq<N>`` (N: the sample's position); its note keeps the real names."""
 
     def renamed(name: str, suffix: str) -> str:  # dir/a.seg.png -> dir/a<suffix>.seg.png
         folder, base = posixpath.split(name)
@@ -515,5 +555,5 @@ def _publish_quarantine(
             out.append((f"{key}.{QUARANTINE_NOTE}", json.dumps(note, sort_keys=True).encode()))
             yield Sample(key=key, members=out)
 
-    with publish_stream(quarantine.fs, quarantine.tar(shard)) as tar:
+    with publish_stream(quarantine.fs, quarantine.tar(tar_name or shard)) as tar:
         write_tar(held(), tar)

@@ -16,16 +16,18 @@ from typing import Any
 from raypipe.audit.manifest import ManifestError, entry_from_files, marked_shards
 from raypipe.config import ConfigError, JobConfig
 from raypipe.io.concurrent import map_bounded
+from raypipe.io.filetrees import is_files_group, split_group
 from raypipe.io.identity import object_identity, same_object
 from raypipe.io.publish import delete, exists, publish_bytes, read_bytes
 from raypipe.io.shards import shard_name
-from raypipe.io.storage import filesystem, redact, redact_all
+from raypipe.io.storage import filesystem, is_within, redact, redact_all
 from raypipe.layout import (
     CONFIG_FILE,
     JOB_FILE,
     RUNS_DIR,
     STATE_DIR,
     OutputLayout,
+    delete_output,
     legacy_state,
     shard_of_stem,
     stems_uniquely,
@@ -218,8 +220,7 @@ def _finalized_unsigned(layout: OutputLayout, name: str, secret: bytes | None = 
         return entry_from_files(layout, name, secret)
     except (ManifestError, OSError, ValueError, TypeError) as exc:
         log.warning("%s: finalized but never signed, and %s; processing it again", name, exc)
-        for path in (layout.done(name), layout.tar(name), layout.audit(name)):
-            delete(layout.fs, path)
+        delete_output(layout, name)
         return None
 
 
@@ -258,6 +259,13 @@ def _check_names(shards: list[tuple[str, str]]) -> None:
 
 
 def _check_not_overwriting_inputs(shards: list[tuple[str, str]], layout: OutputLayout) -> None:
+    trees = {split_group(uri)[0] for uri, name in shards if is_files_group(name)}
+    for root in sorted(trees):  # OUTPUT mirrors the tree: neither may hold the other
+        if is_within(root, layout.root) or is_within(layout.root, root):
+            raise OutputConflictError(
+                f"output: {redact(layout.root)} and the input folder {redact(root)} overlap; a tree of files is"
+                " mirrored to OUTPUT, so OUTPUT must lie outside it (and it outside OUTPUT)"
+            )
     for uri, name in shards:
         fs, path = filesystem(uri, layout.options)
         if type(fs) is type(layout.fs) and fs._strip_protocol(path) == layout.tar(name):
@@ -326,8 +334,7 @@ def clear_output(layout: OutputLayout, names: list[str]) -> None:
     for name in names:
         for path in list_fragments(layout, name):
             delete(fs, path)
-        for path in (layout.done(name), layout.tar(name), layout.audit(name)):
-            delete(fs, path)
+        delete_output(layout, name)
     for name in (CONFIG_FILE, RUNS_DIR):
         path = layout.state(name)
         if fs.exists(path):

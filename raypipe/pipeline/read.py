@@ -13,7 +13,9 @@ recomputed.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import posixpath
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,8 +24,18 @@ from typing import Any
 from raypipe.audit.schema import sample_digest
 from raypipe.config import LimitsConfig
 from raypipe.imagefiles import picture_in_text
-from raypipe.images import identify_image
+from raypipe.images import identify_image, image_format_for
+from raypipe.io.filetrees import (
+    file_digest,
+    folder_uri,
+    group_files,
+    group_identity,
+    is_files_group,
+    listing_digest,
+    samples_of,
+)
 from raypipe.io.identity import HashingReader, object_identity, same_object
+from raypipe.io.publish import read_bytes
 from raypipe.io.spans import InputChangedError, MemberRef
 from raypipe.io.storage import StorageOptions, filesystem, redact
 from raypipe.io.tables import ParquetShardError, Row, is_table_shard, iter_rows, spooled
@@ -66,6 +78,9 @@ def shard_tasks(work: ShardWork, options: StorageOptions, limits: LimitsConfig) 
     """Every sample of a shard as a task (committed ones skipped), then the end-of-shard marker."""
     if is_table_shard(work.name):
         yield from table_tasks(work, options, limits)
+        return
+    if is_files_group(work.name):
+        yield from files_tasks(work, options, limits)
         return
     from raypipe.io.retry import retry
 
@@ -124,6 +139,108 @@ def table_tasks(work: ShardWork, options: StorageOptions, limits: LimitsConfig) 
     end.source_uri = work.uri
     end.input_id = input_id
     yield end
+
+
+def files_tasks(work: ShardWork, options: StorageOptions, limits: LimitsConfig) -> Iterator[SampleTask]:
+    """Every sample of a group of files as a task (committed ones skipped), then the end-of-shard marker.
+
+    The group's folder is listed again and must be the listing the plan pinned; its files are read
+    sample by sample (members in name order) and carried as bytes. A file over
+    ``limits.max_member_bytes`` is not read and fails its sample, as in a tar. A file that is not an
+    image is released as it is, so one that holds pictures raypipe cannot scan (an archive, a video, a
+    document, a picture's bytes or base64 inside it) fails its sample (see :func:`unscanned_content`).
+    """
+    source = redact(work.uri)
+    listing = group_files(work.uri, options)
+    planned = group_identity(work.uri, options, listing)
+    if work.identity is not None and not same_object(work.identity, planned):
+        raise InputChangedError(
+            f"{source}: files were added, removed or replaced in the folder after the run was planned (was"
+            f" {work.identity}, now {planned}); rerun the same command to restart that group"
+        )
+    files = {f.name: f for f in listing}
+    fs, folder = filesystem(folder_uri(work.uri), options)
+    hashes: list[tuple[str, str]] = []
+    seq = 0
+    for key, names in samples_of(files):
+        members: list[tuple[str, bytes]] = []
+        problems: list[str] = []  # files not read
+        unscanned: list[str] = []  # files read that must not be released as they are
+        for name in names:
+            if files[name].size > limits.max_member_bytes:
+                problems.append(
+                    f"member {name!r} not read: {OVER_LIMIT} ({files[name].size} bytes, over the limit of"
+                    f" {limits.max_member_bytes}; limits.max_member_bytes)"
+                )
+                hashes.append((name, file_digest(fs, posixpath.join(folder, name))))  # streamed, never held
+                continue
+            data = read_bytes(fs, posixpath.join(folder, name))
+            hashes.append((name, hashlib.sha256(data).hexdigest()))
+            members.append((name, data))
+            found = unscanned_content(name, data)
+            if found is not None:
+                unscanned.append(f"{name}: {found}, which raypipe does not scan")
+        if seq not in work.committed:
+            task = SampleTask(
+                shard=source,
+                shard_name=work.name,
+                seq=seq,
+                key=key,
+                members=members,
+                input_sha256=sample_digest(members),
+                source_uri=work.uri,
+                refs=None,  # carried as bytes
+            )
+            if problems:
+                task.fail("read", "; ".join(problems))
+            if unscanned:
+                task.fail("scan", "; ".join(unscanned))
+            task.input_id = json.dumps(planned, sort_keys=True)
+            yield task
+        seq += 1
+    end = SampleTask.end_marker(source, work.name, seq)
+    end.source_uri = work.uri
+    end.input_id = json.dumps(planned | {"sha256": listing_digest(hashes)}, sort_keys=True)
+    yield end
+
+
+# What a file that is not an image begins with when it is a container of other files or of video
+# frames: raypipe would release it as it is, without looking inside.
+_CONTAINERS = (
+    (b"PK\x03\x04", "a ZIP archive"),
+    (b"\x1f\x8b", "a gzip stream"),
+    (b"BZh", "a bzip2 stream"),
+    (b"\xfd7zXZ\x00", "an xz stream"),
+    (b"\x28\xb5\x2f\xfd", "a zstd stream"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7z archive"),
+    (b"Rar!\x1a\x07", "a RAR archive"),
+    (b"%PDF", "a PDF document"),
+    (b"PAR1", "a Parquet table"),
+    (b"\x1a\x45\xdf\xa3", "a Matroska or WebM video"),
+    (b"RIFF", "a RIFF file (AVI video or WebP)"),
+    (b"\x00\x00\x00\x0cjP  ", "a JPEG 2000 picture"),
+    (b"\xd0\xcf\x11\xe0", "an OLE document"),
+)
+
+
+def unscanned_content(name: str, data: bytes) -> str | None:
+    """Why a member released as it is may hold a picture raypipe does not scan (None: it may not).
+
+    A member that is a picture (by its name or its content) is decoded and scanned by the detect stage
+    instead. Others are searched for a picture's signature or base64 form (:func:`_picture_in_text`)
+    and refused when they are archives, compressed streams, documents or videos (by their first bytes,
+    tars by the ustar magic, ISO media such as MP4, MOV or HEIC by ``ftyp``).
+    """
+    if image_format_for(name) is not None or identify_image(data) is not None:
+        return None
+    if data[257:262] == b"ustar":
+        return "it is a tar archive"
+    if data[4:8] == b"ftyp":
+        return "it is an ISO media file (MP4, MOV, HEIC, ...)"
+    for magic, what in _CONTAINERS:
+        if data.startswith(magic):
+            return f"it is {what}"
+    return _picture_in_text(data)
 
 
 def _picture_in_text(data: bytes) -> str | None:

@@ -187,8 +187,16 @@ def run(config: JobConfig, overwrite: bool = False) -> RunSummary:
 
 def check_inputs_fit(config: JobConfig, uris: list[str]) -> None:
     """Refuse settings that the kind of input cannot honour, before OUTPUT is touched."""
+    from raypipe.io.filetrees import is_files_group
     from raypipe.io.tables import is_table_shard
 
+    groups = [uri for uri in uris if is_files_group(uri)]
+    if groups and len(groups) < len(uris):
+        other = next(uri for uri in uris if not is_files_group(uri))
+        raise ConfigError(
+            f"input: {redact(other)} is a shard and {redact(groups[0])} a folder of files; a tree of files is"
+            " mirrored to OUTPUT, so one job reads either shards or trees of files: run them to separate OUTPUTs"
+        )
     source = config.method.attribute_source
     if source is None:
         return
@@ -201,8 +209,8 @@ def check_inputs_fit(config: JobConfig, uris: list[str]) -> None:
         )
     if source.column is not None and tars:
         raise ConfigError(
-            f"method.attribute_from: {source} reads a column of each Parquet table, and {redact(tars[0])} is a "
-            "WebDataset tar; use MEMBER:FIELD (json:prompt) for a tar's JSON member"
+            f"method.attribute_from: {source} reads a column of each Parquet table, and {redact(tars[0])} is not a"
+            " table; use MEMBER:FIELD (json:prompt) for a sample's JSON member"
         )
 
 

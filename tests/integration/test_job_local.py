@@ -204,6 +204,35 @@ def test_parquet_tables_come_out_as_tables_their_readers_open(ray_local, tmp_pat
     assert again.ok and again.samples_processed == 0 and again.shards_skipped == 2
 
 
+def test_a_tree_of_files_comes_out_as_the_same_tree_its_readers_open(ray_local, tmp_path: Path, monkeypatch) -> None:
+    """A folder of image files with a subfolder in, the same tree out: the portrait anonymized, the other
+    files byte for byte, OUTPUT opened as it is by Hugging Face's imagefolder and Ray Data's read_images
+    (``.raypipe/`` is skipped), verified, and a second run redoes nothing."""
+    import datasets
+    import ray
+
+    from tests.unit.pipeline.test_file_trees import make_tree
+
+    monkeypatch.setenv("RAYPIPE_AUDIT_KEY", "5f0c9e2a7b1d4c8e93a6f2b0d7e4c1a8")
+    given = make_tree(tmp_path / "in")
+    out = tmp_path / "out"
+    summary = run(job_config(str(tmp_path / "in"), str(out)))
+    assert not summary.incomplete_shards and summary.shards_done == 3
+    assert summary.counts == {"anonymized": 1, "failed": 1, "no_face": 2}  # the zipped portrait is held
+    assert (out / "astronaut.png").read_bytes() != given["astronaut.png"]
+    for name in ("astronaut.json", "sub/coffee.jpg", "sub/notes.txt"):
+        assert (out / name).read_bytes() == given[name]
+    assert not (out / "sub/deeper").exists() and not (out / ".hidden").exists()
+    assert verify_output(str(out), parse_key(b"5f0c9e2a7b1d4c8e93a6f2b0d7e4c1a8", "test")).ok
+
+    hf = datasets.load_dataset("imagefolder", data_dir=str(out), split="train", cache_dir=str(tmp_path / "hf"))
+    assert sorted(image.size for image in hf["image"]) == sorted([(512, 512), Image.open(out / "sub/coffee.jpg").size])
+    assert len(ray.data.read_images(str(out)).take_all()) == 2
+
+    again = run(job_config(str(tmp_path / "in"), str(out)))
+    assert again.samples_processed == 0 and again.shards_skipped == 3
+
+
 def test_overwrite_replaces_results_of_another_config(ray_local, inputs: Path, tmp_path: Path) -> None:
     config = job_config(str(inputs / "part-00000.tar"), str(tmp_path))
     assert run(config).ok

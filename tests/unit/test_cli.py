@@ -19,11 +19,12 @@ def test_version_prints_the_package_version() -> None:
 
 @pytest.mark.parametrize(
     "given",
-    ["{tmp}/no-such-folder/", "{tmp}/jpgs", "{tmp}/jpgs/*.tar", "ftp://host/a.tar", "s3://key:secret@bucket/a.tar"],
+    ["{tmp}/no-such-folder/", "{tmp}/empty", "{tmp}/jpgs/*.tar", "ftp://host/a.tar", "s3://key:secret@bucket/a.tar"],
 )
 def test_a_bad_input_is_bad_usage_and_is_named(given: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "jpgs").mkdir()
     (tmp_path / "jpgs" / "a.jpg").write_bytes(b"not a shard")
+    (tmp_path / "empty").mkdir()
     spec = given.format(tmp=tmp_path)
     assert main(["anonymize", spec, str(tmp_path / "out"), "--preset", "tiny"]) == EXIT_USAGE
     shown = spec.replace("key:secret@", "") if "secret" in spec else spec

@@ -100,3 +100,13 @@ def test_a_table_that_is_not_parquet_is_counted_empty_and_named(tmp_path: Path, 
     result = estimate(config, sample=4)
     assert (result.shards, result.samples, result.images) == (1, 0, 0)
     assert "broken.parquet: not a readable Parquet table" in caplog.text
+
+
+def test_a_tree_of_files_is_estimated_from_its_listing(tmp_path: Path) -> None:
+    from tests.unit.pipeline.test_file_trees import make_tree
+
+    make_tree(tmp_path / "in")
+    config = build_config({"input": str(tmp_path / "in"), "models": {"analyzer": "dlib"}}, {}, require_io=False)
+    result = estimate(config, sample=100)
+    # three groups; four samples (the portrait with its metadata, the photo, the note, the zip); two images
+    assert (result.shards, result.samples, result.images, result.sampled, result.faces_sampled) == (3, 4, 2, 2, 1)

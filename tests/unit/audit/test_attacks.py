@@ -203,8 +203,8 @@ def test_verify_reads_only_known_names(signed_output: Any, hmac_key: Key, tmp_pa
     report = verify_output(layout.root, hmac_key)
     assert time.monotonic() - started < 10
     details = " ".join(p.detail for p in report.problems)
-    assert "'../../etc/passwd' is not a plain .tar or .parquet name" in details
-    assert "'/dev/zero.tar' is not a plain .tar or .parquet name" in details
+    assert "'../../etc/passwd' is not a plain .tar, .parquet or .files name" in details
+    assert "'/dev/zero.tar' is not a plain .tar, .parquet or .files name" in details
 
 
 def test_verify_never_reads_a_link_or_device(signed_output: Any, hmac_key: Key) -> None:

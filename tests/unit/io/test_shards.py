@@ -183,8 +183,12 @@ def test_a_folder_stands_for_every_tar_directly_inside_it(tmp_path: Path) -> Non
     assert expand_shards(str(tmp_path) + "/") == expected
     assert expand_shards([str(tmp_path), str(tmp_path / "a.tar")]) == expected  # no duplicates
     touch(tmp_path, "jpgs/x.jpg")
-    with pytest.raises(ShardSpecError, match=r"jpgs holds no \.tar or \.parquet shards \(folders of image files"):
-        expand_shards(str(tmp_path / "jpgs"))
+    with pytest.raises(ShardSpecError, match=r"jpgs holds no \.tar shards \(--input-format files reads a folder"):
+        expand_shards(str(tmp_path / "jpgs"), input_format="webdataset")
+    assert expand_shards(str(tmp_path / "jpgs")) == [f"{tmp_path / 'jpgs'}#%2E.files"]  # auto: a tree of files
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ShardSpecError, match=r"empty holds no files"):
+        expand_shards(str(tmp_path / "empty"))
 
 
 def test_tables_are_shards_and_tars_come_first_where_both_lie(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 from raypipe.audit.manifest import build_manifest, entry_from_marker, read_manifest, write_manifest
 from raypipe.audit.signing import parse_key
 from raypipe.config import AuditConfig, LimitsConfig
+from raypipe.io.shards import shard_name
 from raypipe.io.storage import StorageOptions
 from raypipe.layout import OutputLayout
 from raypipe.pipeline.commit import RunInfo, commit_fragment, finalize_shard
@@ -20,7 +21,7 @@ KEY = parse_key(b"0123456789abcdef0123456789abcdef", "test")
 
 
 def run_stages(
-    shard: Path,
+    shard: Path | str,
     out: Path,
     anonymize: Anonymize,
     quarantine: Path | None = None,
@@ -29,15 +30,17 @@ def run_stages(
 ) -> None:
     """Every stage over ``shard`` into OUTPUT ``out``; ``method``: the run's method settings, as the
     audit records them (``to_dict(MethodConfig)``; none by default); ``attribute_column``: a table's
-    column of attribute prompts, as the plan passes it (``column:NAME``)."""
+    column of attribute prompts, as the plan passes it (``column:NAME``). ``shard``: a tar or table, or
+    the URI of a group of files (:mod:`raypipe.io.filetrees`)."""
     layout = OutputLayout(str(out))
     held = OutputLayout(str(quarantine)) if quarantine else None
-    work = ShardWork(str(shard), shard.name, attribute_column=attribute_column)
+    uri, name = str(shard), shard_name(str(shard))
+    work = ShardWork(uri, name, attribute_column=attribute_column)
     tasks: list[SampleTask] = list(shard_tasks(work, StorageOptions(), LimitsConfig()))
     tasks = Compose(AuditConfig()).ready()(anonymize(Decode(LimitsConfig())(tasks)))
     run_info = RunInfo(config_hash="c" * 64, code_version="test", method=method or {}, quarantine=held)
-    commit_fragment(layout, shard.name, tasks, run_info)
-    marker = finalize_shard(layout, shard.name, held, source=str(shard))
+    commit_fragment(layout, name, tasks, run_info)
+    marker = finalize_shard(layout, name, held, source=uri)
     run = {"config_hash": "c" * 64, "code_version": "test"}
-    added = {shard.name: entry_from_marker(marker)}
+    added = {name: entry_from_marker(marker)}
     write_manifest(layout, build_manifest(read_manifest(layout), added, run), KEY)

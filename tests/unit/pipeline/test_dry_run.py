@@ -101,7 +101,7 @@ def test_tables_are_listed_and_settings_they_cannot_honour_refused(tmp_path: Pat
         {"input": str(folder / "*.tar"), "output": str(tmp_path / "out"), "method": {"attribute_from": "column:p"}},
         {},
     )
-    with pytest.raises(ConfigError, match=r"method.attribute_from: column:p reads a column .* is a WebDataset tar"):
+    with pytest.raises(ConfigError, match=r"method.attribute_from: column:p reads a column .* is not a table"):
         dry_run(columns)
     assert main(["anonymize", str(folder), str(tmp_path / "out"), "--input-format", "parquet", "--dry-run"]) == EXIT_OK
     assert not (tmp_path / "out").exists()

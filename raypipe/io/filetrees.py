@@ -1,0 +1,207 @@
+"""Folders of files as shards (``input_format: files``).
+
+A tree of files under INPUT is cut into groups, one per folder: a group holds the files directly
+inside that folder, and it is the unit of reading, commit, output and audit, as a tar is. Inside a
+group, files are samples by the WebDataset rule: the key is a file's name up to its first dot
+(``cat.jpg`` and ``cat.json`` are one sample, with members ``cat.jpg`` and ``cat.json``). Every file is
+a member: images are anonymized, every other file is copied byte for byte. OUTPUT mirrors the tree:
+the released files of the group of ``INPUT/a/b`` are written to ``OUTPUT/a/b`` under the same names.
+
+A group is named for its folder relative to INPUT, quoted so that it is one file name
+(``a/b`` -> ``a%2Fb.files``, INPUT itself -> ``%2E.files``); its URI is ``<INPUT>#<name>``. Names
+that start with a dot (files and folders) are left out, as the dataset readers leave them out: OUTPUT
+keeps its own state in ``.raypipe/``.
+
+A group is pinned by a digest of its listing (each file's name, size and ETag or modification time),
+kept where an object's ETag is kept (:func:`raypipe.io.identity.object_identity`), so a file added,
+removed or replaced changes the group's identity. Its content hash is a digest of each file's name and
+sha256 (:func:`listing_digest`), for the input as read and for the output as written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, unquote
+
+import fsspec
+
+from raypipe.io.retry import retry
+from raypipe.io.storage import StorageOptions, filesystem, join, redact, to_uri
+
+FILES_SUFFIX = ".files"
+_ROOT = "%2E"  # the quoted name of INPUT's own group: no folder quotes to it ("." is never listed)
+_SEPARATOR = "#"  # between INPUT and a group's name in the group's URI (a name holds no "#": quoted)
+_VERSION_KEYS = ("ETag", "etag", "generation", "md5Hash", "mtime")
+
+
+class FileTreeError(ValueError):
+    """A folder given as a tree of files cannot be read as one."""
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of a group: its name in the folder, its size, and its version (ETag or mtime)."""
+
+    name: str
+    size: int
+    version: str
+
+
+def is_files_group(name_or_uri: str) -> bool:
+    """Whether a shard name (or URI) is a group of files."""
+    return name_or_uri.endswith(FILES_SUFFIX)
+
+
+def group_name(folder: str) -> str:
+    """The group of ``folder`` (relative to INPUT, ``""`` for INPUT itself): ``a/b`` -> ``a%2Fb.files``."""
+    return (quote(folder, safe="") if folder else _ROOT) + FILES_SUFFIX
+
+
+def group_folder(name: str) -> str:
+    """The folder (relative to INPUT or OUTPUT) a group's name stands for; the inverse of :func:`group_name`.
+
+    Raises :class:`FileTreeError` for a name no listing gives (an empty, hidden, ``.`` or ``..`` part),
+    so a planted name cannot point outside OUTPUT.
+    """
+    if not name.endswith(FILES_SUFFIX):
+        raise FileTreeError(f"{name!r} is not the name of a group of files")
+    quoted = name[: -len(FILES_SUFFIX)]
+    if quoted == _ROOT:
+        return ""
+    folder = unquote(quoted)
+    if quote(folder, safe="") != quoted or any(not part or part.startswith(".") for part in folder.split("/")):
+        raise FileTreeError(f"{name!r} does not name a folder a listing gives")
+    return folder
+
+
+def group_uri(root: str, folder: str) -> str:
+    """The URI of the group of ``folder`` under the INPUT folder ``root``."""
+    return f"{root.rstrip('/')}{_SEPARATOR}{group_name(folder)}"
+
+
+def split_group(uri: str) -> tuple[str, str]:
+    """``(INPUT root, group name)`` of a group's URI."""
+    root, separator, name = uri.rpartition(_SEPARATOR)
+    if not separator or not name.endswith(FILES_SUFFIX):
+        raise FileTreeError(f"{redact(uri)} is not the URI of a group of files")
+    return root, name
+
+
+def group_shard_name(uri: str) -> str:
+    return split_group(uri)[1]
+
+
+def folder_uri(uri: str) -> str:
+    """The folder a group's URI stands for (where its files are)."""
+    root, name = split_group(uri)
+    return join(root, group_folder(name))
+
+
+def list_groups(fs: fsspec.AbstractFileSystem, scheme: str | None, root: str) -> list[str]:
+    """Every group of the tree under the folder ``root`` (a path on ``fs``): the URIs of the folders
+    that hold at least one file, sorted; names that start with a dot, and what is under them, left out."""
+    top = fs._strip_protocol(root).rstrip("/")
+    found = retry(lambda: fs.find(top, withdirs=False, detail=True), description=f"list {redact(root)}")
+    folders: set[str] = set()
+    for path, info in found.items():
+        relative = fs._strip_protocol(path)[len(top) + 1 :]
+        if info.get("type") != "file" or not relative or _hidden(relative):
+            continue
+        folders.add(posixpath.dirname(relative))
+    base = to_uri(scheme, fs, top)
+    return [group_uri(base, folder) for folder in sorted(folders)]
+
+
+def group_files(uri: str, options: StorageOptions) -> list[FileEntry]:
+    """The files of a group, sorted by sample key, then by name (one listing of its folder)."""
+    fs, path = filesystem(folder_uri(uri), options)
+    fs.invalidate_cache(path)
+    try:
+        entries = retry(lambda: fs.ls(path, detail=True), description=f"list {redact(folder_uri(uri))}")
+    except FileNotFoundError:
+        entries = []
+    files = [
+        FileEntry(name=posixpath.basename(e["name"].rstrip("/")), size=int(e.get("size") or 0), version=_version(e))
+        for e in entries
+        if e.get("type") == "file"
+    ]
+    return sorted((f for f in files if not f.name.startswith(".")), key=lambda f: (sample_key(f.name), f.name))
+
+
+def group_identity(uri: str, options: StorageOptions, files: list[FileEntry] | None = None) -> dict[str, Any]:
+    """``{"uri", "size", "files", "etag"}`` of a group (listed now, or as ``files``): its ETag is a
+    digest of its listing."""
+    files = group_files(uri, options) if files is None else files
+    listing = json.dumps([[f.name, f.size, f.version] for f in files], separators=(",", ":"))
+    return {
+        "uri": redact(uri),
+        "files": len(files),
+        "size": sum(f.size for f in files),
+        "etag": "listing-" + hashlib.sha256(listing.encode()).hexdigest(),
+    }
+
+
+def sample_key(name: str) -> str:
+    """The WebDataset key of a file name: the name up to its first dot."""
+    return name.split(".", 1)[0]
+
+
+def samples_of(names: Iterable[str]) -> list[tuple[str, list[str]]]:
+    """File names grouped into samples, ``(key, names)``, in key order (names sorted in each)."""
+    samples: dict[str, list[str]] = {}
+    for name in sorted(names, key=lambda n: (sample_key(n), n)):
+        samples.setdefault(sample_key(name), []).append(name)
+    return list(samples.items())
+
+
+def listing_digest(files: Iterable[tuple[str, str]]) -> str:
+    """The content hash of a group: sha256 over its files' ``(name, sha256)``, sorted by name."""
+    pairs = sorted(files)
+    return hashlib.sha256(json.dumps(pairs, separators=(",", ":")).encode()).hexdigest()
+
+
+def folder_files(fs: fsspec.AbstractFileSystem, folder: str) -> list[tuple[str, str]]:
+    """``(name, path)`` of the files directly in ``folder`` (a path on ``fs``; none when it is not there),
+    names that start with a dot left out, sorted by sample key, then name: a group's output."""
+    fs.invalidate_cache(folder)
+    try:
+        entries = retry(lambda: fs.ls(folder, detail=True), description=f"list {folder}")
+    except FileNotFoundError:
+        return []
+    found = [
+        (posixpath.basename(e["name"].rstrip("/")), fs._strip_protocol(e["name"]))
+        for e in entries
+        if e.get("type") == "file"
+    ]
+    return sorted(((n, p) for n, p in found if not n.startswith(".")), key=lambda item: (sample_key(item[0]), item[0]))
+
+
+def file_digest(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """sha256 hex of one file, streamed."""
+    digest = hashlib.sha256()
+    with retry(lambda: fs.open(path, "rb"), description=f"open {path}") as handle:
+        while chunk := handle.read(8 * 2**20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def group_content(uri: str, options: StorageOptions) -> str:
+    """The content hash of a group of input files as it is now (every file read once)."""
+    fs, folder = filesystem(folder_uri(uri), options)
+    return listing_digest((f.name, file_digest(fs, posixpath.join(folder, f.name))) for f in group_files(uri, options))
+
+
+def _hidden(relative: str) -> bool:
+    return any(part.startswith(".") for part in relative.split("/"))
+
+
+def _version(entry: dict[str, Any]) -> str:
+    for key in _VERSION_KEYS:
+        if entry.get(key):
+            return str(entry[key]).strip('"')
+    return ""

@@ -1,0 +1,204 @@
+"""Folders of image files through the job's stages (without Ray): real decode, dlib detection, tiny
+diffusion, the gate, fragments, finalize, the signed manifest, verify and the report, as for tars.
+OUTPUT mirrors the tree: released files keep their folder and name, other files are copied byte for
+byte, and a sample that is not released leaves no file behind."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from raypipe.audit.report import render_report
+from raypipe.audit.verify import verify_output
+from raypipe.config import ConfigError, LimitsConfig, MethodConfig, ModelsConfig
+from raypipe.io.filetrees import FileTreeError, group_folder, group_identity, group_name, group_uri
+from raypipe.io.identity import object_identity
+from raypipe.io.shards import ShardSpecError, expand_shards, shard_name
+from raypipe.io.spans import InputChangedError
+from raypipe.io.storage import StorageOptions
+from raypipe.layout import OutputLayout
+from raypipe.pipeline.plan import OutputConflictError, make_plan
+from raypipe.pipeline.read import ShardWork, shard_tasks, unscanned_content
+from raypipe.pipeline.run import check_inputs_fit
+from raypipe.pipeline.stages import Anonymize
+from tests.integration.jobs import jpeg, png, read_audit
+from tests.unit.pipeline.stages_run import KEY, run_stages
+from tests.unit.pipeline.test_input_growth import config, finish
+
+MODELS = ModelsConfig(preset="tiny", analyzer="dlib", device="cpu")
+METHOD = MethodConfig(num_steps=6, face_size=128)
+
+
+def zipped(name: str, payload: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(name, payload)
+    return buffer.getvalue()
+
+
+def make_tree(root: Path) -> dict[str, bytes]:
+    """A small tree of files: a portrait with its metadata at the top, a faceless photo and a note in
+    a subfolder, a zipped portrait deeper down, and hidden entries that are no part of the dataset."""
+    portrait = png(np.ascontiguousarray(data.astronaut()))
+    files = {
+        "astronaut.png": portrait,
+        "astronaut.json": json.dumps({"caption": "a portrait"}).encode(),
+        "sub/coffee.jpg": jpeg(np.ascontiguousarray(data.coffee())),
+        "sub/notes.txt": b"plain text, released as it is\n",
+        "sub/deeper/portrait.zip": zipped("face.png", portrait),
+        ".hidden/secret.png": portrait,
+        "sub/.DS_Store": b"\x00\x00\x00\x01Bud1",
+    }
+    for name, payload in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(payload)
+    return files
+
+
+@pytest.fixture(scope="module")
+def anonymize() -> Anonymize:
+    return Anonymize(MODELS, METHOD, LimitsConfig(), detect=True).ready()
+
+
+def test_a_folder_is_listed_as_one_group_per_folder_with_hidden_names_left_out(tmp_path: Path) -> None:
+    make_tree(tmp_path / "in")
+    groups = expand_shards(str(tmp_path / "in"), input_format="files")
+    assert [shard_name(uri) for uri in groups] == ["%2E.files", "sub%2Fdeeper.files", "sub.files"]
+    assert expand_shards(str(tmp_path / "in")) == groups  # auto: a folder that holds no shards
+    identity = object_identity(groups[2], StorageOptions())
+    assert identity["files"] == 2 and identity["etag"].startswith("listing-")  # .DS_Store is not one of them
+
+
+def test_a_tree_comes_out_mirrored_anonymized_and_verified(anonymize: Anonymize, tmp_path: Path) -> None:
+    given = make_tree(tmp_path / "in")
+    out, held_at = tmp_path / "out", tmp_path / "held"
+    for uri in expand_shards(str(tmp_path / "in"), input_format="files"):
+        run_stages(uri, out, anonymize, quarantine=held_at)
+
+    top = read_audit((out / ".raypipe/shards/%2E.files.audit.parquet").read_bytes())
+    assert [(r["key"], r["status"]) for r in top] == [("astronaut", "anonymized")]
+    sub = read_audit((out / ".raypipe/shards/sub.files.audit.parquet").read_bytes())
+    assert [(r["key"], r["status"]) for r in sub] == [("coffee", "no_face"), ("notes", "no_face")]
+    deeper = read_audit((out / ".raypipe/shards/sub%2Fdeeper.files.audit.parquet").read_bytes())
+    assert [(r["key"], r["status"], r["error_step"]) for r in deeper] == [("portrait", "failed", "scan")]
+    assert "it is a ZIP archive, which raypipe does not scan" in deeper[0]["error"]
+
+    released = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and ".raypipe" not in p.parts)
+    assert released == ["astronaut.json", "astronaut.png", "sub/coffee.jpg", "sub/notes.txt"]
+    assert (out / "astronaut.json").read_bytes() == given["astronaut.json"]
+    assert (out / "sub/coffee.jpg").read_bytes() == given["sub/coffee.jpg"]  # faceless: byte for byte
+    assert (out / "sub/notes.txt").read_bytes() == given["sub/notes.txt"]
+    anonymized = np.asarray(Image.open(out / "astronaut.png"))
+    assert anonymized.shape == data.astronaut().shape and (out / "astronaut.png").read_bytes() != given["astronaut.png"]
+    with tarfile.open(held_at / "sub%2Fdeeper.files.tar") as held:  # the original, with why it was held
+        assert held.getnames() == ["portrait.zip", "portrait.raypipe-quarantine.json"]
+
+    verified = verify_output(str(out), KEY)
+    assert verified.ok, verified.problems
+    html = render_report(str(out), tmp_path / "report.html", gallery=5).read_text()
+    assert "Gallery of released faces (1 of at most 5)" in html
+
+
+def test_verify_finds_a_changed_an_added_and_a_removed_file(anonymize: Anonymize, tmp_path: Path) -> None:
+    make_tree(tmp_path / "in")
+    out = tmp_path / "out"
+    for uri in expand_shards(str(tmp_path / "in"), input_format="files"):
+        run_stages(uri, out, anonymize)
+    assert verify_output(str(out), KEY).ok
+
+    (out / "sub/notes.txt").write_bytes(b"changed\n")
+    (out / "sub/planted.jpg").write_bytes((out / "sub/coffee.jpg").read_bytes())
+    (out / "astronaut.json").unlink()
+    (out / "elsewhere").mkdir()
+    (out / "elsewhere/x.txt").write_bytes(b"x")
+    found = {(p.kind, p.where) for p in verify_output(str(out), KEY).problems}
+    assert ("modified", "sub.files key=notes") in found
+    assert ("extra", "sub.files key=planted") in found  # a sample no audit record releases
+    assert ("modified", "%2E.files key=astronaut") in found  # a member of a released sample is gone
+    assert ("modified", "sub.files") in found and ("modified", "%2E.files") in found  # the digests
+    assert ("extra", "elsewhere/x.txt") in found  # no group's folder
+
+
+def test_a_group_that_changed_after_the_plan_is_refused_by_its_reader(tmp_path: Path) -> None:
+    make_tree(tmp_path / "in")
+    uri = group_uri(str(tmp_path / "in"), "sub")
+    work = ShardWork(uri, shard_name(uri), identity=group_identity(uri, StorageOptions()))
+    (tmp_path / "in/sub/added.jpg").write_bytes(b"")
+    with pytest.raises(InputChangedError, match="added, removed or replaced"):
+        list(shard_tasks(work, StorageOptions(), LimitsConfig()))
+
+
+def test_a_tree_that_grows_processes_new_folders_and_refuses_a_changed_one_by_name(tmp_path: Path) -> None:
+    make_tree(tmp_path / "in")
+    out = tmp_path / "out"
+    layout = OutputLayout(str(out))
+    finish(layout, make_plan(config(str(tmp_path / "in"), out), layout))
+    assert (out / "sub/notes.txt").read_bytes() == (tmp_path / "in/sub/notes.txt").read_bytes()
+
+    (tmp_path / "in/new").mkdir()
+    (tmp_path / "in/new/note.txt").write_bytes(b"new")
+    plan = make_plan(config(str(tmp_path / "in"), out), layout)
+    assert [w.name for w in plan.pending] == ["new.files"]  # the others are finalized and unchanged
+
+    (tmp_path / "in/sub/added.txt").write_bytes(b"added")
+    with pytest.raises(OutputConflictError, match=r"changed since sub\.files was anonymized"):
+        make_plan(config(str(tmp_path / "in"), out), layout)
+
+
+def test_output_inside_the_input_tree_and_trees_beside_shards_are_refused(tmp_path: Path) -> None:
+    make_tree(tmp_path / "in")
+    inside = tmp_path / "in/out"
+    with pytest.raises(OutputConflictError, match="overlap"):
+        make_plan(config(str(tmp_path / "in"), inside), OutputLayout(str(inside)))
+    (tmp_path / "tars").mkdir()
+    (tmp_path / "tars/a.tar").write_bytes(b"")
+    both = config(f"{{{tmp_path / 'in'},{tmp_path / 'tars/a.tar'}}}", tmp_path / "out")
+    with pytest.raises(ConfigError, match="one job reads either shards or trees of files"):
+        check_inputs_fit(both, both.input_shards())
+
+
+def test_a_folder_of_tars_in_subfolders_and_a_glob_of_folders_are_refused_as_trees(tmp_path: Path) -> None:
+    (tmp_path / "in/train").mkdir(parents=True)
+    (tmp_path / "in/train/part-0.tar").write_bytes(b"")
+    with pytest.raises(ShardSpecError, match=r"holds shards in subfolders .* --input-format files"):
+        expand_shards(str(tmp_path / "in"))
+    assert [shard_name(u) for u in expand_shards(str(tmp_path / "in"), input_format="files")] == ["train.files"]
+    with pytest.raises(ShardSpecError, match="INPUT names folders, not globs"):
+        expand_shards(str(tmp_path / "*"), input_format="files")
+
+
+@pytest.mark.parametrize(
+    ("name", "payload", "found"),
+    [
+        ("a.zip", zipped("x.png", b"x"), "a ZIP archive"),
+        ("a.gz", b"\x1f\x8b\x08\x00", "a gzip stream"),
+        ("a.pdf", b"%PDF-1.7\n", "a PDF document"),
+        ("a.mp4", b"\x00\x00\x00\x18ftypmp42", "an ISO media file"),
+        ("a.bin", b"x" * 257 + b"ustar\x0000", "a tar archive"),
+        ("a.txt", b"logo: iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB", "a picture written as text"),
+        ("a.dat", b"head \xff\xd8\xff\xe0 tail", "a picture's signature"),
+    ],
+)
+def test_a_file_that_may_hold_unscanned_pictures_is_named(name: str, payload: bytes, found: str) -> None:
+    assert found in (unscanned_content(name, payload) or "")
+
+
+def test_plain_files_and_pictures_are_not_refused_as_unscanned() -> None:
+    assert unscanned_content("a.json", b'{"caption": "a cat"}') is None
+    assert unscanned_content("a.png", png(np.zeros((4, 4, 3), np.uint8))) is None  # the detect stage scans it
+
+
+def test_group_names_stand_for_their_folders_and_refuse_what_no_listing_gives() -> None:
+    for folder in ("", "a", "a/b c", "x%2Fy", "a..b"):
+        assert group_folder(group_name(folder)) == folder
+    for planted in ("..%2F..%2Fetc.files", "%2Eraypipe.files", "a%2F%2Fb.files", "a/b.files", "%2E%2E.files"):
+        with pytest.raises(FileTreeError):
+            group_folder(planted)
