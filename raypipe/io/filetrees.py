@@ -110,7 +110,7 @@ def list_groups(fs: fsspec.AbstractFileSystem, scheme: str | None, root: str) ->
     folders: set[str] = set()
     for path, info in found.items():
         relative = fs._strip_protocol(path)[len(top) + 1 :]
-        if info.get("type") != "file" or not relative or _hidden(relative):
+        if not _a_file(info, path) or not relative or _hidden(relative):
             continue
         folders.add(posixpath.dirname(relative))
     base = to_uri(scheme, fs, top)
@@ -126,9 +126,9 @@ def group_files(uri: str, options: StorageOptions) -> list[FileEntry]:
     except FileNotFoundError:
         entries = []
     files = [
-        FileEntry(name=posixpath.basename(e["name"].rstrip("/")), size=int(e.get("size") or 0), version=_version(e))
+        FileEntry(name=posixpath.basename(e["name"]), size=int(e.get("size") or 0), version=_version(e))
         for e in entries
-        if e.get("type") == "file"
+        if _a_file(e, e["name"])
     ]
     return sorted((f for f in files if not f.name.startswith(".")), key=lambda f: (sample_key(f.name), f.name))
 
@@ -173,11 +173,7 @@ def folder_files(fs: fsspec.AbstractFileSystem, folder: str) -> list[tuple[str, 
         entries = retry(lambda: fs.ls(folder, detail=True), description=f"list {folder}")
     except FileNotFoundError:
         return []
-    found = [
-        (posixpath.basename(e["name"].rstrip("/")), fs._strip_protocol(e["name"]))
-        for e in entries
-        if e.get("type") == "file"
-    ]
+    found = [(posixpath.basename(e["name"]), fs._strip_protocol(e["name"])) for e in entries if _a_file(e, e["name"])]
     return sorted(((n, p) for n, p in found if not n.startswith(".")), key=lambda item: (sample_key(item[0]), item[0]))
 
 
@@ -194,6 +190,11 @@ def group_content(uri: str, options: StorageOptions) -> str:
     """The content hash of a group of input files as it is now (every file read once)."""
     fs, folder = filesystem(folder_uri(uri), options)
     return listing_digest((f.name, file_digest(fs, posixpath.join(folder, f.name))) for f in group_files(uri, options))
+
+
+def _a_file(info: dict[str, Any], path: str) -> bool:
+    """A file of a tree: not a folder, nor the empty ``folder/`` object S3 consoles create for one."""
+    return info.get("type") == "file" and not path.endswith("/")
 
 
 def _hidden(relative: str) -> bool:

@@ -81,3 +81,39 @@ def test_s3_in_s3_out_matches_the_local_run(ray_s3, s3_env: str, tmp_path: Path)
         assert [r["seq"] for r in records] == [0, 1, 2, 3]
         assert all(r["source_shard"] == f"s3://{bucket}/in/{name}.tar" for r in records)
     assert not [k for k in listed if "/fragments/" in k]  # fragments are folded into shards and removed
+
+
+def test_a_tree_of_files_on_s3_comes_out_as_the_local_run_does(ray_s3, s3_env: str, tmp_path: Path) -> None:
+    """A tree of files under a prefix (with the empty ``folder/`` object a console leaves) in, the same
+    tree out under OUTPUT, byte for byte what the local run writes, and verified on S3."""
+    import boto3
+
+    from raypipe.audit.signing import parse_key
+    from raypipe.audit.verify import verify_output
+    from tests.unit.pipeline.test_file_trees import make_tree
+
+    bucket = f"raypipe-{uuid.uuid4().hex[:12]}"
+    client = boto3.client("s3", endpoint_url=s3_env)
+    client.create_bucket(Bucket=bucket)
+    given = make_tree(tmp_path / "in")
+    for name, data in given.items():
+        client.put_object(Bucket=bucket, Key=f"tree/{name}", Body=data)
+    client.put_object(Bucket=bucket, Key="tree/sub/", Body=b"")  # a folder placeholder: no file of the tree
+
+    secret = "5f0c9e2a7b1d4c8e93a6f2b0d7e4c1a8"
+    os.environ["RAYPIPE_AUDIT_KEY"] = secret
+    try:
+        remote = run(job_config(f"s3://{bucket}/tree/", f"s3://{bucket}/out"))
+        local = run(job_config(str(tmp_path / "in"), str(tmp_path / "out")))
+    finally:
+        del os.environ["RAYPIPE_AUDIT_KEY"]
+    assert remote.counts == local.counts == {"anonymized": 1, "failed": 1, "no_face": 2}
+    listed = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"]}
+    released = sorted(k.removeprefix("out/") for k in listed if "/.raypipe/" not in f"/{k}")
+    assert released == ["astronaut.json", "astronaut.png", "sub/coffee.jpg", "sub/notes.txt"]
+    for name in released:
+        assert (
+            client.get_object(Bucket=bucket, Key=f"out/{name}")["Body"].read() == (tmp_path / "out" / name).read_bytes()
+        )
+    verified = verify_output(f"s3://{bucket}/out", parse_key(secret.encode(), "test"))
+    assert verified.ok, verified.problems
