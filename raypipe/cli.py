@@ -271,10 +271,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_make_samples(args: argparse.Namespace) -> int:
-    from raypipe.samples import make_sample_shards, make_sample_tables
+    from raypipe.samples import make_sample_files, make_sample_shards, make_sample_tables
 
     if args.format == "parquet":
         paths = make_sample_tables(args.folder, tables=args.shards, rows_per_table=args.per_shard)
+    elif args.format == "files":
+        paths = make_sample_files(args.folder, folders=args.shards, files_per_folder=args.per_shard)
     else:
         paths = make_sample_shards(args.folder, shards=args.shards, samples_per_shard=args.per_shard)
     for path in paths:
@@ -343,9 +345,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("make-samples", help="write small WebDataset shards built from public-domain photos")
     p.add_argument("folder", metavar="FOLDER")
-    p.add_argument("--shards", type=int, default=3)
-    p.add_argument("--per-shard", type=int, default=5, help="samples per shard (rows per table)")
-    p.add_argument("--format", choices=("webdataset", "parquet"), default="webdataset", help="tars, or Parquet tables")
+    p.add_argument("--shards", type=int, default=3, help="shards (tables, or folders of files)")
+    p.add_argument("--per-shard", type=int, default=5, help="samples per shard (rows per table, photos per folder)")
+    p.add_argument(
+        "--format",
+        choices=("webdataset", "parquet", "files"),
+        default="webdataset",
+        help="tars, Parquet tables, or a tree of image files",
+    )
     p.set_defaults(func=cmd_make_samples)
 
     from raypipe.audit.cli import add_audit_commands

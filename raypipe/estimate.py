@@ -83,7 +83,7 @@ class Estimate:
             f"  input:  {self.shards:,} shard(s), {self.samples:,} samples, {self.images:,} images, "
             f"{self.bytes / 1e9:.2f} GB ("
             + ("exact" if self.exact else "images at most, as some tables have no null counts")
-            + ": from tar headers and Parquet footers; no payload was read)",
+            + ": from tar headers, Parquet footers and folder listings; no payload was read)",
         ]
         if self.sampled:
             lines.append(

@@ -123,3 +123,20 @@ def make_sample_tables(folder: str | os.PathLike[str], tables: int = 3, rows_per
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
         paths.append(str(path))
     return paths
+
+
+def make_sample_files(folder: str | os.PathLike[str], folders: int = 3, files_per_folder: int = 5) -> list[str]:
+    """Write a tree of files into ``folder``: ``sample-{00000..}/`` each with ``files_per_folder`` photos
+    and a ``.json`` of metadata beside each (one sample per photo). Returns the folders' paths."""
+    photos = [(name, _jpeg(rgb)) for name, rgb in sample_photos()]
+    paths = []
+    for group in range(folders):
+        out = Path(folder) / f"sample-{group:05d}"
+        out.mkdir(parents=True, exist_ok=True)
+        for nth in range(files_per_folder):
+            index = group * files_per_folder + nth
+            name, jpeg = photos[index % len(photos)]
+            (out / f"{index:06d}.jpg").write_bytes(jpeg)
+            (out / f"{index:06d}.json").write_bytes(json.dumps({"source": name, "index": index}).encode())
+        paths.append(str(out))
+    return paths

@@ -99,3 +99,22 @@ def test_make_samples_writes_parquet_tables_a_dry_run_lists(tmp_path: Path, caps
     capsys.readouterr()
     assert main(["anonymize", str(folder), str(tmp_path / "out"), "--method", "blur", "--dry-run"]) == EXIT_OK
     assert "sample-00000.parquet" in capsys.readouterr().out
+
+
+def test_make_samples_writes_a_tree_a_dry_run_lists(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "photos"
+    assert main(["make-samples", str(folder), "--format", "files", "--shards", "2", "--per-shard", "2"]) == EXIT_OK
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*.*")) == [
+        "sample-00000/000000.jpg",
+        "sample-00000/000000.json",
+        "sample-00000/000001.jpg",
+        "sample-00000/000001.json",
+        "sample-00001/000002.jpg",
+        "sample-00001/000002.json",
+        "sample-00001/000003.jpg",
+        "sample-00001/000003.json",
+    ]
+    capsys.readouterr()
+    assert main(["anonymize", str(folder), str(tmp_path / "out"), "--method", "blur", "--dry-run"]) == EXIT_OK
+    shown = capsys.readouterr().out
+    assert "input:   2 shard(s)" in shown and "sample-00000.files" in shown

@@ -91,7 +91,7 @@ def test_tables_are_estimated_from_their_footers(tmp_path: Path) -> None:
     config = build_config({"input": str(tmp_path), "models": {"analyzer": "dlib"}}, {}, require_io=False)
     result = estimate(config, sample=100)
     assert (result.shards, result.samples, result.images, result.sampled, result.faces_sampled) == (2, 6, 6, 6, 2)
-    assert "exact: from tar headers and Parquet footers" in result.render()
+    assert "exact: from tar headers, Parquet footers and folder listings" in result.render()
 
 
 def test_a_table_that_is_not_parquet_is_counted_empty_and_named(tmp_path: Path, caplog) -> None:
