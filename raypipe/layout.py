@@ -25,13 +25,15 @@ of the files under ``.raypipe/`` are defined here; the modules that write them u
 
 from __future__ import annotations
 
+import io
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from raypipe.io.filetrees import file_digest, folder_files, group_folder, is_files_group, listing_digest
-from raypipe.io.publish import delete, exists, read_bytes
+from raypipe.io.filetrees import file_digest, folder_files, group_folder, is_files_group, listing_digest, sample_key
+from raypipe.io.publish import delete, exists, is_local, read_bytes
 from raypipe.io.storage import StorageOptions, filesystem, join
 from raypipe.io.tables import is_table_shard
 
@@ -98,10 +100,40 @@ class OutputLayout:
         return value
 
 
+class LinkedOutputError(ValueError):
+    """A folder of OUTPUT that a group of files is written to is (or lies under) a symbolic link."""
+
+
+def linked_part(layout: OutputLayout, path: str) -> str | None:
+    """The first part of ``path`` under OUTPUT that is a symbolic link (local OUTPUT only), else None.
+    Writing a group's files through one would write (and delete) outside OUTPUT."""
+    if not is_local(layout.fs):
+        return None
+    root = layout.path().rstrip("/")
+    current = root
+    for part in [p for p in path[len(root) :].split("/") if p]:
+        current = f"{current}/{part}"
+        if os.path.islink(current):
+            return current
+    return None
+
+
+def group_folder_of(layout: OutputLayout, shard: str) -> str:
+    """Where a group of files is written under OUTPUT; raises :class:`LinkedOutputError` when that is
+    through a symbolic link."""
+    folder = layout.folder(shard)
+    link = linked_part(layout, folder)
+    if link is not None:
+        raise LinkedOutputError(
+            f"{shard}: {link} is a symbolic link; raypipe writes a group's files only inside OUTPUT"
+        )
+    return folder
+
+
 def output_files(layout: OutputLayout, shard: str) -> list[tuple[str, str]]:
-    """``(name, path)`` of what a shard's output is: its tar (or table), or a group's released files."""
+    """``(name, path)`` of what a shard's output is: its tar (or table), or every file in a group's folder."""
     if is_files_group(shard):
-        return folder_files(layout.fs, layout.folder(shard))
+        return folder_files(layout.fs, group_folder_of(layout, shard))
     return [(shard, layout.tar(shard))]
 
 
@@ -113,9 +145,23 @@ def output_sha256(layout: OutputLayout, shard: str) -> str:
 
 
 def delete_output(layout: OutputLayout, shard: str) -> None:
-    """Remove a shard's output (:func:`output_files`), its audit and its completion marker."""
-    for path in [layout.done(shard), *(path for _, path in output_files(layout, shard)), layout.audit(shard)]:
+    """Remove a shard's output, its audit and its completion marker. Of a group of files only the files
+    of the samples its audit records are removed (nothing else in its folder, and nothing through a link)."""
+    outputs = [path for _, path in _group_outputs(layout, shard)] if is_files_group(shard) else [layout.tar(shard)]
+    for path in [layout.done(shard), *outputs, layout.audit(shard)]:
         delete(layout.fs, path)
+
+
+def _group_outputs(layout: OutputLayout, shard: str) -> list[tuple[str, str]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        audit = pq.read_table(io.BytesIO(read_bytes(layout.fs, layout.audit(shard))), columns=["key"])
+        keys = {str(key) for key in audit.column("key").to_pylist()}
+        return [(name, path) for name, path in output_files(layout, shard) if sample_key(name) in keys]
+    except (OSError, ValueError, pa.ArrowException):  # no readable audit, or a linked folder: the folder is left
+        return []
 
 
 def shard_stem(shard: str) -> str:

@@ -54,7 +54,7 @@ from raypipe.io.publish import exists, is_local, read_bytes
 from raypipe.io.storage import StorageOptions, redact
 from raypipe.io.tables import ParquetShardError, is_table_shard, keyed_members, spooled
 from raypipe.io.tars import Sample, TarReadError, iter_samples
-from raypipe.layout import OutputLayout
+from raypipe.layout import LinkedOutputError, OutputLayout, group_folder_of
 from raypipe.logs import get_logger
 from raypipe.records import Status
 
@@ -737,9 +737,10 @@ def _add_table_faces(
 
 
 def _add_files_faces(gallery: Gallery, layout: OutputLayout, shard: str, wanted: dict[str, dict[str, Any]]) -> None:
-    """Like the tar case, for a group of files: the files of each wanted key in its folder."""
+    """Like the tar case, for a group of files: the files of each wanted key in its folder (never
+    through a link)."""
     try:
-        paths = dict(folder_files(layout.fs, layout.folder(shard)))
+        paths = dict(folder_files(layout.fs, group_folder_of(layout, shard)))
         for key, names in samples_of(paths):
             if key not in wanted:
                 continue
@@ -750,7 +751,7 @@ def _add_files_faces(gallery: Gallery, layout: OutputLayout, shard: str, wanted:
             _add_sample(gallery, Sample(key=key, members=members), wanted.pop(key), shard)
             if len(gallery.thumbnails) >= gallery.limit:
                 return
-    except OSError:
+    except (OSError, LinkedOutputError):
         gallery.skipped["a folder of released files could not be read"] += 1
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-import posixpath
 import re
 import stat
 from collections import Counter
@@ -70,7 +69,7 @@ from raypipe.io.publish import exists, is_local, read_bytes
 from raypipe.io.storage import StorageOptions, redact
 from raypipe.io.tables import ParquetShardError, is_table_shard, keyed_members, spooled
 from raypipe.io.tars import Sample, TarProblem, TarReadError, iter_samples
-from raypipe.layout import STATE_DIR, OutputLayout, audit_name, done_name, shard_of_stem
+from raypipe.layout import STATE_DIR, OutputLayout, audit_name, done_name, linked_part, shard_of_stem
 from raypipe.logs import get_logger
 
 log = get_logger(__name__)
@@ -211,6 +210,7 @@ class _Verifier:
         self.key = key
         self.report = report
         self._per_file: Counter[tuple[str, str]] = Counter()
+        self.read_files: set[str] = set()  # files of groups that check_files read and checked
         self.digests: dict[int, str | None] = {}  # chain hash per manifest sequence (check_chain)
 
     # ----------------------------------------------------------------------------------- findings
@@ -528,21 +528,42 @@ class _Verifier:
         self.check_released(shard, rows, found)
 
     def check_files(self, shard: str, entry: dict[str, Any], rows: list[dict[str, Any]] | None) -> None:
-        """A group of files: the files in its folder (read a sample at a time) against the digest of the
-        manifest and the released records. Its samples come in key order, as the input's did."""
+        """A group of files: the files in its folder (streamed, a sample at a time) against the digest of
+        the manifest and the released records. Its samples come in key order, as the input's did. The
+        files read are the ones :meth:`check_unlisted` takes as known; a folder reached through a link is
+        not read."""
         folder = self.layout.folder(shard)
+        link = linked_part(self.layout, folder)
+        if link is not None:
+            self.add("modified", shard, f"its folder is reached through a link ({link}); not read")
+            return
         paths = dict(folder_files(self.fs, folder))
         hashes: list[tuple[str, str]] = []
         found: list[tuple[str, str]] = []
         for key, names in samples_of(paths):
-            members = [(name, read_bytes(self.fs, paths[name])) for name in names if self.regular(paths[name], shard)]
-            hashes.extend((name, hashlib.sha256(data).hexdigest()) for name, data in members)
-            found.append((key, sample_digest(members)))
+            sample = hashlib.sha256()
+            for name in names:
+                if self.regular(paths[name], f"{shard} {name}"):
+                    hashes.append((name, self._hash_member(paths[name], name, sample)))
+                    self.read_files.add(paths[name])
+            found.append((key, sample.hexdigest()))
         digest = listing_digest(hashes)
         if digest != entry.get("tar_sha256"):
             self.add("modified", shard, f"the files' digest {digest[:16]}... differs from the manifest's")
         if rows is not None:
             self.check_released(shard, rows, found)
+
+    def _hash_member(self, path: str, name: str, sample: Any) -> str:
+        """Stream one file into its sample's digest (as :func:`sample_digest` encodes a member); its own sha256."""
+        size = int(self.fs.info(path).get("size") or 0)
+        encoded = name.encode("utf-8")
+        sample.update(len(encoded).to_bytes(8, "big") + encoded + size.to_bytes(8, "big"))
+        own = hashlib.sha256()
+        with self.fs.open(path, "rb") as handle:
+            while chunk := handle.read(8 * 2**20):
+                sample.update(chunk)
+                own.update(chunk)
+        return own.hexdigest()
 
     def check_released(self, shard: str, rows: list[dict[str, Any]], found: list[tuple[str, str]]) -> None:
         """The tar (or table, or folder) holds exactly the released samples of the audit, in order, with the
@@ -588,15 +609,11 @@ class _Verifier:
         known = {f"{STATE_DIR}/{name}" for name in STATE_FILES}
         known |= {f"{STATE_DIR}/{HISTORY_DIR}/{n:06d}.json" for n in range(1, sequence + 1)}
         for shard in shards:
-            known |= {shard, audit_name(shard), done_name(shard)}
-        folders = {group_folder(shard) for shard in shards if is_files_group(shard)}  # checked by check_files
+            known |= {audit_name(shard), done_name(shard)} | (set() if is_files_group(shard) else {shard})
         unfinished: set[str] = set()
         for path in sorted(self.fs.find(root, withdirs=False)):
             name = path[len(root) + 1 :] if path.startswith(root + "/") else path
-            if name in known or _RUN_RECORD.match(name):
-                continue
-            parent, base = posixpath.split(name)
-            if parent in folders and not base.startswith("."):
+            if name in known or _RUN_RECORD.match(name) or self.fs._strip_protocol(path) in self.read_files:
                 continue
             fragment = _FRAGMENT.match(name)
             if fragment and shard_of_stem(fragment["stem"]) not in shards:

@@ -32,11 +32,17 @@ import fsspec
 
 from raypipe.io.retry import retry
 from raypipe.io.storage import StorageOptions, filesystem, join, redact, to_uri
+from raypipe.logs import get_logger
+
+log = get_logger(__name__)
 
 FILES_SUFFIX = ".files"
 _ROOT = "%2E"  # the quoted name of INPUT's own group: no folder quotes to it ("." is never listed)
 _SEPARATOR = "#"  # between INPUT and a group's name in the group's URI (a name holds no "#": quoted)
 _VERSION_KEYS = ("ETag", "etag", "generation", "md5Hash", "mtime")
+# A group's name is part of its state files' names (``<name>.audit.parquet``): 255 bytes at most on
+# common filesystems, less what raypipe adds.
+MAX_GROUP_NAME_BYTES = 200
 
 
 class FileTreeError(ValueError):
@@ -73,8 +79,15 @@ def group_folder(name: str) -> str:
     quoted = name[: -len(FILES_SUFFIX)]
     if quoted == _ROOT:
         return ""
-    folder = unquote(quoted)
-    if quote(folder, safe="") != quoted or any(not part or part.startswith(".") for part in folder.split("/")):
+    try:
+        folder = unquote(quoted, errors="strict")
+    except UnicodeDecodeError:
+        raise FileTreeError(f"{name!r} does not name a folder a listing gives") from None
+    if (
+        quote(folder, safe="") != quoted
+        or any(not part or part.startswith(".") for part in folder.split("/"))
+        or any(ord(char) < 0x20 or char == "\\" for char in folder)
+    ):
         raise FileTreeError(f"{name!r} does not name a folder a listing gives")
     return folder
 
@@ -104,33 +117,80 @@ def folder_uri(uri: str) -> str:
 
 def list_groups(fs: fsspec.AbstractFileSystem, scheme: str | None, root: str) -> list[str]:
     """Every group of the tree under the folder ``root`` (a path on ``fs``): the URIs of the folders
-    that hold at least one file, sorted; names that start with a dot, and what is under them, left out."""
+    that hold at least one file, sorted; names that start with a dot, and what is under them, left out.
+
+    Raises :class:`FileTreeError` for a name raypipe cannot carry into its audit and state (not UTF-8,
+    control characters, a group name too long for a file name), naming it. Links are not followed:
+    they are left out, and said so.
+    """
     top = fs._strip_protocol(root).rstrip("/")
     found = retry(lambda: fs.find(top, withdirs=False, detail=True), description=f"list {redact(root)}")
     folders: set[str] = set()
+    links: list[str] = []
     for path, info in found.items():
         relative = fs._strip_protocol(path)[len(top) + 1 :]
-        if not _a_file(info, path) or not relative or _hidden(relative):
+        if not relative or _hidden(relative):
             continue
+        if not _a_file(info, path):
+            if info.get("type") not in ("directory", "file"):
+                links.append(relative)
+            continue
+        _check_name(relative, root)
         folders.add(posixpath.dirname(relative))
+    if links:
+        log.warning(
+            "%s: %d link(s) or special file(s) in the tree are not read and not copied (%s%s)",
+            redact(root),
+            len(links),
+            ", ".join(repr(name) for name in sorted(links)[:3]),
+            ", ..." if len(links) > 3 else "",
+        )
     base = to_uri(scheme, fs, top)
     return [group_uri(base, folder) for folder in sorted(folders)]
+
+
+def _check_name(relative: str, root: str) -> None:
+    try:
+        relative.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FileTreeError(f"{redact(root)}: {relative!r} is not a UTF-8 name; rename it") from None
+    if any(ord(char) < 0x20 or char == "\\" for char in relative):
+        raise FileTreeError(f"{redact(root)}: {relative!r} holds a control character or a backslash; rename it")
+    name = group_name(posixpath.dirname(relative))
+    if len(name.encode()) > MAX_GROUP_NAME_BYTES:
+        raise FileTreeError(
+            f"{redact(root)}: the folder of {relative!r} is named {name[:40]}... as a group, {len(name.encode())}"
+            f" bytes, over the {MAX_GROUP_NAME_BYTES} its state files' names can take; shorten the folder's path"
+        )
 
 
 def group_files(uri: str, options: StorageOptions) -> list[FileEntry]:
     """The files of a group, sorted by sample key, then by name (one listing of its folder)."""
     fs, path = filesystem(folder_uri(uri), options)
-    fs.invalidate_cache(path)
-    try:
-        entries = retry(lambda: fs.ls(path, detail=True), description=f"list {redact(folder_uri(uri))}")
-    except FileNotFoundError:
-        entries = []
-    files = [
-        FileEntry(name=posixpath.basename(e["name"]), size=int(e.get("size") or 0), version=_version(e))
-        for e in entries
-        if _a_file(e, e["name"])
+    return [
+        FileEntry(name=name, size=int(entry.get("size") or 0), version=_version(entry))
+        for name, entry in _listing(fs, path)
     ]
-    return sorted((f for f in files if not f.name.startswith(".")), key=lambda f: (sample_key(f.name), f.name))
+
+
+def _listing(fs: fsspec.AbstractFileSystem, folder: str) -> list[tuple[str, dict[str, Any]]]:
+    """``(name, entry)`` of the files directly in ``folder`` (none when it is not a folder), names that
+    start with a dot left out, sorted by sample key, then name. Only entries under ``folder/`` count:
+    listing a file gives the file itself, and S3 answers a prefix with nothing under it so."""
+    folder = folder.rstrip("/")
+    fs.invalidate_cache(folder)
+    try:
+        entries = retry(lambda: fs.ls(folder, detail=True), description=f"list {redact(folder)}")
+    except FileNotFoundError:
+        return []
+    found = []
+    for entry in entries:
+        path = fs._strip_protocol(entry["name"])
+        if _a_file(entry, entry["name"]) and posixpath.dirname(path) == folder:
+            name = posixpath.basename(path)
+            if not name.startswith("."):
+                found.append((name, entry))
+    return sorted(found, key=lambda item: (sample_key(item[0]), item[0]))
 
 
 def group_identity(uri: str, options: StorageOptions, files: list[FileEntry] | None = None) -> dict[str, Any]:
@@ -166,15 +226,9 @@ def listing_digest(files: Iterable[tuple[str, str]]) -> str:
 
 
 def folder_files(fs: fsspec.AbstractFileSystem, folder: str) -> list[tuple[str, str]]:
-    """``(name, path)`` of the files directly in ``folder`` (a path on ``fs``; none when it is not there),
-    names that start with a dot left out, sorted by sample key, then name: a group's output."""
-    fs.invalidate_cache(folder)
-    try:
-        entries = retry(lambda: fs.ls(folder, detail=True), description=f"list {folder}")
-    except FileNotFoundError:
-        return []
-    found = [(posixpath.basename(e["name"]), fs._strip_protocol(e["name"])) for e in entries if _a_file(e, e["name"])]
-    return sorted(((n, p) for n, p in found if not n.startswith(".")), key=lambda item: (sample_key(item[0]), item[0]))
+    """``(name, path)`` of the files directly in ``folder`` (a path on ``fs``), as :func:`group_files`
+    lists them: a group's output."""
+    return [(name, fs._strip_protocol(entry["name"])) for name, entry in _listing(fs, folder)]
 
 
 def file_digest(fs: fsspec.AbstractFileSystem, path: str) -> str:

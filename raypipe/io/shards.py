@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import fsspec
 
-from raypipe.io.filetrees import group_shard_name, is_files_group, list_groups
+from raypipe.io.filetrees import FileTreeError, group_shard_name, is_files_group, list_groups
 from raypipe.io.retry import retry
 from raypipe.io.storage import StorageOptions, basename, filesystem, protocol_of, redact, to_uri
 from raypipe.io.tables import PARQUET_SUFFIX
@@ -255,7 +255,10 @@ def _folder_shards(
             f"{redact(spec)}: the folder {redact(name)} holds no {_kinds(suffixes)} shards "
             "(--input-format files reads a folder of image files)"
         )
-    groups = list_groups(fs, scheme, path)
+    try:
+        groups = list_groups(fs, scheme, path)
+    except FileTreeError as exc:
+        raise ShardSpecError(f"{redact(spec)}: {exc}") from None
     if not groups:
         raise ShardSpecError(f"{redact(spec)}: the folder {redact(name)} holds no files")
     if input_format == "auto":

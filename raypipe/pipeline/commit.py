@@ -35,13 +35,13 @@ from raypipe.audit.manifest import (
 )
 from raypipe.audit.schema import RECORD_TYPE, AuditRecord, records_table, sample_digest
 from raypipe.audit.signing import mac, mac_file
-from raypipe.io.filetrees import folder_files, is_files_group, listing_digest
+from raypipe.io.filetrees import folder_files, is_files_group, listing_digest, sample_key
 from raypipe.io.publish import delete, publish_bytes, publish_stream, read_bytes
 from raypipe.io.spans import InputChangedError, MemberRef, SpanReader
 from raypipe.io.storage import filesystem, redact
 from raypipe.io.tables import is_table_shard, spooled, write_rows
 from raypipe.io.tars import Sample, write_tar
-from raypipe.layout import OutputLayout
+from raypipe.layout import OutputLayout, group_folder_of
 from raypipe.logs import get_logger
 from raypipe.pipeline.intervals import Positions
 from raypipe.pipeline.task import SampleTask
@@ -481,9 +481,10 @@ def _finalize_files(
     fragments: _Fragments,
 ) -> str:
     """Publish the released files of a group of files to its folder under OUTPUT (and its held-back
-    originals to ``<quarantine>/<group>.tar``); returns the digest of the files written. Files left
-    there by an earlier attempt that this one does not release are removed."""
-    folder = layout.folder(shard)
+    originals to ``<quarantine>/<group>.tar``); returns the digest of the files written. A file of one
+    of the group's samples that an earlier attempt left there and this one does not release is
+    removed; no other file in the folder is touched, and nothing is written through a link."""
+    folder = group_folder_of(layout, shard)
     with SpanReader(source, layout.options) as inputs:  # members of files are bytes: it is never opened
         if quarantine is not None:
             try:
@@ -499,9 +500,9 @@ def _finalize_files(
             for name, data in released:
                 publish_bytes(layout.fs, posixpath.join(folder, name), data)
                 hashes.append((name, hashlib.sha256(data).hexdigest()))
-    written = {name for name, _ in hashes}
+    written, keys = {name for name, _ in hashes}, {record.key for record in records}
     for name, path in folder_files(layout.fs, folder):
-        if name not in written:
+        if sample_key(name) in keys and name not in written:
             delete(layout.fs, path)
     return listing_digest(hashes)
 

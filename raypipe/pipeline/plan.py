@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,6 +125,7 @@ def make_plan(
     """
     uris = uris if uris is not None else config.input_shards()
     shards = [(uri, shard_name(uri)) for uri in uris]
+    _check_trees_apart(shards)
     _check_names(shards)
     _check_not_overwriting_inputs(shards, layout)
     _check_current_layout(layout)
@@ -258,9 +260,23 @@ def _check_names(shards: list[tuple[str, str]]) -> None:
         seen[name] = uri
 
 
+def _trees(shards: list[tuple[str, str]]) -> list[str]:
+    """The input folders read as trees of files."""
+    return sorted({split_group(uri)[0] for uri, name in shards if is_files_group(name)})
+
+
+def _check_trees_apart(shards: list[tuple[str, str]]) -> None:
+    for one, other in itertools.combinations(_trees(shards), 2):
+        if is_within(one, other) or is_within(other, one):
+            raise ConfigError(
+                f"input: the folders {redact(one)} and {redact(other)} overlap; their files would be read and"
+                " released twice: name one of them"
+            )
+
+
 def _check_not_overwriting_inputs(shards: list[tuple[str, str]], layout: OutputLayout) -> None:
-    trees = {split_group(uri)[0] for uri, name in shards if is_files_group(name)}
-    for root in sorted(trees):  # OUTPUT mirrors the tree: neither may hold the other
+    trees = _trees(shards)
+    for root in trees:  # OUTPUT mirrors the tree: neither may hold the other
         if is_within(root, layout.root) or is_within(layout.root, root):
             raise OutputConflictError(
                 f"output: {redact(layout.root)} and the input folder {redact(root)} overlap; a tree of files is"

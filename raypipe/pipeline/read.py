@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -223,13 +224,19 @@ _CONTAINERS = (
 )
 
 
-def unscanned_content(name: str, data: bytes) -> str | None:
-    """Why a member released as it is may hold a picture raypipe does not scan (None: it may not).
+# Pictures written as text in forms the table scan does not look for: hex, URL-safe base64, and
+# base64 of a ZIP (an archive of pictures).
+_ENCODED_PICTURE = re.compile(rb"(?i:ffd8ff[0-9a-f]{10}|89504e470d0a1a0a)|(?:_9j_|iVBORw0KGgo|UEsDB)[A-Za-z0-9_\-]{16}")
 
-    A member that is a picture (by its name or its content) is decoded and scanned by the detect stage
-    instead. Others are searched for a picture's signature or base64 form (:func:`_picture_in_text`)
-    and refused when they are archives, compressed streams, documents or videos (by their first bytes,
-    tars by the ustar magic, ISO media such as MP4, MOV or HEIC by ``ftyp``).
+
+def unscanned_content(name: str, data: bytes) -> str | None:
+    """Why a file released as it is may hold a picture raypipe does not scan (None: it may not).
+
+    A file that is a picture (by its name or its content) is decoded and scanned by the detect stage
+    instead. Every other file is released only when it is text (UTF-8, no NUL) with no picture written
+    in it (a picture's bytes, a data URI, base64 or hex): binary data may be an archive, a video, a
+    document or raw pixels, which hold pictures raypipe never sees. Archives and media are named by
+    their first bytes, for the message.
     """
     if image_format_for(name) is not None or identify_image(data) is not None:
         return None
@@ -240,7 +247,17 @@ def unscanned_content(name: str, data: bytes) -> str | None:
     for magic, what in _CONTAINERS:
         if data.startswith(magic):
             return f"it is {what}"
-    return _picture_in_text(data)
+    found = _picture_in_text(data)
+    if found is not None:
+        return found
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "it is binary data, neither text nor a picture raypipe decodes"
+    if b"\x00" in data:
+        return "it holds NUL bytes: binary data, not text"
+    encoded = _ENCODED_PICTURE.search(data)
+    return f"holds a picture written as text (hex or URL-safe base64) at byte {encoded.start()}" if encoded else None
 
 
 def _picture_in_text(data: bytes) -> str | None:

@@ -197,7 +197,8 @@ def test_verify_reads_only_known_names(signed_output: Any, hmac_key: Key, tmp_pa
     manifest = read_manifest(layout) or {}
     entry = manifest["shards"]["data-00000.tar"]
     body = {k: v for k, v in manifest.items() if k != "signature"}
-    body["shards"] = {"../../etc/passwd": entry, "/dev/zero.tar": entry, **body["shards"]}
+    planted = ["../../etc/passwd", "/dev/zero.tar", "..%2F..%2Fetc.files", "%2e.files", "a%00b.files", "%FF.files"]
+    body["shards"] = {**{name: entry for name in planted}, **body["shards"]}
     Path(manifest_path(layout)).write_text(json.dumps(body | {"signature": sign(signed_payload(body), hmac_key)}))
     started = time.monotonic()
     report = verify_output(layout.root, hmac_key)
@@ -205,6 +206,8 @@ def test_verify_reads_only_known_names(signed_output: Any, hmac_key: Key, tmp_pa
     details = " ".join(p.detail for p in report.problems)
     assert "'../../etc/passwd' is not a plain .tar, .parquet or .files name" in details
     assert "'/dev/zero.tar' is not a plain .tar, .parquet or .files name" in details
+    for name in planted[2:]:  # groups of files whose names no listing gives: refused, never unquoted to a path
+        assert f"{name!r} is not a plain .tar, .parquet or .files name" in details
 
 
 def test_verify_never_reads_a_link_or_device(signed_output: Any, hmac_key: Key) -> None:

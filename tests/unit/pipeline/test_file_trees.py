@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,7 @@ from raypipe.io.identity import object_identity
 from raypipe.io.shards import ShardSpecError, expand_shards, shard_name
 from raypipe.io.spans import InputChangedError
 from raypipe.io.storage import StorageOptions
-from raypipe.layout import OutputLayout
+from raypipe.layout import LinkedOutputError, OutputLayout
 from raypipe.pipeline.plan import OutputConflictError, make_plan
 from raypipe.pipeline.read import ShardWork, shard_tasks, unscanned_content
 from raypipe.pipeline.run import check_inputs_fit
@@ -32,6 +34,15 @@ from raypipe.pipeline.stages import Anonymize
 from tests.integration.jobs import jpeg, png, read_audit
 from tests.unit.pipeline.stages_run import KEY, run_stages
 from tests.unit.pipeline.test_input_growth import config, finish
+
+
+def sign_finalized(layout: OutputLayout) -> None:
+    """Sign what is finalized under OUTPUT, as the run does at its end."""
+    from raypipe.audit.manifest import build_manifest, entry_from_files, finished_shards, read_manifest, write_manifest
+
+    added = {name: entry_from_files(layout, name) for name in finished_shards(layout, None)}
+    write_manifest(layout, build_manifest(read_manifest(layout), added, {"config_hash": "c" * 64}), KEY)
+
 
 MODELS = ModelsConfig(preset="tiny", analyzer="dlib", device="cpu")
 METHOD = MethodConfig(num_steps=6, face_size=128)
@@ -202,3 +213,104 @@ def test_group_names_stand_for_their_folders_and_refuse_what_no_listing_gives() 
     for planted in ("..%2F..%2Fetc.files", "%2Eraypipe.files", "a%2F%2Fb.files", "a/b.files", "%2E%2E.files"):
         with pytest.raises(FileTreeError):
             group_folder(planted)
+
+
+def test_verify_finds_files_planted_beside_groups_links_and_a_linked_group_folder(tmp_path: Path) -> None:
+    make_tree(tmp_path / "in")
+    out = tmp_path / "out"
+    layout = OutputLayout(str(out))
+    finish(layout, make_plan(config(str(tmp_path / "in"), out), layout))
+    sign_finalized(layout)
+    assert verify_output(str(out), KEY).ok
+    (out / "sub.files").write_bytes(b"named like a group")  # a file of the root group's folder: sample "sub"
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere/face.png").write_bytes(b"an original")
+    (out / "sub/face.png").symlink_to(tmp_path / "elsewhere/face.png")
+    (out / "originals").symlink_to(tmp_path / "in")
+    found = {(p.kind, p.where) for p in verify_output(str(out), KEY).problems}
+    assert {("extra", "%2E.files key=sub"), ("extra", "sub/face.png"), ("extra", "originals")} <= found
+
+    moved = tmp_path / "moved"
+    (out / "sub").rename(moved)
+    (out / "sub").symlink_to(moved)  # the right files, reached through a link
+    found = {(p.kind, p.where, p.detail.split(" (")[0]) for p in verify_output(str(out), KEY).problems}
+    assert ("modified", "sub.files", "its folder is reached through a link") in found
+
+
+def test_finalize_and_overwrite_touch_only_the_files_of_a_groups_samples(tmp_path: Path) -> None:
+    make_tree(tmp_path / "in")
+    out = tmp_path / "out"
+    layout = OutputLayout(str(out))
+    (out / "sub").mkdir(parents=True)
+    (out / "README.md").write_bytes(b"the dataset card")  # the root group's folder is OUTPUT itself
+    (out / "sub/coffee.txt").write_bytes(b"left by an earlier attempt")  # a file of the sample coffee
+    finish(layout, make_plan(config(str(tmp_path / "in"), out), layout))
+    assert not (out / "sub/coffee.txt").exists()  # coffee's sample does not release it now
+    assert (out / "README.md").read_bytes() == b"the dataset card"
+    make_plan(config(str(tmp_path / "in"), out, seed=5), layout, overwrite=True)  # deletes the results
+    assert not (out / "astronaut.png").exists() and not (out / "sub/notes.txt").exists()
+    assert (out / "README.md").read_bytes() == b"the dataset card"
+
+
+def test_a_group_folder_that_is_a_link_is_never_written_through(tmp_path: Path) -> None:
+    make_tree(tmp_path / "in")
+    out, victim = tmp_path / "out", tmp_path / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_bytes(b"not raypipe's")
+    (victim / "data.csv").write_bytes(b"not raypipe's either")
+    out.mkdir()
+    (out / "sub").symlink_to(victim)
+    layout = OutputLayout(str(out))
+    with pytest.raises(LinkedOutputError, match="is a symbolic link"):
+        finish(layout, make_plan(config(str(tmp_path / "in"), out), layout))
+    assert sorted(p.name for p in victim.iterdir()) == ["data.csv", "notes.txt"]
+    assert (victim / "notes.txt").read_bytes() == b"not raypipe's"
+
+
+def test_names_raypipe_cannot_carry_overlapping_folders_and_links_are_refused_or_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_tree(tmp_path / "in")
+    os.mkdir(os.path.join(os.fsencode(tmp_path / "in"), b"caf\xe9"))
+    (Path(os.fsdecode(os.path.join(os.fsencode(tmp_path / "in"), b"caf\xe9"))) / "a.jpg").write_bytes(b"x")
+    with pytest.raises(ShardSpecError, match=r"is not a UTF-8 name; rename it"):
+        expand_shards(str(tmp_path / "in"), input_format="files")
+    make_tree(tmp_path / "in2")
+    (tmp_path / "in2" / ("x" * 250)).mkdir()
+    (tmp_path / "in2" / ("x" * 250) / "a.jpg").write_bytes(b"x")
+    with pytest.raises(ShardSpecError, match=r"over the 200 its state files' names can take"):
+        expand_shards(str(tmp_path / "in2"), input_format="files")
+
+    make_tree(tmp_path / "in3")
+    (tmp_path / "in3/sub/link.jpg").symlink_to(tmp_path / "in3/astronaut.png")
+    with caplog.at_level("WARNING"):
+        expand_shards(str(tmp_path / "in3"), input_format="files")
+    assert "1 link(s) or special file(s) in the tree are not read and not copied ('sub/link.jpg')" in caplog.text
+    both = config(f"{{{tmp_path / 'in3'},{tmp_path / 'in3/sub'}}}", tmp_path / "out")
+    with pytest.raises(ConfigError, match="overlap; their files would be read and released twice"):
+        make_plan(both, OutputLayout(str(tmp_path / "out")))
+
+
+@pytest.mark.parametrize(
+    ("name", "payload"),
+    [
+        ("a.npy", b"\x93NUMPY\x01\x00v\x00{'descr': '|u1'}"),  # raw pixels
+        ("a.z", zlib.compress(b"pixels" * 100)),  # compressed, with no magic of its own
+        ("a.txt", "UTF-16 text".encode("utf-16")),
+        ("a.json", b'{"jpeg": "ffd8ffe000104a46494600"}'),  # hex
+        ("a.json", b'{"jpeg": "_9j_4AAQSkZJRgABAQAAAQ"}'),  # URL-safe base64
+    ],
+)
+def test_binary_files_and_pictures_in_other_encodings_are_not_released(name: str, payload: bytes) -> None:
+    assert unscanned_content(name, payload) is not None
+
+
+def test_a_file_named_like_a_group_at_the_top_of_output_is_extra(tmp_path: Path) -> None:
+    (tmp_path / "in/a").mkdir(parents=True)
+    (tmp_path / "in/a/x.txt").write_bytes(b"x")
+    out = tmp_path / "out"
+    layout = OutputLayout(str(out))
+    finish(layout, make_plan(config(str(tmp_path / "in"), out), layout))
+    sign_finalized(layout)
+    (out / "a.files").write_bytes(b"a group's name is no file of OUTPUT")
+    assert [(p.kind, p.where) for p in verify_output(str(out), KEY).problems] == [("extra", "a.files")]
