@@ -139,9 +139,12 @@ def output_files(layout: OutputLayout, shard: str) -> list[tuple[str, str]]:
 
 def output_sha256(layout: OutputLayout, shard: str) -> str:
     """The content hash of a shard's output as it is stored: the sha256 of its tar (or table), or of
-    a group of files, the digest of its files' names and sha256 (:func:`raypipe.io.filetrees.listing_digest`)."""
-    hashes = [(name, file_digest(layout.fs, path)) for name, path in output_files(layout, shard)]
-    return listing_digest(hashes) if is_files_group(shard) else hashes[0][1]
+    a group of files, the digest of the names and sha256 of the files of its audit's samples
+    (:func:`raypipe.io.filetrees.listing_digest`; any other file in its folder is not its output)."""
+    if not is_files_group(shard):
+        return file_digest(layout.fs, layout.tar(shard))
+    group_folder_of(layout, shard)  # a linked folder has no digest: LinkedOutputError
+    return listing_digest((name, file_digest(layout.fs, path)) for name, path in _group_outputs(layout, shard))
 
 
 def delete_output(layout: OutputLayout, shard: str) -> None:

@@ -144,6 +144,15 @@ class VerifyReport:
         return "\n".join(lines)
 
 
+def _carried(name: str) -> bool:
+    """A file name that can be a member's: UTF-8, no control characters."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return not any(ord(char) < 0x20 for char in name)
+
+
 def safe_shard_name(shard: str) -> bool:
     """Whether a name in a manifest is one raypipe gives a shard, so that it names a file (or, for a
     group of files, a folder) inside OUTPUT."""
@@ -537,15 +546,24 @@ class _Verifier:
         if link is not None:
             self.add("modified", shard, f"its folder is reached through a link ({link}); not read")
             return
-        paths = dict(folder_files(self.fs, folder))
+        paths: dict[str, str] = {}
+        for name, path in folder_files(self.fs, folder):
+            self.read_files.add(path)
+            if _carried(name):
+                paths[name] = path
+            else:
+                self.add("extra", f"{shard} {name!a}", "a file name raypipe never writes (not UTF-8, or controls)")
+        audited = {str(row.get("key")) for row in rows} if rows is not None else None
         hashes: list[tuple[str, str]] = []
         found: list[tuple[str, str]] = []
         for key, names in samples_of(paths):
+            if audited is not None and key not in audited:  # no record: reported by check_released, never read
+                found.append((key, ""))
+                continue
             sample = hashlib.sha256()
             for name in names:
                 if self.regular(paths[name], f"{shard} {name}"):
                     hashes.append((name, self._hash_member(paths[name], name, sample)))
-                    self.read_files.add(paths[name])
             found.append((key, sample.hexdigest()))
         digest = listing_digest(hashes)
         if digest != entry.get("tar_sha256"):

@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 from raypipe.io.retry import retry
 from raypipe.io.storage import StorageOptions, filesystem, join, redact, to_uri
@@ -43,6 +44,8 @@ _VERSION_KEYS = ("ETag", "etag", "generation", "md5Hash", "mtime")
 # A group's name is part of its state files' names (``<name>.audit.parquet``): 255 bytes at most on
 # common filesystems, less what raypipe adds.
 MAX_GROUP_NAME_BYTES = 200
+# A file is written through a temporary file beside it named ``.<name>.XXXXXXXX.tmp``, 14 bytes longer.
+MAX_FILE_NAME_BYTES = 240
 
 
 class FileTreeError(ValueError):
@@ -124,7 +127,8 @@ def list_groups(fs: fsspec.AbstractFileSystem, scheme: str | None, root: str) ->
     they are left out, and said so.
     """
     top = fs._strip_protocol(root).rstrip("/")
-    found = retry(lambda: fs.find(top, withdirs=False, detail=True), description=f"list {redact(root)}")
+    walk = {"on_error": "raise"} if isinstance(fs, LocalFileSystem) else {}  # not omit an unreadable folder
+    found = retry(lambda: fs.find(top, withdirs=False, detail=True, **walk), description=f"list {redact(root)}")
     folders: set[str] = set()
     links: list[str] = []
     for path, info in found.items():
@@ -156,6 +160,12 @@ def _check_name(relative: str, root: str) -> None:
         raise FileTreeError(f"{redact(root)}: {relative!r} is not a UTF-8 name; rename it") from None
     if any(ord(char) < 0x20 or char == "\\" for char in relative):
         raise FileTreeError(f"{redact(root)}: {relative!r} holds a control character or a backslash; rename it")
+    base = posixpath.basename(relative)
+    if len(base.encode()) > MAX_FILE_NAME_BYTES:
+        raise FileTreeError(
+            f"{redact(root)}: the name of {relative!r} is {len(base.encode())} bytes, over the {MAX_FILE_NAME_BYTES}"
+            " raypipe can write (it writes each file through a temporary file beside it); shorten it"
+        )
     name = group_name(posixpath.dirname(relative))
     if len(name.encode()) > MAX_GROUP_NAME_BYTES:
         raise FileTreeError(
@@ -209,6 +219,22 @@ def group_identity(uri: str, options: StorageOptions, files: list[FileEntry] | N
 def sample_key(name: str) -> str:
     """The WebDataset key of a file name: the name up to its first dot."""
     return name.split(".", 1)[0]
+
+
+def file_of_sample(name: str, key: str) -> bool:
+    """Whether ``name`` is a file name a listing gives for a member of the sample ``key``: one part, not
+    hidden, UTF-8 without control characters, short enough to be written, and of that key."""
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return False
+    return (
+        0 < size <= MAX_FILE_NAME_BYTES
+        and "/" not in name
+        and not name.startswith(".")
+        and not any(ord(char) < 0x20 or char == "\\" for char in name)
+        and sample_key(name) == key
+    )
 
 
 def samples_of(names: Iterable[str]) -> list[tuple[str, list[str]]]:

@@ -270,7 +270,12 @@ def _refuse_nested_shards(fs: fsspec.AbstractFileSystem, spec: str, name: str, p
     """With ``auto``, a folder whose shards sit in subfolders is not read as a tree of files: its tars
     would be copied as they are."""
     nested = retry(lambda: fs.find(path, withdirs=False), description=f"list {redact(name)}")
-    shards = sorted(p for p in nested if p.endswith((SHARD_SUFFIX, PARQUET_SUFFIX)))
+    shards = sorted(
+        p
+        for p in nested
+        if p.endswith((SHARD_SUFFIX, PARQUET_SUFFIX))
+        and not any(part.startswith(".") for part in p[len(path) :].split("/"))
+    )
     if shards:
         raise ShardSpecError(
             f"{redact(spec)}: the folder {redact(name)} holds shards in subfolders ({redact(shards[0])}, ...): name"

@@ -35,7 +35,7 @@ from raypipe.audit.manifest import (
 )
 from raypipe.audit.schema import RECORD_TYPE, AuditRecord, records_table, sample_digest
 from raypipe.audit.signing import mac, mac_file
-from raypipe.io.filetrees import folder_files, is_files_group, listing_digest, sample_key
+from raypipe.io.filetrees import file_of_sample, folder_files, is_files_group, listing_digest, sample_key
 from raypipe.io.publish import delete, publish_bytes, publish_stream, read_bytes
 from raypipe.io.spans import InputChangedError, MemberRef, SpanReader
 from raypipe.io.storage import filesystem, redact
@@ -498,6 +498,8 @@ def _finalize_files(
             released = fragments.members(row["seq"], "out", inputs)
             record.output_sha256 = sample_digest(released)
             for name, data in released:
+                if not file_of_sample(name, record.key):  # a fragment names where finalize writes: never trusted
+                    raise RuntimeError(f"{shard}: the member {name[:80]!r} of {record.key!r} is not a file name of it")
                 publish_bytes(layout.fs, posixpath.join(folder, name), data)
                 hashes.append((name, hashlib.sha256(data).hexdigest()))
     written, keys = {name for name, _ in hashes}, {record.key for record in records}

@@ -224,9 +224,15 @@ _CONTAINERS = (
 )
 
 
-# Pictures written as text in forms the table scan does not look for: hex, URL-safe base64, and
-# base64 of a ZIP (an archive of pictures).
-_ENCODED_PICTURE = re.compile(rb"(?i:ffd8ff[0-9a-f]{10}|89504e470d0a1a0a)|(?:_9j_|iVBORw0KGgo|UEsDB)[A-Za-z0-9_\-]{16}")
+# Pictures written as text in forms the table scan does not look for: the hex and URL-safe base64
+# starts of a JPEG, a PNG or a ZIP, any data URI, a long run of the base64 / base32 / hex alphabets, and
+# a line of hundreds of byte values (raw pixels written as numbers, spaced hex, 0x.. or %.. escapes).
+_ENCODED_PICTURE = re.compile(
+    rb"(?i:ffd8ff[0-9a-f]{10}|89504e470d0a1a0a|data:image/)"
+    rb"|(?:_9j_|iVBORw0KGgo|UEsDB)[A-Za-z0-9_\-]{16}"
+    rb"|[A-Za-z0-9+/=_\-]{512,}"
+    rb"|(?:(?:0x|\\x|%)?[0-9A-Fa-f]{1,3}[ \t,;:]+){256}"
+)
 
 
 def unscanned_content(name: str, data: bytes) -> str | None:
@@ -234,9 +240,10 @@ def unscanned_content(name: str, data: bytes) -> str | None:
 
     A file that is a picture (by its name or its content) is decoded and scanned by the detect stage
     instead. Every other file is released only when it is text (UTF-8, no NUL) with no picture written
-    in it (a picture's bytes, a data URI, base64 or hex): binary data may be an archive, a video, a
-    document or raw pixels, which hold pictures raypipe never sees. Archives and media are named by
-    their first bytes, for the message.
+    in it (a picture's bytes, a data URI, and anything that may encode one: 512 or more characters of
+    the base64, base32 or hex alphabets in a row, or a line of 256 or more byte values): binary data
+    may be an archive, a video, a document or raw pixels, which hold pictures raypipe never sees.
+    Archives and media are named by their first bytes, for the message.
     """
     if image_format_for(name) is not None or identify_image(data) is not None:
         return None
@@ -256,8 +263,15 @@ def unscanned_content(name: str, data: bytes) -> str | None:
         return "it is binary data, neither text nor a picture raypipe decodes"
     if b"\x00" in data:
         return "it holds NUL bytes: binary data, not text"
-    encoded = _ENCODED_PICTURE.search(data)
-    return f"holds a picture written as text (hex or URL-safe base64) at byte {encoded.start()}" if encoded else None
+    unescaped = data.replace(b"\\/", b"/")  # JSON may write "/" as "\/"
+    found = _picture_in_text(unescaped) if unescaped != data else None
+    encoded = _ENCODED_PICTURE.search(unescaped)
+    if found is None and encoded is not None:
+        found = (
+            f"holds what may be a picture written as text at byte {encoded.start()} (a data URI, a long run of"
+            " base64, base32 or hex, or a line of hundreds of byte values)"
+        )
+    return found
 
 
 def _picture_in_text(data: bytes) -> str | None:

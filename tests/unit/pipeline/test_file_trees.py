@@ -27,13 +27,15 @@ from raypipe.io.shards import ShardSpecError, expand_shards, shard_name
 from raypipe.io.spans import InputChangedError
 from raypipe.io.storage import StorageOptions
 from raypipe.layout import LinkedOutputError, OutputLayout
+from raypipe.pipeline.commit import commit_fragment, finalize_shard
 from raypipe.pipeline.plan import OutputConflictError, make_plan
 from raypipe.pipeline.read import ShardWork, shard_tasks, unscanned_content
 from raypipe.pipeline.run import check_inputs_fit
 from raypipe.pipeline.stages import Anonymize
+from raypipe.records import Status
 from tests.integration.jobs import jpeg, png, read_audit
 from tests.unit.pipeline.stages_run import KEY, run_stages
-from tests.unit.pipeline.test_input_growth import config, finish
+from tests.unit.pipeline.test_input_growth import RUN, config, finish
 
 
 def sign_finalized(layout: OutputLayout) -> None:
@@ -299,6 +301,11 @@ def test_names_raypipe_cannot_carry_overlapping_folders_and_links_are_refused_or
         ("a.txt", "UTF-16 text".encode("utf-16")),
         ("a.json", b'{"jpeg": "ffd8ffe000104a46494600"}'),  # hex
         ("a.json", b'{"jpeg": "_9j_4AAQSkZJRgABAQAAAQ"}'),  # URL-safe base64
+        ("a.json", b'{"jpeg": "\\/9j\\/4AAQSkZJRgABAQAAAQ"}'),  # JSON's escaped slashes
+        ("a.json", b'{"bmp": "' + b"Qk02" + b"A" * 600 + b'"}'),  # base64 of a format with no known prefix
+        ("a.txt", b" ".join(b"%02x" % (n % 256) for n in range(400))),  # spaced hex
+        ("a.csv", b"0," + b" ".join(b"%d" % (n % 256) for n in range(2304)) + b",Training\n"),  # pixels as numbers
+        ("a.json", b'{"a": "DATA:IMAGE/png;base64,iVBO"}'),
     ],
 )
 def test_binary_files_and_pictures_in_other_encodings_are_not_released(name: str, payload: bytes) -> None:
@@ -314,3 +321,47 @@ def test_a_file_named_like_a_group_at_the_top_of_output_is_extra(tmp_path: Path)
     sign_finalized(layout)
     (out / "a.files").write_bytes(b"a group's name is no file of OUTPUT")
     assert [(p.kind, p.where) for p in verify_output(str(out), KEY).problems] == [("extra", "a.files")]
+
+
+def test_plain_text_with_numbers_hashes_and_captions_is_released() -> None:
+    labels = "\n".join(f"{i},{i % 7}" for i in range(2000)).encode()  # many numbers, a few per line
+    caption = json.dumps({"caption": "a person smiling " * 40, "sha256": "ab" * 32}).encode()
+    assert unscanned_content("labels.csv", labels) is None and unscanned_content("a.json", caption) is None
+
+
+def test_finalize_never_writes_a_member_name_that_is_no_file_of_its_sample(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/a.txt").write_bytes(b"a")
+    out = tmp_path / "out"
+    layout = OutputLayout(str(out))
+    plan = make_plan(config(str(tmp_path / "in"), out), layout)
+    tasks = list(shard_tasks(plan.pending[0], StorageOptions(), LimitsConfig()))
+    tasks[0].status, tasks[0].out_members = Status.NO_FACE, [("../escaped.txt", b"planted")]  # as a fragment could
+    commit_fragment(layout, "%2E.files", tasks, RUN)
+    with pytest.raises(RuntimeError, match="is not a file name of it"):
+        finalize_shard(layout, "%2E.files", source=plan.pending[0].uri)
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_a_file_kept_in_output_is_extra_and_no_reason_to_redo_its_group(tmp_path: Path) -> None:
+    make_tree(tmp_path / "in")
+    out = tmp_path / "out"
+    layout = OutputLayout(str(out))
+    finish(layout, make_plan(config(str(tmp_path / "in"), out), layout))
+    (out / "README.md").write_bytes(b"the dataset card")
+    (out / os.fsdecode(b"sub/\xff.txt")).write_bytes(b"a name that is not UTF-8")
+    assert make_plan(config(str(tmp_path / "in"), out), layout).pending == []  # finalized: not redone
+    sign_finalized(layout)
+    found = {(p.kind, p.where) for p in verify_output(str(out), KEY).problems}
+    assert found == {("extra", "%2E.files key=README"), ("extra", "sub.files '\\udcff.txt'")}
+
+
+def test_long_file_names_and_hidden_tars_are_handled_at_the_plan(tmp_path: Path) -> None:
+    make_tree(tmp_path / "in")
+    (tmp_path / "in" / ("n" * 246 + ".txt")).write_bytes(b"x")
+    with pytest.raises(ShardSpecError, match=r"over the 240 raypipe can write"):
+        expand_shards(str(tmp_path / "in"))
+    make_tree(tmp_path / "in2")
+    (tmp_path / "in2/.cache").mkdir()
+    (tmp_path / "in2/.cache/x.tar").write_bytes(b"")  # hidden: no part of the tree, no reason to refuse it
+    assert len(expand_shards(str(tmp_path / "in2"))) == 3
