@@ -137,13 +137,15 @@ def make_plan(
     settings = redact_all(output_settings(config))
     removed = sorted((set(signed) | with_markers) - names)
     everything = sorted(names | set(signed) | with_markers)
-    overwrote = _claim_output(layout, digest, settings, everything, overwrite, clear=overwrite and bool(removed))
+    identities = dict(zip(uris, map_bounded(lambda uri: object_identity(uri, config.storage), uris)))
+    changed = [name for uri, name in shards if name in signed and _input_changed(signed[name], identities[uri])]
+    clear = overwrite and bool(removed or changed)  # --overwrite starts again: the input shrank or changed
+    overwrote = _claim_output(layout, digest, settings, everything, overwrite, clear=clear)
     if overwrote:
         signed, with_markers = {}, set()
     else:
         _check_none_removed(layout, removed)
     plan = Plan(config_hash=digest, shards=shards, overwrite=overwrote)
-    identities = dict(zip(uris, map_bounded(lambda uri: object_identity(uri, config.storage), uris)))
     source = config.method.attribute_source
     prompt_column = source.column if source is not None else None  # read with each table's rows
     for uri, name in shards:  # before anything is dropped: a changed signed input stops the run
@@ -160,7 +162,10 @@ def make_plan(
             return None
         if name in with_markers:
             entry = _finalized_unsigned(layout, name, secret)
-            if entry is not None:
+            if entry is not None and overwrite and _input_changed(entry, identities[uri]):
+                log.warning("%s: its input changed since it was finalized; --overwrite: processing it again", name)
+                delete_output(layout, name)
+            elif entry is not None:
                 _check_signed_input(name, entry, identities[uri], "finalized")
                 _drop_fragments(layout, name, with_fragments, "already finalized")
                 return entry
@@ -192,10 +197,16 @@ def make_plan(
     return plan
 
 
+def _input_changed(entry: dict[str, Any], identity: dict[str, Any]) -> bool:
+    """Whether a shard's input is no longer the one its entry (or marker) pins."""
+    pinned = entry.get("input")
+    return isinstance(pinned, dict) and not same_object(pinned, identity)
+
+
 def _check_signed_input(name: str, entry: dict[str, Any], identity: dict[str, Any], how: str = "signed") -> None:
     """Refuse a shard of OUTPUT whose input is no longer the one it was made from."""
     pinned = entry.get("input")
-    if isinstance(pinned, dict) and not same_object(pinned, identity):
+    if _input_changed(entry, identity):
         raise OutputConflictError(
             f"input: {identity['uri']} changed since {name} was anonymized and {how} (was {pinned}, now "
             f"{identity}); restore that input, or use --overwrite to start again"

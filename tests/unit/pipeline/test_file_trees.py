@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
+from raypipe.audit.manifest import read_manifest
 from raypipe.audit.report import render_report
 from raypipe.audit.verify import verify_output
 from raypipe.config import ConfigError, LimitsConfig, MethodConfig, ModelsConfig
@@ -162,8 +163,21 @@ def test_a_tree_that_grows_processes_new_folders_and_refuses_a_changed_one_by_na
     assert [w.name for w in plan.pending] == ["new.files"]  # the others are finalized and unchanged
 
     (tmp_path / "in/sub/added.txt").write_bytes(b"added")
-    with pytest.raises(OutputConflictError, match=r"changed since sub\.files was anonymized"):
+    with pytest.raises(OutputConflictError, match=r"changed since sub\.files was anonymized.*or use --overwrite"):
         make_plan(config(str(tmp_path / "in"), out), layout)
+    plan = make_plan(config(str(tmp_path / "in"), out), layout, overwrite=True)  # finalized, not signed
+    assert sorted(w.name for w in plan.pending) == ["new.files", "sub.files"] and not plan.overwrite
+    assert not (out / "sub/notes.txt").exists()  # that group's results are gone; the others stay
+    assert (out / "astronaut.json").exists()
+
+    finish(layout, plan)
+    sign_finalized(layout)
+    (tmp_path / "in/sub/added.txt").write_bytes(b"changed again")
+    signed = read_manifest(layout)
+    with pytest.raises(OutputConflictError, match=r"changed since sub\.files was anonymized and signed"):
+        make_plan(config(str(tmp_path / "in"), out), layout, signed)
+    plan = make_plan(config(str(tmp_path / "in"), out), layout, signed, overwrite=True)  # signed: start again
+    assert plan.overwrite and len(plan.pending) == 4
 
 
 def test_output_inside_the_input_tree_and_trees_beside_shards_are_refused(tmp_path: Path) -> None:
