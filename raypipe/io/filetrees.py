@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -131,6 +132,7 @@ def list_groups(fs: fsspec.AbstractFileSystem, scheme: str | None, root: str) ->
     found = retry(lambda: fs.find(top, withdirs=False, detail=True, **walk), description=f"list {redact(root)}")
     folders: set[str] = set()
     links: list[str] = []
+    seen: dict[str, str] = {}  # names as a case-insensitive, normalizing filesystem sees them
     for path, info in found.items():
         relative = fs._strip_protocol(path)[len(top) + 1 :]
         if not relative or _hidden(relative):
@@ -140,6 +142,13 @@ def list_groups(fs: fsspec.AbstractFileSystem, scheme: str | None, root: str) ->
                 links.append(relative)
             continue
         _check_name(relative, root)
+        for name in (relative, posixpath.dirname(relative)):
+            folded = unicodedata.normalize("NFC", name).casefold()
+            if seen.setdefault(folded, name) != name:
+                raise FileTreeError(
+                    f"{redact(root)}: {seen[folded]!r} and {name!r} differ only by case or Unicode normalization;"
+                    " they would be one on many filesystems (macOS, Windows): rename one"
+                )
         folders.add(posixpath.dirname(relative))
     if links:
         log.warning(

@@ -379,3 +379,15 @@ def test_long_file_names_and_hidden_tars_are_handled_at_the_plan(tmp_path: Path)
     (tmp_path / "in2/.cache").mkdir()
     (tmp_path / "in2/.cache/x.tar").write_bytes(b"")  # hidden: no part of the tree, no reason to refuse it
     assert len(expand_shards(str(tmp_path / "in2"))) == 3
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("sub/Photo.jpg", "sub/photo.jpg"), ("Sub/a.jpg", "sub/b.jpg"), ("caf\u00e9.jpg", "cafe\u0301.jpg")],
+)
+def test_names_one_filesystem_would_merge_are_refused(first: str, second: str, tmp_path: Path) -> None:
+    for name in (first, second):
+        (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / name).write_bytes(b"x")
+    with pytest.raises(ShardSpecError, match="differ only by case or Unicode normalization"):
+        expand_shards(str(tmp_path / "in"), input_format="files")
