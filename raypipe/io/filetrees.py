@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
+import stat
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -128,8 +130,10 @@ def list_groups(fs: fsspec.AbstractFileSystem, scheme: str | None, root: str) ->
     they are left out, and said so.
     """
     top = fs._strip_protocol(root).rstrip("/")
-    walk = {"on_error": "raise"} if isinstance(fs, LocalFileSystem) else {}  # not omit an unreadable folder
-    found = retry(lambda: fs.find(top, withdirs=False, detail=True, **walk), description=f"list {redact(root)}")
+    if isinstance(fs, LocalFileSystem):
+        found = _local_tree(top)
+    else:
+        found = retry(lambda: fs.find(top, withdirs=False, detail=True), description=f"list {redact(root)}")
     folders: set[str] = set()
     links: list[str] = []
     seen: dict[str, str] = {}  # names as a case-insensitive, normalizing filesystem sees them
@@ -143,7 +147,7 @@ def list_groups(fs: fsspec.AbstractFileSystem, scheme: str | None, root: str) ->
             continue
         _check_name(relative, root)
         for name in (relative, posixpath.dirname(relative)):
-            folded = unicodedata.normalize("NFC", name).casefold()
+            folded = unicodedata.normalize("NFC", name).lower()  # as NTFS and APFS compare names
             if seen.setdefault(folded, name) != name:
                 raise FileTreeError(
                     f"{redact(root)}: {seen[folded]!r} and {name!r} differ only by case or Unicode normalization;"
@@ -160,6 +164,23 @@ def list_groups(fs: fsspec.AbstractFileSystem, scheme: str | None, root: str) ->
         )
     base = to_uri(scheme, fs, top)
     return [group_uri(base, folder) for folder in sorted(folders)]
+
+
+def _local_tree(top: str) -> dict[str, dict[str, Any]]:
+    """Every entry under a local folder but folders, as ``fs.find(detail=True)`` gives them (links as
+    ``other``, not followed); a folder that cannot be read is an error, never left out."""
+
+    def unreadable(error: OSError) -> None:
+        raise FileTreeError(f"{error.filename}: cannot be listed ({error.strerror}); nothing of the tree is read")
+
+    found: dict[str, dict[str, Any]] = {}
+    for folder, folders, files in os.walk(top, onerror=unreadable):
+        for name in [*files, *(f for f in folders if os.path.islink(os.path.join(folder, f)))]:
+            path = os.path.join(folder, name)
+            info = os.lstat(path)
+            kind = "file" if stat.S_ISREG(info.st_mode) else "other"
+            found[path] = {"name": path, "type": kind, "size": info.st_size}
+    return found
 
 
 def _check_name(relative: str, root: str) -> None:

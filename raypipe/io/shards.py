@@ -246,7 +246,7 @@ def _folder_shards(
         shards = [
             to_uri(scheme, fs, fs._strip_protocol(e["name"]))
             for e in entries
-            if e.get("type") == "file" and e["name"].endswith(suffixes)
+            if e.get("type") == "file" and e["name"].endswith(suffixes) and not basename(e["name"]).startswith(".")
         ]
     if shards:
         return sorted(shards)

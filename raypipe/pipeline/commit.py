@@ -363,6 +363,7 @@ class _Fragments:
         self._files: list[str] = []
         self._where: dict[int, tuple[int, int, int]] = {}  # seq -> (file, row group, row in the group)
         self._group: tuple[tuple[int, int], dict[str, list[Any]]] | None = None  # the one group held
+        self._names: tuple[tuple[int, int, str], list[Any]] | None = None  # names of one group, by names()
         for path in list_fragments(layout, shard):
             local = os.path.join(spool, f"{len(self._files):06d}.parquet")
             with layout.fs.open(path, "rb") as remote, open(local, "wb") as copy:
@@ -384,6 +385,14 @@ class _Fragments:
                 elif row["seq"] not in self.rows:  # a retried write may commit a sample twice: same bytes
                     self.rows[row["seq"]] = row
                     self._where[row["seq"]] = (file, group, position)
+
+    def names(self, seq: int, prefix: str) -> list[str]:
+        """The names of the ``out`` or ``held`` members of sample ``seq`` (their bytes are not read)."""
+        file, group, position = self._where[seq]
+        if self._names is None or self._names[0] != (file, group, prefix):
+            table = pq.ParquetFile(self._files[file]).read_row_group(group, columns=[f"{prefix}_names"])
+            self._names = ((file, group, prefix), table.column(0).to_pylist())
+        return [str(name) for name in self._names[1][position] or []]
 
     def members(self, seq: int, prefix: str, inputs: SpanReader) -> list[tuple[str, bytes]]:
         """The ``out`` (released) or ``held`` (original) members of sample ``seq``, all as bytes."""
@@ -491,6 +500,10 @@ def _finalize_files(
                 _publish_quarantine(quarantine, shard, rows, records, fragments, inputs, f"{shard}.tar")
             except OSError as exc:  # never a reason not to finalize
                 log.error("%s: its held-back files could not be copied to the quarantine (%s)", shard, exc)
+        for row, record in zip(rows, records):  # a fragment names where finalize writes: checked before any write
+            for name in fragments.names(row["seq"], "out") if row["released"] else []:
+                if not file_of_sample(name, record.key):
+                    raise RuntimeError(f"{shard}: the member {name[:80]!r} of {record.key!r} is not a file name of it")
         hashes: list[tuple[str, str]] = []
         for row, record in zip(rows, records):
             if not row["released"]:
@@ -498,8 +511,6 @@ def _finalize_files(
             released = fragments.members(row["seq"], "out", inputs)
             record.output_sha256 = sample_digest(released)
             for name, data in released:
-                if not file_of_sample(name, record.key):  # a fragment names where finalize writes: never trusted
-                    raise RuntimeError(f"{shard}: the member {name[:80]!r} of {record.key!r} is not a file name of it")
                 publish_bytes(layout.fs, posixpath.join(folder, name), data)
                 hashes.append((name, hashlib.sha256(data).hexdigest()))
     written, keys = {name for name, _ in hashes}, {record.key for record in records}

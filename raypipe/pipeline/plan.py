@@ -277,6 +277,15 @@ def _trees(shards: list[tuple[str, str]]) -> list[str]:
 
 
 def _check_trees_apart(shards: list[tuple[str, str]]) -> None:
+    """Trees of files overlap neither each other nor, by a name that differs only by case, each
+    other's output folders (one folder on macOS or Windows)."""
+    folded: dict[str, str] = {}
+    for _, name in shards:
+        if is_files_group(name) and folded.setdefault(name.lower(), name) != name:
+            raise ConfigError(
+                f"input: the groups {folded[name.lower()]!r} and {name!r} differ only by case: their folders would"
+                " be one on many filesystems (macOS, Windows); rename one"
+            )
     for one, other in itertools.combinations(_trees(shards), 2):
         if is_within(one, other) or is_within(other, one):
             raise ConfigError(

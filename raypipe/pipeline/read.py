@@ -224,15 +224,39 @@ _CONTAINERS = (
 )
 
 
-# Pictures written as text in forms the table scan does not look for: the hex and URL-safe base64
-# starts of a JPEG, a PNG or a ZIP, any data URI, a long run of the base64 / base32 / hex alphabets, and
-# a line of hundreds of byte values (raw pixels written as numbers, spaced hex, 0x.. or %.. escapes).
+# Pictures written as text in forms the table scan does not look for: the hex (also spaced, as dump
+# tools write it), decimal and URL-safe base64 starts of a JPEG, a PNG or a ZIP, and any data URI.
 _ENCODED_PICTURE = re.compile(
-    rb"(?i:ffd8ff[0-9a-f]{10}|89504e470d0a1a0a|data:image/)"
-    rb"|(?:_9j_|iVBORw0KGgo|UEsDB)[A-Za-z0-9_\-]{16}"
-    rb"|[A-Za-z0-9+/=_\-]{512,}"
-    rb"|(?:(?:0x|\\x|%)?[0-9A-Fa-f]{1,3}[ \t,;:]+){256}"
+    rb"(?i:ffd8ff[0-9a-f]{6}|89504e470d0a1a0a|504b0304|data:image/)"
+    rb"|(?:_9j_|iVBORw0KGgo|UEsDB)[A-Za-z0-9+/_\-]{16}"
+    rb"|\b255[ \t,;]+216[ \t,;]+255\b|\b137[ \t,;]+80[ \t,;]+78[ \t,;]+71\b"
 )
+# What may encode a picture of any format: a run of base64, base32 or hex characters (line breaks
+# removed, so wrapped base64 counts), or a run of byte values (0-255, or two hex digits) however they
+# are separated, as raw pixels are written as numbers.
+_ALPHABET_RUN = re.compile(rb"[A-Za-z0-9+/=_\-]+")
+_LONGEST_ALPHABET_RUN = 512
+_TOKEN = re.compile(rb"[^\s,;:\[\]()]+")
+_BYTE_VALUE = re.compile(rb"(?:0x|\\x|%)?[0-9A-Fa-f]{2}|25[0-5]|2[0-4]\d|1?\d?\d")
+_LONGEST_BYTE_RUN = 1024
+
+
+def _encoded_picture(text: bytes) -> str | None:
+    """Where ``text`` may hold a picture written as text (None: nowhere). Linear in its size."""
+    found = _ENCODED_PICTURE.search(text)
+    if found is None:
+        found = _ENCODED_PICTURE.search(re.sub(rb"[ \t]+", b"", text))  # hex dumps: "ff d8 ff e0"
+    if found is not None:
+        return f"the start of a picture written as text (data URI, hex, decimal or base64) at byte {found.start()}"
+    unwrapped = re.sub(rb"\r|\n|\\n", b"", text)
+    if any(m.end() - m.start() >= _LONGEST_ALPHABET_RUN for m in _ALPHABET_RUN.finditer(unwrapped)):
+        return f"a run of {_LONGEST_ALPHABET_RUN} or more base64, base32 or hex characters"
+    run = 0
+    for token in _TOKEN.finditer(text):
+        run = run + 1 if _BYTE_VALUE.fullmatch(token.group()) else 0
+        if run >= _LONGEST_BYTE_RUN:
+            return f"{_LONGEST_BYTE_RUN} or more byte values in a row (raw pixels written as numbers)"
+    return None
 
 
 def unscanned_content(name: str, data: bytes) -> str | None:
@@ -241,7 +265,7 @@ def unscanned_content(name: str, data: bytes) -> str | None:
     A file that is a picture (by its name or its content) is decoded and scanned by the detect stage
     instead. Every other file is released only when it is text (UTF-8, no NUL) with no picture written
     in it (a picture's bytes, a data URI, and anything that may encode one: 512 or more characters of
-    the base64, base32 or hex alphabets in a row, or a line of 256 or more byte values): binary data
+    the base64, base32 or hex alphabets in a row, or 1024 or more byte values in a row): binary data
     may be an archive, a video, a document or raw pixels, which hold pictures raypipe never sees.
     Archives and media are named by their first bytes, for the message.
     """
@@ -265,13 +289,8 @@ def unscanned_content(name: str, data: bytes) -> str | None:
         return "it holds NUL bytes: binary data, not text"
     unescaped = data.replace(b"\\/", b"/")  # JSON may write "/" as "\/"
     found = _picture_in_text(unescaped) if unescaped != data else None
-    encoded = _ENCODED_PICTURE.search(unescaped)
-    if found is None and encoded is not None:
-        found = (
-            f"holds what may be a picture written as text at byte {encoded.start()} (a data URI, a long run of"
-            " base64, base32 or hex, or a line of hundreds of byte values)"
-        )
-    return found
+    encoded = _encoded_picture(unescaped) if found is None else None
+    return found or (f"holds what may be a picture: {encoded}" if encoded else None)
 
 
 def _picture_in_text(data: bytes) -> str | None:

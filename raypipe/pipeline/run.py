@@ -424,7 +424,11 @@ def write_run_manifest(
             "fallback": config.audit.fallback,
         },
     }
-    reason = "--overwrite: results of another configuration were deleted" if plan.overwrite else None
+    reason = (
+        "--overwrite: earlier results (another configuration, or a changed input) were deleted"
+        if plan.overwrite
+        else None
+    )
     return write_manifest(layout, build_manifest(previous, added, run_info, overwrite=reason), key)
 
 

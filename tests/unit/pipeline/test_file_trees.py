@@ -317,9 +317,13 @@ def test_names_raypipe_cannot_carry_overlapping_folders_and_links_are_refused_or
         ("a.json", b'{"jpeg": "_9j_4AAQSkZJRgABAQAAAQ"}'),  # URL-safe base64
         ("a.json", b'{"jpeg": "\\/9j\\/4AAQSkZJRgABAQAAAQ"}'),  # JSON's escaped slashes
         ("a.json", b'{"bmp": "' + b"Qk02" + b"A" * 600 + b'"}'),  # base64 of a format with no known prefix
-        ("a.txt", b" ".join(b"%02x" % (n % 256) for n in range(400))),  # spaced hex
+        ("a.txt", b" ".join(b"%02x" % (n % 256) for n in range(1100))),  # spaced hex
         ("a.csv", b"0," + b" ".join(b"%d" % (n % 256) for n in range(2304)) + b",Training\n"),  # pixels as numbers
         ("a.json", b'{"a": "DATA:IMAGE/png;base64,iVBO"}'),
+        ("a.txt", b"Qk02" + b"QUFB" * 19 + b"\n" + b"QUFB" * 200),  # base64 wrapped at 76 columns
+        ("a.txt", b"504b0304140000000800"),  # a ZIP in hex
+        ("a.txt", b"255 216 255 224 0 16 74 70"),  # a JPEG's start in decimal, as od -tu1 writes it
+        ("a.json", json.dumps(list(range(256)) * 5, indent=1).encode()),  # pixels, one per line
     ],
 )
 def test_binary_files_and_pictures_in_other_encodings_are_not_released(name: str, payload: bytes) -> None:
@@ -340,21 +344,27 @@ def test_a_file_named_like_a_group_at_the_top_of_output_is_extra(tmp_path: Path)
 def test_plain_text_with_numbers_hashes_and_captions_is_released() -> None:
     labels = "\n".join(f"{i},{i % 7}" for i in range(2000)).encode()  # many numbers, a few per line
     caption = json.dumps({"caption": "a person smiling " * 40, "sha256": "ab" * 32}).encode()
-    assert unscanned_content("labels.csv", labels) is None and unscanned_content("a.json", caption) is None
+    polygon = json.dumps({"segmentation": [[i + 0.5 for i in range(600)]], "bbox": [1, 2, 3, 4]}).encode()
+    landmarks = json.dumps({"landmarks": [[i % 300, i * 7 % 300] for i in range(468)]}).encode()
+    for text in (labels, caption, polygon, landmarks):
+        assert unscanned_content("a.json", text) is None
 
 
 def test_finalize_never_writes_a_member_name_that_is_no_file_of_its_sample(tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     (tmp_path / "in/a.txt").write_bytes(b"a")
+    (tmp_path / "in/b.txt").write_bytes(b"b")
     out = tmp_path / "out"
     layout = OutputLayout(str(out))
     plan = make_plan(config(str(tmp_path / "in"), out), layout)
     tasks = list(shard_tasks(plan.pending[0], StorageOptions(), LimitsConfig()))
-    tasks[0].status, tasks[0].out_members = Status.NO_FACE, [("../escaped.txt", b"planted")]  # as a fragment could
+    for task in tasks[:2]:
+        task.status, task.out_members = Status.NO_FACE, task.members
+    tasks[1].out_members = [("../escaped.txt", b"planted")]  # as a planted fragment could
     commit_fragment(layout, "%2E.files", tasks, RUN)
     with pytest.raises(RuntimeError, match="is not a file name of it"):
         finalize_shard(layout, "%2E.files", source=plan.pending[0].uri)
-    assert not (tmp_path / "escaped.txt").exists()
+    assert not (tmp_path / "escaped.txt").exists() and not (out / "a.txt").exists()  # checked before any write
 
 
 def test_a_file_kept_in_output_is_extra_and_no_reason_to_redo_its_group(tmp_path: Path) -> None:
@@ -391,3 +401,34 @@ def test_names_one_filesystem_would_merge_are_refused(first: str, second: str, t
         (tmp_path / "in" / name).write_bytes(b"x")
     with pytest.raises(ShardSpecError, match="differ only by case or Unicode normalization"):
         expand_shards(str(tmp_path / "in"), input_format="files")
+
+
+def test_names_that_differ_by_more_than_case_an_unreadable_folder_and_a_hidden_tar(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("Stra\u00dfe.txt", "Strasse.txt"):  # apart on NTFS and APFS too
+        (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / name).write_bytes(b"x")
+    (tmp_path / "in/.partial.tar").write_bytes(b"")  # hidden: no shard, no reason to read the folder as tars
+    assert [shard_name(u) for u in expand_shards(str(tmp_path / "in"))] == ["%2E.files"]
+    (tmp_path / "in/sub").mkdir()
+    (tmp_path / "in/sub/a.txt").write_bytes(b"x")
+    scandir = os.scandir
+
+    def refusing(path):  # type: ignore[no-untyped-def]
+        if str(path).endswith("/sub"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    with pytest.raises(ShardSpecError, match=r"sub: cannot be listed \(Permission denied\)"):
+        expand_shards(str(tmp_path / "in"))
+
+
+def test_groups_of_two_inputs_that_differ_only_by_case_are_refused(tmp_path: Path) -> None:
+    for name in ("a/Photos/x.jpg", "b/photos/y.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    both = config(f"{{{tmp_path / 'a'},{tmp_path / 'b'}}}", tmp_path / "out")
+    with pytest.raises(ConfigError, match=r"'Photos\.files' and 'photos\.files' differ only by case"):
+        make_plan(both, OutputLayout(str(tmp_path / "out")))
