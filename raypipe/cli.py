@@ -140,7 +140,9 @@ def image_record(path: str, data: bytes, result: Any, anonymizer: Any) -> dict[s
     }
 
 
-INPUT_HELP = "shards: path, s3://, gs://, glob, data-{00000..00099}.tar, or Parquet tables (*.parquet)"
+INPUT_HELP = (
+    "shards (path, s3://, gs://, glob, data-{00000..00099}.tar), Parquet tables (*.parquet), or a folder of image files"
+)
 
 
 def add_input_format_flag(p: argparse.ArgumentParser) -> None:
@@ -149,7 +151,8 @@ def add_input_format_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--input-format",
         choices=INPUT_FORMATS,
-        help="what INPUT holds: WebDataset tars, Parquet tables, or auto (by suffix; tars first; the default)",
+        help="what INPUT holds: WebDataset tars, Parquet tables, files (a tree of image files), or auto (by suffix;"
+        " tars first; a folder with neither is read as files; the default)",
     )
 
 
@@ -312,7 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_method_flags(p)
     p.set_defaults(func=cmd_estimate)
 
-    p = sub.add_parser("anonymize", help="anonymize WebDataset shards with Ray: INPUT shards -> OUTPUT folder/bucket")
+    p = sub.add_parser(
+        "anonymize", help="anonymize a dataset with Ray: INPUT shards, tables or image files -> OUTPUT folder/bucket"
+    )
     p.add_argument(
         "input",
         metavar="INPUT",
@@ -343,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", metavar="OUTPUT")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("make-samples", help="write small WebDataset shards built from public-domain photos")
+    p = sub.add_parser("make-samples", help="write small shards, tables or a tree of files of public-domain photos")
     p.add_argument("folder", metavar="FOLDER")
     p.add_argument("--shards", type=int, default=3, help="shards (tables, or folders of files)")
     p.add_argument("--per-shard", type=int, default=5, help="samples per shard (rows per table, photos per folder)")
