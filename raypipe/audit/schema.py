@@ -132,12 +132,16 @@ def sample_digest(members: Sequence[tuple[str, bytes]]) -> str:
     """
     digest = hashlib.sha256()
     for name, data in members:
-        encoded = name.encode("utf-8")
-        digest.update(len(encoded).to_bytes(8, "big"))
-        digest.update(encoded)
-        digest.update(len(data).to_bytes(8, "big"))
+        digest.update(member_header(name, len(data)))
         digest.update(data)
     return digest.hexdigest()
+
+
+def member_header(name: str, size: int) -> bytes:
+    """What :func:`sample_digest` hashes before a member's data: name length, name, data length (so a
+    member can be streamed into the digest)."""
+    encoded = name.encode("utf-8")
+    return len(encoded).to_bytes(8, "big") + encoded + size.to_bytes(8, "big")
 
 
 def records_table(records: Sequence[AuditRecord]) -> pa.Table:

@@ -53,7 +53,7 @@ from raypipe.audit.manifest import (
     signed_payload,
     status_counts,
 )
-from raypipe.audit.schema import sample_digest
+from raypipe.audit.schema import member_header, sample_digest
 from raypipe.audit.signing import Key, describe_mismatch, verify
 from raypipe.io.filetrees import (
     FileTreeError,
@@ -62,6 +62,7 @@ from raypipe.io.filetrees import (
     group_folder,
     is_files_group,
     listing_digest,
+    plain_name,
     samples_of,
 )
 from raypipe.io.identity import HashingReader
@@ -142,15 +143,6 @@ class VerifyReport:
         lines = [f"FAILED {self.output}: {len(self.problems)} problem(s)"]
         lines.extend(f"  {problem}" for problem in self.problems)
         return "\n".join(lines)
-
-
-def _carried(name: str) -> bool:
-    """A file name that can be a member's: UTF-8, no control characters."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return not any(ord(char) < 0x20 for char in name)
 
 
 def safe_shard_name(shard: str) -> bool:
@@ -549,10 +541,14 @@ class _Verifier:
         paths: dict[str, str] = {}
         for name, path in folder_files(self.fs, folder):
             self.read_files.add(path)
-            if _carried(name):
+            if plain_name(name):
                 paths[name] = path
             else:
-                self.add("extra", f"{shard} {name!a}", "a file name raypipe never writes (not UTF-8, or controls)")
+                self.add(
+                    "extra",
+                    f"{shard} {name!a}",
+                    "a file name raypipe never writes (not UTF-8, controls or a backslash)",
+                )
         audited = {str(row.get("key")) for row in rows} if rows is not None else None
         hashes: list[tuple[str, str]] = []
         found: list[tuple[str, str]] = []
@@ -573,9 +569,7 @@ class _Verifier:
 
     def _hash_member(self, path: str, name: str, sample: Any) -> str:
         """Stream one file into its sample's digest (as :func:`sample_digest` encodes a member); its own sha256."""
-        size = int(self.fs.info(path).get("size") or 0)
-        encoded = name.encode("utf-8")
-        sample.update(len(encoded).to_bytes(8, "big") + encoded + size.to_bytes(8, "big"))
+        sample.update(member_header(name, int(self.fs.info(path).get("size") or 0)))
         own = hashlib.sha256()
         with self.fs.open(path, "rb") as handle:
             while chunk := handle.read(8 * 2**20):

@@ -34,6 +34,7 @@ from urllib.parse import quote, unquote
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from raypipe.io.identity import VERSION_KEYS, HashingReader, version_of
 from raypipe.io.retry import retry
 from raypipe.io.storage import StorageOptions, filesystem, join, redact, to_uri
 from raypipe.logs import get_logger
@@ -43,7 +44,7 @@ log = get_logger(__name__)
 FILES_SUFFIX = ".files"
 _ROOT = "%2E"  # the quoted name of INPUT's own group: no folder quotes to it ("." is never listed)
 _SEPARATOR = "#"  # between INPUT and a group's name in the group's URI (a name holds no "#": quoted)
-_VERSION_KEYS = ("ETag", "etag", "generation", "md5Hash", "mtime")
+_VERSION_KEYS = (*VERSION_KEYS, "mtime")  # a local file has no ETag: its modification time
 # A group's name is part of its state files' names (``<name>.audit.parquet``): 255 bytes at most on
 # common filesystems, less what raypipe adds.
 MAX_GROUP_NAME_BYTES = 200
@@ -74,6 +75,16 @@ def group_name(folder: str) -> str:
     return (quote(folder, safe="") if folder else _ROOT) + FILES_SUFFIX
 
 
+def plain_name(name: str) -> bool:
+    """Whether a file or folder name can be carried into the audit and written back as it is: UTF-8,
+    with no control character and no backslash."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return not any(ord(char) < 0x20 or char == "\\" for char in name)
+
+
 def group_folder(name: str) -> str:
     """The folder (relative to INPUT or OUTPUT) a group's name stands for; the inverse of :func:`group_name`.
 
@@ -92,7 +103,7 @@ def group_folder(name: str) -> str:
     if (
         quote(folder, safe="") != quoted
         or any(not part or part.startswith(".") for part in folder.split("/"))
-        or any(ord(char) < 0x20 or char == "\\" for char in folder)
+        or not plain_name(folder)
     ):
         raise FileTreeError(f"{name!r} does not name a folder a listing gives")
     return folder
@@ -121,12 +132,15 @@ def folder_uri(uri: str) -> str:
     return join(root, group_folder(name))
 
 
-def list_groups(fs: fsspec.AbstractFileSystem, scheme: str | None, root: str) -> list[str]:
+def list_groups(
+    fs: fsspec.AbstractFileSystem, scheme: str | None, root: str, refuse: tuple[str, ...] = ()
+) -> list[str]:
     """Every group of the tree under the folder ``root`` (a path on ``fs``): the URIs of the folders
     that hold at least one file, sorted; names that start with a dot, and what is under them, left out.
 
     Raises :class:`FileTreeError` for a name raypipe cannot carry into its audit and state (not UTF-8,
-    control characters, a group name too long for a file name), naming it. Links are not followed:
+    control characters, a group name too long for a file name), naming it, and for a file whose name
+    ends with one of ``refuse`` (shards, which would be copied as they are). Links are not followed:
     they are left out, and said so.
     """
     top = fs._strip_protocol(root).rstrip("/")
@@ -136,6 +150,7 @@ def list_groups(fs: fsspec.AbstractFileSystem, scheme: str | None, root: str) ->
         found = retry(lambda: fs.find(top, withdirs=False, detail=True), description=f"list {redact(root)}")
     folders: set[str] = set()
     links: list[str] = []
+    refused: list[str] = []
     seen: dict[str, str] = {}  # names as a case-insensitive, normalizing filesystem sees them
     for path, info in found.items():
         relative = fs._strip_protocol(path)[len(top) + 1 :]
@@ -146,6 +161,8 @@ def list_groups(fs: fsspec.AbstractFileSystem, scheme: str | None, root: str) ->
                 links.append(relative)
             continue
         _check_name(relative, root)
+        if refuse and relative.endswith(refuse):
+            refused.append(relative)
         for name in (relative, posixpath.dirname(relative)):
             folded = unicodedata.normalize("NFC", name).lower()  # as NTFS and APFS compare names
             if seen.setdefault(folded, name) != name:
@@ -154,6 +171,11 @@ def list_groups(fs: fsspec.AbstractFileSystem, scheme: str | None, root: str) ->
                     " they would be one on many filesystems (macOS, Windows): rename one"
                 )
         folders.add(posixpath.dirname(relative))
+    if refused:
+        raise FileTreeError(
+            f"the folder {redact(root)} holds shards in subfolders ({min(refused)!r}, ...): name them"
+            f" ({redact(root)}/*/*.tar), or read the tree as files with --input-format files"
+        )
     if links:
         log.warning(
             "%s: %d link(s) or special file(s) in the tree are not read and not copied (%s%s)",
@@ -184,11 +206,12 @@ def _local_tree(top: str) -> dict[str, dict[str, Any]]:
 
 
 def _check_name(relative: str, root: str) -> None:
+    """Refuse, naming it, a name that is not a :func:`plain_name` or too long to write."""
     try:
         relative.encode("utf-8")
     except UnicodeEncodeError:
         raise FileTreeError(f"{redact(root)}: {relative!r} is not a UTF-8 name; rename it") from None
-    if any(ord(char) < 0x20 or char == "\\" for char in relative):
+    if not plain_name(relative):
         raise FileTreeError(f"{redact(root)}: {relative!r} holds a control character or a backslash; rename it")
     base = posixpath.basename(relative)
     if len(base.encode()) > MAX_FILE_NAME_BYTES:
@@ -253,16 +276,12 @@ def sample_key(name: str) -> str:
 
 def file_of_sample(name: str, key: str) -> bool:
     """Whether ``name`` is a file name a listing gives for a member of the sample ``key``: one part, not
-    hidden, UTF-8 without control characters, short enough to be written, and of that key."""
-    try:
-        size = len(name.encode("utf-8"))
-    except UnicodeEncodeError:
-        return False
+    hidden, a :func:`plain_name`, short enough to be written, and of that key."""
     return (
-        0 < size <= MAX_FILE_NAME_BYTES
+        plain_name(name)
+        and 0 < len(name.encode("utf-8")) <= MAX_FILE_NAME_BYTES
         and "/" not in name
         and not name.startswith(".")
-        and not any(ord(char) < 0x20 or char == "\\" for char in name)
         and sample_key(name) == key
     )
 
@@ -289,11 +308,8 @@ def folder_files(fs: fsspec.AbstractFileSystem, folder: str) -> list[tuple[str, 
 
 def file_digest(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """sha256 hex of one file, streamed."""
-    digest = hashlib.sha256()
     with retry(lambda: fs.open(path, "rb"), description=f"open {path}") as handle:
-        while chunk := handle.read(8 * 2**20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return HashingReader(handle).drain()
 
 
 def group_content(uri: str, options: StorageOptions) -> str:
@@ -312,7 +328,4 @@ def _hidden(relative: str) -> bool:
 
 
 def _version(entry: dict[str, Any]) -> str:
-    for key in _VERSION_KEYS:
-        if entry.get(key):
-            return str(entry[key]).strip('"')
-    return ""
+    return version_of(entry, _VERSION_KEYS) or ""

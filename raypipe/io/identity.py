@@ -12,17 +12,18 @@ import hashlib
 import os
 from typing import IO, Any
 
-from raypipe.io.filetrees import group_identity, is_files_group
 from raypipe.io.retry import retry
 from raypipe.io.storage import StorageOptions, filesystem, redact
 
 # Keys under which fsspec implementations report an object's version (s3fs, gcsfs, adlfs).
-_VERSION_KEYS = ("ETag", "etag", "generation", "md5Hash")
+VERSION_KEYS = ("ETag", "etag", "generation", "md5Hash")
 
 
 def object_identity(uri: str, options: StorageOptions) -> dict[str, Any]:
     """``{"uri", "size", "etag" | "mtime_ns"}`` of the object at ``uri`` (one metadata request); of a group
     of files, a digest of its folder's listing as its ETag (:func:`raypipe.io.filetrees.group_identity`)."""
+    from raypipe.io.filetrees import group_identity, is_files_group  # filetrees imports this module
+
     if is_files_group(uri):
         return group_identity(uri, options)
     fs, path = filesystem(uri, options)
@@ -33,11 +34,18 @@ def object_identity(uri: str, options: StorageOptions) -> dict[str, Any]:
     fs.invalidate_cache(path)
     info = retry(lambda: fs.info(path), description=f"stat {path}")
     identity["size"] = int(info.get("size") or 0)
-    for name in _VERSION_KEYS:
-        if info.get(name):
-            identity["etag"] = str(info[name]).strip('"')
-            break
+    version = version_of(info)
+    if version is not None:
+        identity["etag"] = version
     return identity
+
+
+def version_of(info: dict[str, Any], keys: tuple[str, ...] = VERSION_KEYS) -> str | None:
+    """The version an fsspec listing or ``info`` entry reports for an object (ETag, generation), if any."""
+    for name in keys:
+        if info.get(name):
+            return str(info[name]).strip('"')
+    return None
 
 
 def same_object(recorded: dict[str, Any], current: dict[str, Any]) -> bool:

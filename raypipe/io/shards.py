@@ -255,32 +255,14 @@ def _folder_shards(
             f"{redact(spec)}: the folder {redact(name)} holds no {_kinds(suffixes)} shards "
             "(--input-format files reads a folder of image files)"
         )
+    nested = (SHARD_SUFFIX, PARQUET_SUFFIX) if input_format == "auto" else ()  # shards would be copied as they are
     try:
-        groups = list_groups(fs, scheme, path)
+        groups = list_groups(fs, scheme, path, refuse=nested)
     except FileTreeError as exc:
         raise ShardSpecError(f"{redact(spec)}: {exc}") from None
     if not groups:
         raise ShardSpecError(f"{redact(spec)}: the folder {redact(name)} holds no files")
-    if input_format == "auto":
-        _refuse_nested_shards(fs, spec, name, path)
     return groups
-
-
-def _refuse_nested_shards(fs: fsspec.AbstractFileSystem, spec: str, name: str, path: str) -> None:
-    """With ``auto``, a folder whose shards sit in subfolders is not read as a tree of files: its tars
-    would be copied as they are."""
-    nested = retry(lambda: fs.find(path, withdirs=False), description=f"list {redact(name)}")
-    shards = sorted(
-        p
-        for p in nested
-        if p.endswith((SHARD_SUFFIX, PARQUET_SUFFIX))
-        and not any(part.startswith(".") for part in p[len(path) :].split("/"))
-    )
-    if shards:
-        raise ShardSpecError(
-            f"{redact(spec)}: the folder {redact(name)} holds shards in subfolders ({redact(shards[0])}, ...): name"
-            f" them ({redact(name.rstrip('/'))}/*/*.tar), or read the tree as files with --input-format files"
-        )
 
 
 def _glob(fs: fsspec.AbstractFileSystem, scheme: str | None, name: str, suffixes: tuple[str, ...]) -> list[str]:

@@ -169,10 +169,8 @@ def files_tasks(work: ShardWork, options: StorageOptions, limits: LimitsConfig) 
         unscanned: list[str] = []  # files read that must not be released as they are
         for name in names:
             if files[name].size > limits.max_member_bytes:
-                problems.append(
-                    f"member {name!r} not read: {OVER_LIMIT} ({files[name].size} bytes, over the limit of"
-                    f" {limits.max_member_bytes}; limits.max_member_bytes)"
-                )
+                detail = f"{files[name].size} bytes, over the limit of {limits.max_member_bytes}"
+                problems.append(_problem_message(TarProblem(name, OVER_LIMIT, key, detail)))  # as in a tar
                 hashes.append((name, file_digest(fs, posixpath.join(folder, name))))  # streamed, never held
                 continue
             data = read_bytes(fs, posixpath.join(folder, name))
